@@ -1,0 +1,171 @@
+"""The one way every service process is assembled: settings, logs, engine, broker, outbox relay, token
+verifier, error handlers, health, metrics, docs. A service supplies its routers, consumers and hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from faststream.rabbit import RabbitBroker
+from faststream.specification import AsyncAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from itsm_shared import faults
+from itsm_shared.auth import JWKSCache, KeySource, TokenVerifier
+from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make_broker
+from itsm_shared.db import make_engine, session_factory
+from itsm_shared.errors import install_error_handlers
+from itsm_shared.observability import configure_logging, health_router, install_request_context
+from itsm_shared.outbox import OutboxRelay
+from itsm_shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; hooks and consumers get it."""
+
+    name: str
+    settings: ServiceSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    broker: RabbitBroker
+    relay: OutboxRelay
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Hook = Callable[[Runtime], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    title: str
+    api_prefix: str
+    routers: Sequence[APIRouter]
+    settings: ServiceSettings
+    # Registers subscribers on the broker before it starts; returns their queue names.
+    consumers: Callable[[Runtime], list[str]] | None = None
+    # The auth service reads its own keys; every other service uses the JWKS URL.
+    key_source: Callable[[Runtime], KeySource] | None = None
+    on_startup: Sequence[Hook] = ()
+    # Long-running loops (schedulers); cancelled at shutdown.
+    background: Sequence[Hook] = ()
+
+
+async def _connect_broker(rt: Runtime, queues: list[str]) -> None:
+    delay = 0.5
+    while True:
+        try:
+            await rt.broker.connect()
+            await declare_topology(rt.broker, rt.settings)
+            for queue in queues:
+                await declare_dead_letter_queue(rt.broker, rt.settings, queue)
+            await rt.broker.start()
+            log.info("broker connected", extra={"queues": queues})
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("broker unavailable, retrying: %s", exc)
+            with contextlib.suppress(Exception):
+                await rt.broker.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def create_app(spec: ServiceSpec) -> FastAPI:
+    settings = spec.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(spec.name, settings.log_level)
+        faults.arm(settings.fault_point)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+        sessions = session_factory(engine)
+        broker = make_broker(settings)
+        relay = OutboxRelay(service=spec.name, settings=settings, sessions=sessions, broker=broker)
+        rt = Runtime(spec.name, settings, engine, sessions, broker, relay)
+        app.state.runtime = rt
+        app.state.sessions = sessions
+        queues = spec.consumers(rt) if spec.consumers else []
+        jwks: JWKSCache | None = None
+        if spec.key_source:
+            keys = spec.key_source(rt)
+        else:
+            keys = jwks = JWKSCache(settings.jwks_url)
+        app.state.verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        for hook in spec.on_startup:
+            await hook(rt)
+        tasks = [asyncio.create_task(_connect_broker(rt, queues), name="broker-connect")]
+        tasks += [asyncio.create_task(loop(rt), name=getattr(loop, "__name__", "loop")) for loop in spec.background]
+        relay.start()
+        log.info("service started", extra={"service": spec.name})
+        try:
+            yield
+        finally:
+            await relay.stop()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            if jwks:
+                await jwks.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title=spec.title, lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    install_error_handlers(app)
+    install_request_context(app)
+
+    async def database_ready() -> None:
+        async with app.state.runtime.engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout=2)
+
+    async def broker_ready() -> None:
+        if not await app.state.runtime.broker.ping(timeout=2):
+            raise ConnectionError("broker unreachable")
+
+    app.include_router(health_router({"database": database_ready, "broker": broker_ready}))
+    for router in spec.routers:
+        app.include_router(router)
+    _install_docs(app, spec)
+    return app
+
+
+def _install_docs(app: FastAPI, spec: ServiceSpec) -> None:
+    """Docs and specs also under the API prefix, so they are reachable through the gateway."""
+    docs = APIRouter(include_in_schema=False)
+    openapi_path = f"{spec.api_prefix}/openapi.json"
+
+    @docs.get(openapi_path)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @docs.get(f"{spec.api_prefix}/docs")
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=openapi_path, title=f"{spec.title} docs")
+
+    async def asyncapi() -> JSONResponse:
+        document = AsyncAPI(app.state.runtime.broker, title=f"{spec.title} events", version="1.0.0")
+        return JSONResponse(document.to_specification().to_jsonable())
+
+    docs.add_api_route("/asyncapi.json", asyncapi, methods=["GET"])
+    docs.add_api_route(f"{spec.api_prefix}/asyncapi.json", asyncapi, methods=["GET"])
+    app.include_router(docs)

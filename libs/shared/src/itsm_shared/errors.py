@@ -1,0 +1,171 @@
+"""Domain errors that carry their HTTP status, rendered as RFC 9457 problem+json by one handler."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class DomainError(Exception):
+    status = 400
+    title = "Bad request"
+    type_slug = "bad-request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class Unauthorized(DomainError):
+    status, title, type_slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str = "missing or invalid bearer token", *, error: str = "invalid_token") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": f'Bearer error="{error}"'})
+
+
+class Forbidden(DomainError):
+    status, title, type_slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(DomainError):
+    status, title, type_slug = 404, "Not found", "not-found"
+
+
+class Conflict(DomainError):
+    status, title, type_slug = 409, "Conflict", "conflict"
+
+
+class PreconditionFailed(DomainError):
+    status, title, type_slug = 412, "Precondition failed", "precondition-failed"
+
+
+class PreconditionRequired(DomainError):
+    status, title, type_slug = 428, "Precondition required", "precondition-required"
+
+
+class Invalid(DomainError):
+    """A well-formed request the rules refuse (read-only field, bad reference, reused idempotency key)."""
+
+    status, title, type_slug = 422, "Unprocessable content", "validation-error"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail, extra={"errors": errors or []})
+
+
+class Unavailable(DomainError):
+    status, title, type_slug = 503, "Service unavailable", "unavailable"
+
+    def __init__(self, detail: str = "a dependency is unavailable, retry later") -> None:
+        super().__init__(detail, headers={"Retry-After": "5"})
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_slug: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://itsm.example/problems/{type_slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _loc(loc: tuple[int | str, ...] | list[int | str]) -> list[int | str]:
+    return list(loc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def domain(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DomainError)
+        return problem(exc.status, exc.title, exc.detail, type_slug=exc.type_slug, headers=exc.headers, **exc.extra)
+
+    async def validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return problem(
+            422,
+            "Unprocessable content",
+            "the request is invalid",
+            type_slug="validation-error",
+            errors=errors,
+        )
+
+    async def http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return problem(
+            exc.status_code,
+            _title(exc.status_code),
+            str(exc.detail),
+            type_slug="http-error",
+            headers=dict(exc.headers or {}),
+        )
+
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.error("database unavailable: %s", type(exc).__name__)
+        return problem(
+            503,
+            "Service unavailable",
+            "the database is unavailable, retry later",
+            type_slug="unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+    async def unhandled(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem(500, "Internal server error", "an unexpected error occurred", type_slug="internal")
+
+    app.add_exception_handler(DomainError, domain)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http)
+    for exc_type in (OperationalError, InterfaceError, ConnectionError, OSError):
+        app.add_exception_handler(exc_type, database_down)
+    app.add_exception_handler(DBAPIError, _dbapi(database_down, unhandled))
+    app.add_exception_handler(Exception, unhandled)
+
+
+def _dbapi(down: Any, other: Any) -> Any:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError)
+        # asyncpg connection failures surface as DBAPIError with connection_invalidated set.
+        if exc.connection_invalidated:
+            result: JSONResponse = await down(request, exc)
+        else:
+            result = await other(request, exc)
+        return result
+
+    return handler
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,184 @@
+"""Idempotent consumption: the event id enters the inbox in the same transaction as the effect.
+
+Subscribers acknowledge by hand. A message that is not a valid CloudEvent, or whose handler fails on every
+allowed delivery, is parked in `<queue>.dlq` with its reason in the `x-itsm-error` header. While the database
+is away the handler waits and retries in place (holding the message) instead of burning deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from itsm_shared.broker import event_queue, events_exchange
+from itsm_shared.errors import Unavailable
+from itsm_shared.events import CloudEvent
+from itsm_shared.observability import correlation_id
+from itsm_shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=CloudEvent[Any])
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    Unavailable,
+)
+TRANSIENT_RETRY_SECONDS = 600.0
+
+
+class PermanentError(Exception):
+    """The message can never be processed (bad reference, rule violation): park it, don't retry."""
+
+
+async def claim(session: AsyncSession, consumer: str, event_id: object) -> bool:
+    """True the first time this consumer sees the event; the row commits with the caller's effect."""
+    inserted = await session.execute(
+        text("INSERT INTO inbox (consumer, event_id) VALUES (:c, :e) ON CONFLICT DO NOTHING RETURNING 1"),
+        {"c": consumer, "e": event_id},
+    )
+    return inserted.scalar() is not None
+
+
+async def handle_once(
+    sessions: async_sessionmaker[AsyncSession],
+    consumer: str,
+    event: CloudEvent[Any],
+    effect: Callable[[AsyncSession], Awaitable[None]],
+) -> bool:
+    """Run `effect` for a new event and commit it with the inbox row; do nothing for a duplicate."""
+    async with sessions() as session:
+        if not await claim(session, consumer, event.id):
+            await session.rollback()
+            return False
+        await effect(session)
+        await session.commit()
+        return True
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, TRANSIENT)
+
+
+async def park(broker: RabbitBroker, settings: ServiceSettings, queue: str, msg: RabbitMessage, reason: str) -> None:
+    raw = msg.raw_message
+    headers = dict(raw.headers or {})
+    headers.update({"x-itsm-error": reason[:1000], "x-itsm-queue": queue})
+    await broker.publish(
+        raw.body,
+        exchange=settings.dead_letter_exchange,
+        routing_key=queue,
+        headers=headers,
+        persist=True,
+        mandatory=True,
+        message_id=raw.message_id,
+        correlation_id=raw.correlation_id,
+        content_type=raw.content_type,
+        timeout=10,
+    )
+    log.error("message parked", extra={"queue": queue, "reason": reason, "message_id": raw.message_id})
+
+
+def subscribe(
+    broker: RabbitBroker,
+    settings: ServiceSettings,
+    *,
+    queue: str,
+    routing_key: str,
+    event_model: type[E],
+    handler: Callable[[E], Awaitable[None]],
+    description: str | None = None,
+) -> str:
+    """Register `handler` on a durable quorum queue bound to the events exchange, acking by hand."""
+
+    async def consume(msg: RabbitMessage) -> None:
+        try:
+            event = event_model.model_validate_json(msg.body)
+        except ValidationError as exc:
+            await _settle_park(broker, settings, queue, msg, f"not a valid event: {_short(exc)}")
+            return
+        token = correlation_id.set(event.correlationid)
+        try:
+            await _run(handler, event, msg, queue, broker, settings)
+        finally:
+            correlation_id.reset(token)
+
+    broker.subscriber(
+        event_queue(settings, queue, routing_key),
+        events_exchange(settings),
+        title=queue,
+        description=description or handler.__doc__,
+    )(consume)
+    return queue
+
+
+async def _run(
+    handler: Callable[[E], Awaitable[None]],
+    event: E,
+    msg: RabbitMessage,
+    queue: str,
+    broker: RabbitBroker,
+    settings: ServiceSettings,
+) -> None:
+    deadline = time.monotonic() + TRANSIENT_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            await handler(event)
+        except PermanentError as exc:
+            await _settle_park(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:
+            if _is_transient(exc) and time.monotonic() < deadline:
+                log.warning(
+                    "transient failure, retrying in place",
+                    extra={"queue": queue, "error": type(exc).__name__, "delay": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            count = (msg.raw_message.headers or {}).get("x-delivery-count", 0)
+            deliveries = (count if isinstance(count, int) else 0) + 1
+            if deliveries >= settings.consumer_delivery_limit:
+                await _settle_park(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
+            else:
+                log.exception(
+                    "handler failed; message returned to the queue",
+                    extra={"queue": queue, "delivery": deliveries},
+                )
+                await msg.nack(requeue=True)
+            return
+        await msg.ack()
+        return
+
+
+async def _settle_park(
+    broker: RabbitBroker, settings: ServiceSettings, queue: str, msg: RabbitMessage, reason: str
+) -> None:
+    try:
+        await park(broker, settings, queue, msg, reason)
+    except Exception:
+        log.exception("could not park message; returning it to the queue", extra={"queue": queue})
+        await msg.nack(requeue=True)
+        return
+    await msg.ack()
+
+
+def _short(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])

@@ -1,0 +1,182 @@
+"""Transactional outbox: events are rows written in the caller's transaction; a relay publishes them.
+
+The relay wakes on PostgreSQL NOTIFY (sent inside the writing transaction, so delivered only after commit)
+and sweeps periodically as a safety net. Rows are claimed with FOR UPDATE SKIP LOCKED so replicas share the
+work, published persistent and mandatory with publisher confirms, and marked sent only once confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from faststream.rabbit import RabbitBroker
+from prometheus_client import Counter, Gauge
+from sqlalchemy import delete, text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from itsm_shared import faults
+from itsm_shared.db import asyncpg_dsn
+from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, routing_key
+from itsm_shared.models import OutboxMessage
+from itsm_shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = Counter("itsm_outbox_published_total", "Events published and confirmed by the broker")
+FAILED = Counter("itsm_outbox_publish_failures_total", "Publish attempts that failed", ["reason"])
+PENDING = Gauge("itsm_outbox_pending", "Outbox rows not yet published at the last sweep")
+
+MAX_BACKOFF = timedelta(seconds=60)
+KEEP_PUBLISHED = timedelta(days=7)
+HOUSEKEEPING_SECONDS = 30.0
+
+
+def channel_for(service: str) -> str:
+    return f"itsm_outbox_{service}"
+
+
+async def append(session: AsyncSession, event: dict[str, Any]) -> None:
+    """Add the event to the caller's transaction; the relay is woken when that transaction commits."""
+    session.add(OutboxMessage(id=event["id"], routing_key=routing_key(event["type"]), payload=event))
+    service = event["source"].rsplit("/", 1)[-1]
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel_for(service)})
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(timedelta(milliseconds=250 * 2 ** min(attempts, 10)), MAX_BACKOFF)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        *,
+        service: str,
+        settings: ServiceSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        broker: RabbitBroker,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.sessions = sessions
+        self.broker = broker
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_housekeeping = 0.0
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="outbox-listen"),
+            asyncio.create_task(self._loop(), name="outbox-relay"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                conn = await asyncpg.connect(asyncpg_dsn(self.settings.database_url))
+                try:
+                    closed = asyncio.Event()
+                    conn.add_termination_listener(lambda *_, closed=closed: closed.set())
+                    await conn.add_listener(channel_for(self.service), lambda *_: self._wake.set())
+                    delay = 0.5
+                    self._wake.set()  # catch up on whatever committed while we were not listening
+                    await closed.wait()
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox listener lost its connection: %s", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_sweep_seconds)
+            self._wake.clear()
+            try:
+                while await self.publish_batch() == self.settings.outbox_batch_size:
+                    pass
+                if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
+                    self._last_housekeeping = time.monotonic()
+                    await self._housekeeping()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay pass failed: %s", type(exc).__name__)
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of due rows; returns how many were confirmed."""
+        confirmed = 0
+        async with self.sessions() as session, session.begin():
+            now = datetime.now(UTC)
+            rows = (
+                await session.exec(
+                    select(OutboxMessage)
+                    .where(col(OutboxMessage.published_at).is_(None), col(OutboxMessage.next_attempt_at) <= now)
+                    .order_by(col(OutboxMessage.created_at))
+                    .limit(self.settings.outbox_batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                faults.reach("outbox.before_publish")
+                try:
+                    await self._publish(row)
+                except Exception as exc:
+                    reason = type(exc).__name__
+                    FAILED.labels(reason).inc()
+                    row.attempts += 1
+                    row.last_error = f"{reason}: {exc}"[:2000]
+                    row.next_attempt_at = now + backoff(row.attempts)
+                    log.warning(
+                        "outbox publish failed",
+                        extra={"event_id": str(row.id), "reason": reason, "attempts": row.attempts},
+                    )
+                    break  # the broker is likely away: stop this batch, retry after backoff
+                row.published_at = datetime.now(UTC)
+                confirmed += 1
+        PUBLISHED.inc(confirmed)
+        return confirmed
+
+    async def _publish(self, row: OutboxMessage) -> None:
+        await self.broker.publish(
+            json.dumps(row.payload).encode(),
+            exchange=self.settings.exchange,
+            routing_key=row.routing_key,
+            persist=True,
+            mandatory=True,
+            message_id=str(row.id),
+            correlation_id=row.payload.get("correlationid"),
+            content_type=CLOUDEVENTS_CONTENT_TYPE,
+            message_type=row.payload["type"],
+            timeout=10,
+        )
+
+    async def _housekeeping(self) -> None:
+        async with self.sessions() as session, session.begin():
+            cutoff = datetime.now(UTC) - KEEP_PUBLISHED
+            await session.execute(delete(OutboxMessage).where(col(OutboxMessage.published_at) < cutoff))
+            pending = await session.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+            PENDING.set(pending or 0)

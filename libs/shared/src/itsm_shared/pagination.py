@@ -1,0 +1,102 @@
+"""Keyset pagination (CONTRACT §2): the cursor carries the last row's sort value and id, so page 1000
+costs what page 1 costs, given an index on (sort column, id)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, Select, and_, or_
+
+from itsm_shared.errors import Invalid
+
+T = TypeVar("T")
+MAX_LIMIT = 200
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Sort:
+    column: Any  # an InstrumentedAttribute
+    descending: bool
+    name: str
+
+
+def parse_sort(value: str, allowed: dict[str, Any]) -> Sort:
+    name = value.removeprefix("-").removeprefix("+")
+    if name not in allowed:
+        raise Invalid(
+            f"cannot sort by {name!r}",
+            errors=[{"loc": ["query", "sort"], "msg": f"one of {sorted(allowed)}"}],
+        )
+    return Sort(column=allowed[name], descending=value.startswith("-"), name=name)
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, UUID):
+        return {"u": str(value)}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and "t" in value:
+        return datetime.fromisoformat(value["t"])
+    if isinstance(value, dict) and "u" in value:
+        return UUID(value["u"])
+    return value
+
+
+def encode_cursor(sort: Sort, value: Any, row_id: UUID) -> str:
+    raw = json.dumps({"s": sort.name, "d": sort.descending, "v": _encode_value(value), "id": str(row_id)})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: Sort) -> tuple[Any, UUID]:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if raw["s"] != sort.name or raw["d"] != sort.descending:
+            raise ValueError("cursor belongs to another sort order")
+        return _decode_value(raw["v"]), UUID(raw["id"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Invalid("invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": str(exc)}]) from exc
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Invalid("limit out of range", errors=[{"loc": ["query", "limit"], "msg": f"1..{MAX_LIMIT}"}])
+    return limit
+
+
+def keyset(stmt: Select[Any], sort: Sort, id_column: Any, limit: int, cursor: str | None) -> Select[Any]:
+    """Order by (sort column, id) and start after the cursor; fetches one extra row to detect a next page."""
+    if cursor:
+        value, last_id = decode_cursor(cursor, sort)
+        col = sort.column
+        after: ColumnElement[bool]
+        if sort.descending:
+            after = or_(col < value, and_(col == value, id_column < last_id))
+        else:
+            after = or_(col > value, and_(col == value, id_column > last_id))
+        stmt = stmt.where(after)
+    order = (sort.column.desc(), id_column.desc()) if sort.descending else (sort.column.asc(), id_column.asc())
+    return stmt.order_by(*order).limit(check_limit(limit) + 1)
+
+
+def page_of(rows: Sequence[T], sort: Sort, limit: int, *, value_of: Any, id_of: Any) -> tuple[list[T], str | None]:
+    items = list(rows[:limit])
+    if len(rows) > limit and items:
+        last = items[-1]
+        return items, encode_cursor(sort, value_of(last), id_of(last))
+    return items, None

@@ -1,0 +1,30 @@
+"""Settings every service reads once at start (environment, prefix ITSM_)."""
+
+from __future__ import annotations
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ITSM_", extra="ignore")
+
+    # The service's own role URL at run time; an admin URL for `python -m itsm_shared.migrate`.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/itsm"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: str = "itsm.events"
+    dead_letter_exchange: str = "itsm.dlx"
+    jwks_url: str = "http://127.0.0.1:8101/api/v1/auth/jwks.json"
+    jwt_issuer: str = "itsm-auth"
+    jwt_audience: str = "itsm"
+    db_pool_size: int = 10
+    db_statement_timeout_ms: int = 5000
+    outbox_batch_size: int = 100
+    outbox_sweep_seconds: float = 2.0
+    consumer_prefetch: int = 32
+    # Deliveries of one message before the broker parks it in the dead-letter queue.
+    consumer_delivery_limit: int = 5
+    # Password of the service login roles; unset where PostgreSQL trusts local connections.
+    db_app_password: str | None = None
+    log_level: str = "INFO"
+    # Test hook: the process SIGKILLs itself when it reaches this named point (e.g. outbox.before_publish).
+    fault_point: str | None = None
