@@ -43,8 +43,9 @@ def with_etag(response: Response, version: int) -> None:
 
 @dataclass
 class IdempotentRequest:
-    """A create guarded by Idempotency-Key. `begin` either replays the first response or reserves the key in
-    the caller's transaction, so the key commits together with what the create writes."""
+    """The transaction seam of a create (CONTRACT §2 Idempotency-Key). `begin` replays the first response or
+    reserves the key in the open transaction; the use case then writes without committing; `complete` commits
+    the rows, their events and the response to replay, all at once."""
 
     session: AsyncSession
     principal: str
@@ -80,12 +81,13 @@ class IdempotentRequest:
         return None
 
     async def complete(self, status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+        """Commit the create, its events and the remembered response together."""
         encoded = jsonable_encoder(body)
         if self.record is not None:
             self.record.status_code = status
             self.record.body = encoded
             self.session.add(self.record)
-            await self.session.commit()
+        await self.session.commit()
         return JSONResponse(encoded, status_code=status, headers=headers)
 
     async def _load(self) -> IdempotencyRecord | None:

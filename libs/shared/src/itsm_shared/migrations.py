@@ -26,12 +26,14 @@ def alembic_config(service: str, migrations_dir: Path, admin_url: str) -> Config
 def _configure(connection: Connection, service: str, metadata: sa.MetaData) -> None:
     connection.execute(sa.text(f'SET ROLE "{owner_role(service)}"'))
     connection.execute(sa.text(f'SET search_path TO "{service}"'))
+    connection.commit()  # session-level settings; the migrations then run in their own transaction
     context.configure(
         connection=connection,
         target_metadata=metadata,
         version_table_schema=service,
         compare_type=True,
-        transaction_per_migration=True,
+        # The version table lives in the schema too; it is alembic's, not the models'.
+        include_name=lambda name, type_, _parents: not (type_ == "table" and name == "alembic_version"),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from itsm_shared.errors import DomainError
+
+
+class OAuthError(DomainError):
+    """RFC 6749 §5.2 error, rendered as problem+json that also carries `error` and `error_description`."""
+
+    status, title, type_slug = 400, "Invalid grant", "oauth-error"
+
+    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
+        headers = {"WWW-Authenticate": 'Basic realm="itsm"'} if status == 401 else None
+        super().__init__(description, headers=headers, extra={"error": error, "error_description": description})
+        self.status = status
+        self.title = error
+
+
+def invalid_grant() -> OAuthError:
+    # One message for unknown user, wrong password, locked or disabled account: no enumeration.
+    return OAuthError("invalid_grant", "the credentials are invalid")

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from itsm_shared.app import Runtime, ServiceSpec, create_app
+
+from auth import service
+from auth.config import get_settings
+from auth.keys import DatabaseKeySource
+from auth.router import router
+
+
+async def prepare(rt: Runtime) -> None:
+    async with rt.sessions() as session:
+        await service.ensure_signing_key(session)
+    password = get_settings().bootstrap_admin_password
+    if password:
+        async with rt.sessions() as session:
+            await service.bootstrap_admin(session, password)
+
+
+app = create_app(
+    ServiceSpec(
+        name="auth",
+        title="ITSM auth service",
+        api_prefix="/api/v1/auth",
+        routers=[router],
+        settings=get_settings(),
+        key_source=lambda rt: DatabaseKeySource(rt.sessions),
+        on_startup=[prepare],
+    )
+)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from itsm_shared.auth import Role
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MIN_PASSWORD, MAX_PASSWORD = 12, 256
+
+Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+
+
+def _check_roles(roles: list[str]) -> list[str]:
+    unknown = sorted(set(roles) - Role.ALL)
+    if unknown:
+        raise ValueError(f"unknown roles: {', '.join(unknown)}; known: {', '.join(sorted(Role.ALL))}")
+    return sorted(set(roles))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserCreate(Strict):
+    username: Username
+    password: Password
+    full_name: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+    roles: list[str] = Field(default_factory=lambda: [Role.REQUESTER])
+    active: bool = True
+
+    _roles = field_validator("roles")(_check_roles)
+
+
+class UserUpdate(Strict):
+    full_name: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+    roles: list[str] | None = None
+    active: bool | None = None
+    password: Password | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _check_roles(value)
+
+
+class UserRead(BaseModel):
+    id: uuid.UUID
+    username: str
+    full_name: str | None
+    email: str | None
+    roles: list[str]
+    active: bool
+    locked: bool = False
+    created_at: datetime | None
+    updated_at: datetime | None
+    version: int
+
+
+class ClientCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    roles: list[str] = Field(default_factory=list)
+
+    _roles = field_validator("roles")(_check_roles)
+
+
+class ClientRead(BaseModel):
+    id: uuid.UUID
+    client_id: str
+    name: str
+    roles: list[str]
+    active: bool
+    created_at: datetime | None
+
+
+class ClientCreated(ClientRead):
+    client_secret: str = Field(description="shown once; store it now")
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    refresh_token: str | None = None
+    scope: str | None = None
+
+
+class Me(BaseModel):
+    id: uuid.UUID
+    kind: str
+    username: str | None = None
+    full_name: str | None = None
+    email: str | None = None
+    roles: list[str]
+
+
+class SigningKeyRead(BaseModel):
+    kid: str
+    created_at: datetime | None
+    retire_at: datetime | None
+    signing: bool
