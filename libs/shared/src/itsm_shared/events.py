@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -50,7 +51,7 @@ def new_event(
     data: dict[str, Any],
     actor: str | uuid.UUID = SYSTEM_ACTOR,
     sequence: int | None = None,
-    changes: dict[str, tuple[Any, Any] | list[Any]] | None = None,
+    changes: Mapping[str, Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """Build the envelope a producer appends to its outbox. `data` must already be JSON-ready."""
     if not type.startswith("itsm."):

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Select, and_, or_
+from sqlalchemy import ColumnElement, and_, or_
 
 from itsm_shared.errors import Invalid
 
@@ -79,7 +79,10 @@ def check_limit(limit: int) -> int:
     return limit
 
 
-def keyset(stmt: Select[Any], sort: Sort, id_column: Any, limit: int, cursor: str | None) -> Select[Any]:
+S = TypeVar("S", bound=Any)
+
+
+def keyset(stmt: S, sort: Sort, id_column: Any, limit: int, cursor: str | None) -> S:
     """Order by (sort column, id) and start after the cursor; fetches one extra row to detect a next page."""
     if cursor:
         value, last_id = decode_cursor(cursor, sort)
@@ -91,7 +94,8 @@ def keyset(stmt: Select[Any], sort: Sort, id_column: Any, limit: int, cursor: st
             after = or_(col > value, and_(col == value, id_column > last_id))
         stmt = stmt.where(after)
     order = (sort.column.desc(), id_column.desc()) if sort.descending else (sort.column.asc(), id_column.asc())
-    return stmt.order_by(*order).limit(check_limit(limit) + 1)
+    ordered: S = stmt.order_by(*order).limit(check_limit(limit) + 1)
+    return ordered
 
 
 def page_of(rows: Sequence[T], sort: Sort, limit: int, *, value_of: Any, id_of: Any) -> tuple[list[T], str | None]:

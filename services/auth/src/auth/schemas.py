@@ -83,7 +83,7 @@ class ClientCreated(ClientRead):
 
 class TokenResponse(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105
     expires_in: int
     refresh_token: str | None = None
     scope: str | None = None
