@@ -41,6 +41,8 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     broker: RabbitBroker
     relay: OutboxRelay
+    # Set once the broker is connected, the topology declared and the subscribers started.
+    broker_started: asyncio.Event = field(default_factory=asyncio.Event)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +74,7 @@ async def _connect_broker(rt: Runtime, queues: list[str]) -> None:
             for queue in queues:
                 await declare_dead_letter_queue(rt.broker, rt.settings, queue)
             await rt.broker.start()
+            rt.broker_started.set()
             log.info("broker connected", extra={"queues": queues})
             return
         except asyncio.CancelledError:
@@ -98,8 +101,11 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         )
         sessions = session_factory(engine)
         broker = make_broker(settings)
-        relay = OutboxRelay(service=spec.name, settings=settings, sessions=sessions, broker=broker)
-        rt = Runtime(spec.name, settings, engine, sessions, broker, relay)
+        broker_started = asyncio.Event()
+        relay = OutboxRelay(
+            service=spec.name, settings=settings, sessions=sessions, broker=broker, ready=broker_started
+        )
+        rt = Runtime(spec.name, settings, engine, sessions, broker, relay, broker_started)
         app.state.runtime = rt
         app.state.sessions = sessions
         queues = spec.consumers(rt) if spec.consumers else []
@@ -139,7 +145,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout=2)
 
     async def broker_ready() -> None:
-        if not await app.state.runtime.broker.ping(timeout=2):
+        rt: Runtime = app.state.runtime
+        if not rt.broker_started.is_set() or not await rt.broker.ping(timeout=2):
             raise ConnectionError("broker unreachable")
 
     app.include_router(health_router({"database": database_ready, "broker": broker_ready}))

@@ -63,8 +63,10 @@ class OutboxRelay:
         settings: ServiceSettings,
         sessions: async_sessionmaker[AsyncSession],
         broker: RabbitBroker,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.service = service
+        self._ready = ready
         self.settings = settings
         self.sessions = sessions
         self.broker = broker
@@ -111,6 +113,8 @@ class OutboxRelay:
                 delay = min(delay * 2, 10)
 
     async def _loop(self) -> None:
+        if self._ready is not None:
+            await self._ready.wait()  # publishing before the topology exists would only fail and back off
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_sweep_seconds)

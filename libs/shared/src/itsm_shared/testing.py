@@ -1,0 +1,109 @@
+"""Test support: find PostgreSQL and RabbitMQ, give each test session its own database and exchange names.
+
+Order (ARCHITECTURE.md, Tests): ITSM_TEST_DATABASE_URL / ITSM_TEST_AMQP_URL; a Docker engine through
+testcontainers; the local services at their default ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from itsm_shared.db import asyncpg_dsn
+from itsm_shared.provision import app_url
+
+LOCAL_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _docker_engine() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def infrastructure() -> Iterator[tuple[str, str]]:
+    """(admin database URL, AMQP URL) for this test session."""
+    db = os.environ.get("ITSM_TEST_DATABASE_URL")
+    amqp = os.environ.get("ITSM_TEST_AMQP_URL")
+    if db and amqp:
+        yield db, amqp
+        return
+    if _docker_engine():
+        from testcontainers.postgres import PostgresContainer
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with PostgresContainer("postgres:15") as pg, RabbitMqContainer("rabbitmq:4") as mq:
+            host, port = mq.get_container_host_ip(), mq.get_exposed_port(5672)
+            yield (db or pg.get_connection_url(driver=None)), (amqp or f"amqp://guest:guest@{host}:{port}/")
+        return
+    yield db or LOCAL_DATABASE, amqp or LOCAL_AMQP
+
+
+@dataclass
+class TestDatabase:
+    admin_url: str
+    name: str
+
+    def app_url(self, service: str) -> str:
+        return app_url(self.admin_url, service)
+
+
+async def create_database(server_url: str, prefix: str = "itsm_test") -> TestDatabase:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return TestDatabase(make_url(server_url).set(database=name).render_as_string(hide_password=False), name)
+
+
+async def drop_database(db: TestDatabase) -> None:
+    url = make_url(db.admin_url).set(database="postgres").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def migrate(service: str, admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Build a service's schema the way deployments do: its real migrations, in a separate process."""
+    env = {**os.environ, "ITSM_DATABASE_URL": admin_url}
+    return subprocess.run(  # noqa: S603 (our own module, our own arguments)
+        [sys.executable, "-m", "itsm_shared.migrate", service, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_names() -> dict[str, Any]:
+    """Exchange names of one test session, so runs never collide with a running stack or each other."""
+    run = uuid.uuid4().hex[:8]
+    return {"exchange": f"itsm.test.{run}.events", "dead_letter_exchange": f"itsm.test.{run}.dlx", "run": run}
+
+
+def parse_cloudevent(body: bytes) -> dict[str, Any]:
+    """Parse with the official CloudEvents SDK (structured JSON format): attributes plus `data`.
+    The SDK validates required attributes and extension names, so a malformed envelope raises here."""
+    from cloudevents.core.formats.json import JSONFormat
+
+    event = JSONFormat().read(None, body)
+    return {**event.get_attributes(), "data": event.get_data()}
