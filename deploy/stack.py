@@ -587,9 +587,11 @@ class Stack:
 
         s = self.settings
         result = self._base_env()
+        overrides = {**s.extra_env, **s.service_env.get(name, {}), **(env or {})}
+        password = overrides.get("ITSM_DB_APP_PASSWORD") or result.get("ITSM_DB_APP_PASSWORD") or None
         result.update(
             {
-                "ITSM_DATABASE_URL": app_url(s.database_url, name),
+                "ITSM_DATABASE_URL": app_url(s.database_url, name, password),
                 "ITSM_AMQP_URL": s.amqp_url,
                 "ITSM_EXCHANGE": s.exchange,
                 "ITSM_JWKS_URL": f"{s.service_url('auth')}{JWKS_PATH}",
@@ -600,9 +602,7 @@ class Stack:
         result.pop("ITSM_FAULT_POINT", None)
         if name == "auth" and s.bootstrap_admin_password:
             result["ITSM_BOOTSTRAP_ADMIN_PASSWORD"] = s.bootstrap_admin_password
-        result.update(s.extra_env)
-        result.update(s.service_env.get(name, {}))
-        result.update(env or {})
+        result.update(overrides)
         return result
 
     def start_service(self, name: str, env: Mapping[str, str] | None = None, *, wait: bool = True) -> None:

@@ -1,0 +1,75 @@
+# make run | test | lint | types | fmt | migration SERVICE=<name> MSG="..." | bench | asyncapi
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint types fmt migration bench asyncapi
+
+# uv from PATH, else where `pip install --user uv` puts it.
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# Every workspace member, not only those in the dev group: each service must be importable by
+# uvicorn and by its own test suite. The recipes then run in that environment without re-syncing.
+SYNC_FLAGS ?= --all-packages
+RUN := $(UV) run --no-sync
+SERVICES := $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/pyproject.toml))))
+
+help:
+	@echo "make run        start PostgreSQL/RabbitMQ-backed services and the gateway locally (Ctrl-C stops)"
+	@echo "make test       every test suite, each service in its own pytest process"
+	@echo "make lint       ruff check + ruff format --check"
+	@echo "make types      mypy (strict) over libs/, services/ and deploy/stack.py"
+	@echo "make fmt        ruff format + ruff check --fix"
+	@echo "make migration  SERVICE=<name> MSG='...': autogenerate an alembic revision"
+	@echo "make bench      run bench/*.py"
+	@echo "make asyncapi   fetch each running service's /asyncapi.json into build/asyncapi/"
+
+install:
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user uv || python3 -m pip install --user --break-system-packages uv
+	$(UV) sync $(SYNC_FLAGS)
+
+# Without ITSM_BOOTSTRAP_ADMIN_PASSWORD, deploy/stack.py generates one (kept in .run/) and prints it.
+run: install
+	$(RUN) python deploy/stack.py
+
+# One pytest process per suite: the SQLModel metadata of two services must never share a process.
+# A suite that does not exist yet is skipped, one with no tests (pytest exit 5) is not a failure.
+test: install
+	@failed=(); \
+	suites=(libs/shared/tests $(addsuffix /tests,$(addprefix services/,$(SERVICES))) tests/deploy tests/e2e); \
+	for suite in "$${suites[@]}"; do \
+		if [ ! -d "$$suite" ]; then echo "== $$suite: none yet"; continue; fi; \
+		echo "== pytest $$suite"; \
+		$(RUN) pytest "$$suite"; rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "== $$suite: no tests yet"; \
+		elif [ $$rc -ne 0 ]; then failed+=("$$suite"); fi; \
+	done; \
+	if [ $${#failed[@]} -ne 0 ]; then echo "FAILED: $${failed[*]}"; exit 1; fi; \
+	echo "all suites passed"
+
+lint: install
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+types: install
+	$(RUN) mypy libs/shared/src $(wildcard services/*/src) deploy/stack.py
+
+fmt: install
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+migration: install
+	@test -n "$(SERVICE)" || { echo "usage: make migration SERVICE=<name> MSG='what changed'"; exit 2; }
+	@test -n "$(MSG)" || { echo "usage: make migration SERVICE=<name> MSG='what changed'"; exit 2; }
+	$(RUN) python -m itsm_shared.migrate $(SERVICE) --revision "$(MSG)"
+
+bench: install
+	@shopt -s nullglob; benches=(bench/*.py); \
+	if [ $${#benches[@]} -eq 0 ]; then echo "no benchmarks in bench/"; exit 0; fi; \
+	for b in "$${benches[@]}"; do echo "== $$b"; $(RUN) python "$$b" || exit 1; done
+
+# Needs the stack running (make run in another terminal); ports as in INTERFACES.md.
+asyncapi:
+	@mkdir -p build/asyncapi; \
+	port=8101; for name in auth incident problem change audit; do \
+		if curl -fsS "http://127.0.0.1:$$port/asyncapi.json" -o "build/asyncapi/$$name.json"; then \
+			echo "build/asyncapi/$$name.json"; else echo "$$name: not running on $$port"; fi; \
+		port=$$((port + 1)); \
+	done
