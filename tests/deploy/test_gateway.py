@@ -1,0 +1,425 @@
+"""The real Traefik binary with deploy/traefik, started by the runner's own code (stack.start_gateway),
+in front of stub backends on free ports.
+
+Two gateways: `gateway` with the production defaults except a generous API limit, and `strict` with
+ITSM_API_RATE_LIMIT=5, ITSM_LOGIN_RATE_LIMIT=10 and an in-flight cap of 2, where one service's
+upstream points at a closed port (a stopped service). Traefik keeps one rate-limit bucket per router
+and client, so each limit test below uses a router no other test on that gateway uses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import stack
+from gateway_stubs import StubServer, stub_backend
+
+pytestmark = pytest.mark.timeout(120)
+
+MIB = 1024 * 1024
+LIVE = ("auth", "incident", "problem", "change")  # audit is "not built": no upstream at all
+
+
+@dataclass
+class Gateway:
+    url: str
+    run_dir: Path
+    process: stack.ManagedProcess
+    stubs: dict[str, StubServer]
+
+    def client(self, source: str = "127.0.0.1") -> httpx.Client:
+        """A client whose connections come from `source` (any 127/8 address is a distinct client)."""
+        return httpx.Client(
+            base_url=self.url,
+            timeout=15,
+            transport=httpx.HTTPTransport(local_address=source),
+        )
+
+
+def _start(
+    run_dir: Path,
+    stubs: dict[str, StubServer],
+    upstreams: dict[str, str | None],
+    *,
+    api_rate_limit: int = 1000,
+    login_rate_limit: int = 10,
+    extra_env: dict[str, str] | None = None,
+) -> Gateway:
+    port = stack.free_port()
+    process = stack.start_gateway(
+        run_dir,
+        port=port,
+        upstreams=upstreams,
+        api_rate_limit=api_rate_limit,
+        login_rate_limit=login_rate_limit,
+        extra_env=extra_env,
+    )
+    return Gateway(f"http://127.0.0.1:{port}", run_dir, process, stubs)
+
+
+@pytest.fixture(scope="module")
+def stubs() -> Iterator[dict[str, StubServer]]:
+    with (
+        stub_backend("auth") as auth,
+        stub_backend("incident") as incident,
+        stub_backend("problem") as problem,
+        stub_backend("change") as change,
+    ):
+        yield {"auth": auth, "incident": incident, "problem": problem, "change": change}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, stubs: dict[str, StubServer]) -> Iterator[Gateway]:
+    upstreams: dict[str, str | None] = {name: stubs[name].url for name in LIVE}
+    upstreams["audit"] = None
+    gw = _start(tmp_path_factory.mktemp("gateway"), stubs, upstreams, api_rate_limit=1000, login_rate_limit=10)
+    yield gw
+    gw.process.stop(grace=5)
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory, stubs: dict[str, StubServer]) -> Iterator[Gateway]:
+    closed = stack.free_port()  # nothing listens there: a service that was started once and died
+    upstreams: dict[str, str | None] = {
+        "auth": stubs["auth"].url,
+        "incident": stubs["incident"].url,
+        "change": stubs["change"].url,
+        "problem": f"http://127.0.0.1:{closed}",
+        "audit": None,
+    }
+    gw = _start(
+        tmp_path_factory.mktemp("strict"),
+        stubs,
+        upstreams,
+        api_rate_limit=5,
+        login_rate_limit=10,
+        extra_env={"ITSM_API_MAX_INFLIGHT": "2"},
+    )
+    yield gw
+    gw.process.stop(grace=5)
+
+
+def assert_security_headers(response: httpx.Response) -> None:
+    h = response.headers
+    assert h.get("x-content-type-options") == "nosniff"
+    assert h.get("x-frame-options") == "DENY"
+    assert h.get("referrer-policy") == "no-referrer"
+    assert h.get("strict-transport-security", "").startswith("max-age=31536000")
+    assert "camera=()" in h.get("permissions-policy", "")
+    assert h.get("cache-control") == "no-store"
+    csp = h.get("content-security-policy", "")
+    assert "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "server" not in h
+    assert "x-powered-by" not in h
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------ routing
+
+
+@pytest.mark.parametrize(
+    ("service", "prefix"),
+    [(name, prefix) for name in LIVE for prefix in stack.ROUTE_PREFIXES[name]],
+)
+def test_every_prefix_reaches_its_service_unchanged(gateway: Gateway, service: str, prefix: str) -> None:
+    with gateway.client() as client:
+        response = client.get(f"{prefix}/some/thing", params={"limit": "5"})
+        assert response.status_code == 200
+        echo = response.json()
+        assert echo["service"] == service
+        assert echo["path"] == f"{prefix}/some/thing?limit=5"
+        # The bare prefix is routed too (collection endpoints).
+        assert client.get(prefix).json()["service"] == service
+    assert_security_headers(response)
+
+
+def test_token_endpoint_and_docs_reach_auth(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        token = client.post("/api/v1/auth/token", data={"grant_type": "password", "username": "a"})
+        assert token.status_code == 200
+        assert token.json()["service"] == "auth"
+        assert token.json()["method"] == "POST"
+        for name in LIVE:
+            docs = client.get(f"{stack.ROUTE_PREFIXES[name][0]}/docs")
+            assert docs.status_code == 200
+            assert docs.headers["content-type"].startswith("text/html")
+
+
+def test_service_that_is_not_built_answers_503(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        for path in ("/api/v1/audit", "/api/v1/audit/events", "/api/v1/audit/docs"):
+            response = client.get(path)
+            assert response.status_code == 503, path
+            assert_security_headers(response)
+
+
+def test_service_that_is_down_answers_503(strict: Gateway) -> None:
+    with strict.client() as client:
+        for method in ("GET", "POST"):
+            response = client.request(method, "/api/v1/problems/x", json={})
+            # Connection refused is 502 in Traefik; the gateway turns it into 503 at once.
+            assert response.status_code == 503, method
+            assert_security_headers(response)
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/api/v1", "/api/v2/incidents", "/api/rawdata", "/dashboard/"])
+def test_unmatched_path_is_404_with_headers_and_no_traefik_api(gateway: Gateway, path: str) -> None:
+    with gateway.client() as client:
+        response = client.get(path)
+    assert response.status_code == 404
+    assert response.content == b""
+    assert_security_headers(response)
+
+
+def test_ping(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        response = client.get("/ping")
+    assert response.status_code == 200
+    assert_security_headers(response)
+
+
+def test_header_aliases_are_rejected(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        response = client.get("/api/v1/incidents", headers={"X_Forwarded_For": "10.9.8.7"})
+    assert response.status_code == 400
+
+
+def test_client_cannot_spoof_forwarded_for(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        echo = client.get("/api/v1/incidents", headers={"X-Forwarded-For": "10.9.8.7"}).json()
+    assert "10.9.8.7" not in echo["headers"].get("X-Forwarded-For", "")
+
+
+# ------------------------------------------------------------------------------------------ bodies
+
+
+def test_body_of_exactly_one_mib_passes(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        response = client.post("/api/v1/incidents", content=b"x" * MIB)
+    assert response.status_code == 200
+    assert response.json()["body_bytes"] == MIB
+
+
+def test_body_over_one_mib_is_413(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        response = client.post("/api/v1/incidents", content=b"x" * (MIB + 1))
+        assert response.status_code == 413
+        assert_security_headers(response)
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds on a chunked body too
+            for _ in range(MIB // 65536 + 1):
+                yield b"x" * 65536
+
+        chunked = client.post("/api/v1/changes", content=chunks())
+        assert chunked.status_code == 413
+        # The login route has the same limit.
+        login = client.post("/api/v1/auth/token", content=b"x" * (MIB + 1))
+        assert login.status_code == 413
+
+
+# ------------------------------------------------------------------------------------------ limits
+
+
+def test_api_limit_comes_from_the_environment(gateway: Gateway, strict: Gateway) -> None:
+    # ITSM_API_RATE_LIMIT=1000: 30 quick requests all pass.
+    with gateway.client() as client:
+        assert {client.get("/api/v1/sla-policies").status_code for _ in range(30)} == {200}
+
+    # ITSM_API_RATE_LIMIT=5: a burst of 2x5 passes, then 429 with Retry-After.
+    with strict.client() as client:
+        start = time.monotonic()
+        statuses = [client.get("/api/v1/incidents/x").status_code for _ in range(30)]
+        elapsed = time.monotonic() - start
+        assert statuses[:10] == [200] * 10
+        assert 429 in statuses
+        # Never more than the burst plus what the bucket refilled meanwhile.
+        assert statuses.count(200) <= 10 + 5 * elapsed + 1
+        limited = client.get("/api/v1/incidents/x")
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert_security_headers(limited)
+
+    # Per client: another address still gets through on the same route.
+    with strict.client("127.0.0.2") as other:
+        assert other.get("/api/v1/incidents/x").status_code == 200
+
+
+def test_login_has_its_own_strict_bucket(strict: Gateway) -> None:
+    form = {"grant_type": "password", "username": "admin", "password": "wrong-password"}
+    with strict.client() as client:
+        # ITSM_LOGIN_RATE_LIMIT=10 per minute, burst 5.
+        statuses = [client.post("/api/v1/auth/token", data=form).status_code for _ in range(8)]
+        assert statuses == [200] * 5 + [429] * 3
+        refused = client.post("/api/v1/auth/token", data=form)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert_security_headers(refused)
+        # The rest of the auth API is not throttled with it.
+        assert client.get("/api/v1/auth/me").status_code == 200
+    # Another client can still log in.
+    with strict.client("127.0.0.3") as other:
+        assert other.post("/api/v1/auth/token", data=form).status_code == 200
+
+
+def test_in_flight_cap_is_per_client(strict: Gateway) -> None:
+    change = strict.stubs["change"]
+    change.release.clear()
+    with strict.client() as client, ThreadPoolExecutor(max_workers=2) as pool:
+        held = [pool.submit(client.get, "/api/v1/changes/hold") for _ in range(2)]
+        try:
+            wait_for(lambda: change.holding() == 2)
+            third = client.get("/api/v1/changes/x")
+            assert third.status_code == 429
+            assert_security_headers(third)
+            with strict.client("127.0.0.4") as other:
+                assert other.get("/api/v1/changes/x").status_code == 200
+        finally:
+            change.release.set()
+        assert [f.result(timeout=15).status_code for f in held] == [200, 200]
+
+
+# ------------------------------------------------------------------------------------------ headers
+
+
+def _unmatched_429(strict: Gateway) -> httpx.Response:
+    # The catch-all router carries the API limit too; nothing else on `strict` uses its bucket.
+    with strict.client("127.0.0.5") as client:
+        for _ in range(100):
+            response = client.get("/no-such-page")
+            if response.status_code == 429:
+                return response
+    raise AssertionError("no 429 after 100 requests at ITSM_API_RATE_LIMIT=5")
+
+
+def _request(gw: Gateway, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+    with gw.client() as client:
+        return client.request(method, path, content=content)
+
+
+RESPONSES: dict[int, Callable[[Gateway, Gateway], httpx.Response]] = {
+    200: lambda gw, strict: _request(gw, "GET", "/api/v1/incidents"),
+    404: lambda gw, strict: _request(gw, "GET", "/nothing/here"),
+    413: lambda gw, strict: _request(gw, "POST", "/api/v1/auth/users", b"x" * (MIB + 1)),
+    429: lambda gw, strict: _unmatched_429(strict),
+    503: lambda gw, strict: _request(gw, "GET", "/api/v1/audit/events"),
+}
+
+
+@pytest.mark.parametrize("status", sorted(RESPONSES))
+def test_security_headers_on_every_status(gateway: Gateway, strict: Gateway, status: int) -> None:
+    response = RESPONSES[status](gateway, strict)
+    assert response.status_code == status
+    assert_security_headers(response)
+
+
+class _DocsPage(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.inline_scripts = 0
+        self.styles: list[str] = []
+        self.icons: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "script":
+            if a.get("src"):
+                self.scripts.append(a["src"] or "")
+            else:
+                self.inline_scripts += 1
+        elif tag == "link" and a.get("rel") == "stylesheet":
+            self.styles.append(a.get("href") or "")
+        elif tag == "link" and "icon" in (a.get("rel") or ""):
+            self.icons.append(a.get("href") or "")
+
+
+def _csp(header: str) -> dict[str, list[str]]:
+    directives = {}
+    for part in header.split(";"):
+        words = part.split()
+        if words:
+            directives[words[0]] = words[1:]
+    return directives
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "'self'"
+
+
+def test_docs_csp_lets_fastapi_swagger_ui_render(gateway: Gateway) -> None:
+    # The stub serves the page FastAPI itself generates for /docs.
+    with gateway.client() as client:
+        response = client.get("/api/v1/incidents/docs")
+        api = client.get("/api/v1/incidents")
+    assert_security_headers(response)
+    csp = _csp(response.headers["content-security-policy"])
+    page = _DocsPage()
+    page.feed(response.text)
+    assert page.scripts and page.styles and page.icons and page.inline_scripts
+    for src in page.scripts:
+        assert _origin(src) in csp["script-src"], src
+    assert "'unsafe-inline'" in csp["script-src"]  # the SwaggerUIBundle({...}) bootstrap
+    for href in page.styles:
+        assert _origin(href) in csp["style-src"], href
+    for href in page.icons:
+        assert _origin(href) in csp["img-src"], href
+    assert "data:" in csp["img-src"]  # swagger-ui's svg icons
+    assert "'self'" in csp["connect-src"]  # openapi.json and the token endpoint, same origin
+    # JSON responses keep the strict policy.
+    assert "unsafe-inline" not in api.headers["content-security-policy"]
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+
+def test_access_log_is_json_without_credentials(gateway: Gateway) -> None:
+    secret = "Bearer do-not-log-this-token"
+    with gateway.client() as client:
+        client.get("/api/v1/changes/logged", headers={"Authorization": secret, "User-Agent": "gateway-test"})
+    log = gateway.run_dir / "gateway-access.log"
+
+    def entries() -> list[dict[str, object]]:
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+    wait_for(lambda: any(e.get("RequestPath") == "/api/v1/changes/logged" for e in entries()))
+    entry = next(e for e in entries() if e.get("RequestPath") == "/api/v1/changes/logged")
+    assert entry["DownstreamStatus"] == 200
+    assert entry["RouterName"] == "change@file"
+    assert "do-not-log-this-token" not in log.read_text()
+
+
+def test_configuration_loads_without_errors(gateway: Gateway, strict: Gateway) -> None:
+    for gw in (gateway, strict):
+        for line in (gw.run_dir / "traefik.log").read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry.get("level") in ("error", "fatal", "panic"):
+                # The body limit logs each refused body; anything else is a configuration problem.
+                assert entry.get("middlewareType") == "Buffer", line
+
+
+def test_gateway_stops_on_request(tmp_path: Path, stubs: dict[str, StubServer]) -> None:
+    gw = _start(tmp_path, stubs, {"auth": stubs["auth"].url})
+    gw.process.stop(grace=5)
+    assert not gw.process.running()
+    assert stack.http_status(f"{gw.url}/ping", timeout=1) is None
