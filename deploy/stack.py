@@ -49,6 +49,7 @@ DEFAULT_GATEWAY_PORT = 8000
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/itsm"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_EXCHANGE = "itsm.events"
+DEFAULT_DEAD_LETTER_EXCHANGE = "itsm.dlx"
 DEFAULT_API_RATE_LIMIT = 50
 DEFAULT_LOGIN_RATE_LIMIT = 10
 JWKS_PATH = "/api/v1/auth/jwks.json"
@@ -117,9 +118,9 @@ def _probe(host: str, port: int, hello: bytes, accept: Callable[[bytes], bool], 
 
 def probe_postgres(url: str, timeout: float = 3.0) -> str | None:
     host, port = _host_port(url, 5432)
-    # SSLRequest: a PostgreSQL server answers with one byte, S or N.
+    # SSLRequest: a PostgreSQL server answers with exactly one byte, S or N, and waits.
     ssl_request = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
-    return _probe(host, port, ssl_request, lambda b: b[:1] in (b"S", b"N"), timeout)
+    return _probe(host, port, ssl_request, lambda b: b in (b"S", b"N"), timeout)
 
 
 def probe_rabbitmq(url: str, timeout: float = 3.0) -> str | None:
@@ -405,6 +406,7 @@ class StackSettings:
     amqp_url: str = DEFAULT_AMQP_URL
     database_name: str | None = None
     exchange: str = DEFAULT_EXCHANGE
+    dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE
     gateway_host: str = "127.0.0.1"
     gateway_port: int = DEFAULT_GATEWAY_PORT
     service_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
@@ -454,6 +456,7 @@ class StackSettings:
             "admin_database_url": environ.get("ITSM_DATABASE_URL") or DEFAULT_DATABASE_URL,
             "amqp_url": environ.get("ITSM_AMQP_URL") or DEFAULT_AMQP_URL,
             "exchange": environ.get("ITSM_EXCHANGE") or DEFAULT_EXCHANGE,
+            "dead_letter_exchange": environ.get("ITSM_DEAD_LETTER_EXCHANGE") or DEFAULT_DEAD_LETTER_EXCHANGE,
             "gateway_port": int(environ.get("ITSM_GATEWAY_PORT") or DEFAULT_GATEWAY_PORT),
             "service_ports": ports,
             "api_rate_limit": int(environ.get("ITSM_API_RATE_LIMIT") or DEFAULT_API_RATE_LIMIT),
@@ -477,6 +480,7 @@ class StackSettings:
             "amqp_url": os.environ.get("ITSM_TEST_AMQP_URL") or os.environ.get("ITSM_AMQP_URL") or DEFAULT_AMQP_URL,
             "database_name": f"itsm_e2e_{token}",
             "exchange": f"itsm_e2e_{token}.events",
+            "dead_letter_exchange": f"itsm_e2e_{token}.dlx",
             "gateway_port": free_port(),
             "service_ports": {name: free_port() for name in SERVICES},
             "api_rate_limit": 1000,
@@ -594,6 +598,7 @@ class Stack:
                 "ITSM_DATABASE_URL": app_url(s.database_url, name, password),
                 "ITSM_AMQP_URL": s.amqp_url,
                 "ITSM_EXCHANGE": s.exchange,
+                "ITSM_DEAD_LETTER_EXCHANGE": s.dead_letter_exchange,
                 "ITSM_JWKS_URL": f"{s.service_url('auth')}{JWKS_PATH}",
             }
         )
@@ -666,7 +671,10 @@ class Stack:
         wait: bool = True,
     ) -> None:
         """Kill one service if it runs and start it again with `env` (the previous start's `env` is
-        dropped). With `wait`, returns once /readyz is 200 and the gateway routes to it again."""
+        dropped). With `wait`, returns once /readyz is 200 and the gateway routes to it again.
+
+        With a fault point in `env`, pass wait=False and use `wait_exit`: an outbox row left by the
+        killed process can make the new one reach the fault point before it is ready."""
         process = self.processes.get(name)
         if process is not None and process.running():
             process.kill(sig)
