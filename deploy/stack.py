@@ -536,9 +536,10 @@ class Stack:
             raise
 
     def stop(self) -> None:
-        # Gateway first so no request reaches a service that is shutting down.
-        order = sorted(self.processes.values(), key=lambda p: p.name != GATEWAY)
-        stop_all(order, self.settings.stop_grace)
+        # The gateway first, so no new request reaches a service that is shutting down.
+        gateway = [p for p in self.processes.values() if p.name == GATEWAY]
+        stop_all(gateway, self.settings.stop_grace)
+        stop_all([p for p in self.processes.values() if p.name != GATEWAY], self.settings.stop_grace)
 
     def _check_ports_free(self) -> None:
         s = self.settings
@@ -856,9 +857,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Could not start the stack: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print("\nStopping ...", file=out)
+            print(f"\nStopping (at most {settings.stop_grace:.0f}s) ...", file=out, flush=True)
             return 0
         finally:
+            # A second Ctrl-C (uv run also forwards the first one) must not cut the shutdown short.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
             stack.stop()
 
 
