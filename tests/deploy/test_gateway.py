@@ -178,7 +178,9 @@ def test_service_that_is_down_answers_503(strict: Gateway) -> None:
             assert_security_headers(response)
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/api/v1", "/api/v2/incidents", "/api/rawdata", "/dashboard/"])
+@pytest.mark.parametrize(
+    "path", ["/", "/nope", "/api/v1", "/api/v2/incidents", "/api/v1/authx", "/api/rawdata", "/dashboard/"]
+)
 def test_unmatched_path_is_404_with_headers_and_no_traefik_api(gateway: Gateway, path: str) -> None:
     with gateway.client() as client:
         response = client.get(path)
