@@ -162,7 +162,9 @@ async def _run(
                     "handler failed; message returned to the queue",
                     extra={"queue": queue, "delivery": deliveries},
                 )
-                await msg.nack(requeue=True)
+                # reject, not nack: since RabbitMQ 4.3 only basic.reject counts as a failed delivery (raises
+                # x-delivery-count); a nack-requeue would loop forever, below both our limit and the queue's.
+                await msg.reject(requeue=True)
             return
         await msg.ack()
         return

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,7 +47,10 @@ def channel_for(service: str) -> str:
 
 async def append(session: AsyncSession, event: dict[str, Any]) -> None:
     """Add the event to the caller's transaction; the relay is woken when that transaction commits."""
-    session.add(OutboxMessage(id=event["id"], routing_key=routing_key(event["type"]), payload=event))
+    # A table model does not validate: convert the id here, or rows flushed together cannot be matched to
+    # the UUIDs PostgreSQL returns ("Can't match sentinel values"), and the identity map holds a str key.
+    row = OutboxMessage(id=uuid.UUID(str(event["id"])), routing_key=routing_key(event["type"]), payload=event)
+    session.add(row)
     service = event["source"].rsplit("/", 1)[-1]
     await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel_for(service)})
 

@@ -4,6 +4,7 @@ costs what page 1 costs, given an index on (sort column, id)."""
 from __future__ import annotations
 
 import base64
+import enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, and_, or_
+from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, and_, or_
 
 from itsm_shared.errors import Invalid
 
@@ -63,12 +64,33 @@ def encode_cursor(sort: Sort, value: Any, row_id: UUID) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
+def _as_column_value(value: Any, column: Any) -> Any:
+    """The cursor comes from the client: a value its sort column cannot hold is refused here, as a 422, rather
+    than reaching the database and failing there as a 500."""
+    try:
+        sa_type = column.type
+        expected: type = sa_type.python_type
+    except (AttributeError, NotImplementedError):
+        return value  # nothing declared to check against
+    if isinstance(value, bool) and expected is not bool:
+        raise ValueError("cursor value has the wrong type")
+    if isinstance(expected, type) and issubclass(expected, enum.Enum):
+        return expected(value)
+    if not isinstance(value, expected) and not (expected is float and isinstance(value, int)):
+        raise ValueError("cursor value has the wrong type")
+    if isinstance(value, int) and isinstance(sa_type, Integer):
+        bits = 64 if isinstance(sa_type, BigInteger) else 16 if isinstance(sa_type, SmallInteger) else 32
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise ValueError("cursor value out of range")
+    return value
+
+
 def decode_cursor(cursor: str, sort: Sort) -> tuple[Any, UUID]:
     try:
         raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if raw["s"] != sort.name or raw["d"] != sort.descending:
             raise ValueError("cursor belongs to another sort order")
-        return _decode_value(raw["v"]), UUID(raw["id"])
+        return _as_column_value(_decode_value(raw["v"]), sort.column), UUID(raw["id"])
     except (ValueError, KeyError, TypeError) as exc:
         raise Invalid("invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": str(exc)}]) from exc
 
