@@ -1,0 +1,218 @@
+"""Fixtures for the shared mechanisms, against the real PostgreSQL and the real RabbitMQ.
+
+The session gets a database of its own, built by the auth service's real migrations (they carry exactly the
+shared tables, outbox / inbox / idempotency_key, plus auth's own), and is used through the `auth_app` login role
+as a running service would. Exchanges and queues carry this session's own names and are deleted at the end.
+Nothing waits by sleeping: `eventually` polls a condition until a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from faststream.rabbit import RabbitBroker
+from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make_broker, unrouted_name
+from itsm_shared.db import make_engine, session_factory
+from itsm_shared.events import CloudEvent
+from itsm_shared.inbox import subscribe
+from itsm_shared.outbox import OutboxRelay
+from itsm_shared.settings import ServiceSettings
+from itsm_shared.testing import TestDatabase, create_database, drop_database, infrastructure, migrate, test_names
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from .support import SERVICE, Handler, Probe
+
+# SQLModel nags on every AsyncSession.execute(); here it runs Core statements and text(), which is what it is for.
+SQLMODEL_EXECUTE_NOTICE = r"ignore:\s*\W*\s*You probably want to use `session.exec\(\)`:DeprecationWarning"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.filterwarnings(SQLMODEL_EXECUTE_NOTICE))
+
+
+# ---------------------------------------------------------------- infrastructure
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[tuple[str, str]]:
+    with infrastructure() as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+async def database(infra: tuple[str, str]) -> AsyncIterator[TestDatabase]:
+    db = await create_database(infra[0], "itsm_test_shared")
+    try:
+        result = migrate("auth", db.admin_url)
+        assert result.returncode == 0, result.stderr
+        yield db
+    finally:
+        await drop_database(db)
+
+
+@pytest.fixture(scope="session")
+def names() -> dict[str, Any]:
+    return test_names()
+
+
+@pytest.fixture(scope="session")
+def settings(database: TestDatabase, infra: tuple[str, str], names: dict[str, Any]) -> ServiceSettings:
+    return ServiceSettings(
+        database_url=database.app_url("auth"),
+        amqp_url=infra[1],
+        exchange=names["exchange"],
+        dead_letter_exchange=names["dead_letter_exchange"],
+        outbox_sweep_seconds=0.2,
+        consumer_delivery_limit=3,
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: ServiceSettings) -> AsyncIterator[AsyncEngine]:
+    eng = make_engine(settings.database_url, pool_size=5)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+async def amqp(infra: tuple[str, str]) -> AsyncIterator[AbstractRobustConnection]:
+    conn = await aio_pika.connect_robust(infra[1])
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def channel(amqp: AbstractRobustConnection) -> AsyncIterator[AbstractChannel]:
+    ch = await amqp.channel()
+    yield ch
+    with contextlib.suppress(Exception):
+        await ch.close()
+
+
+@pytest.fixture(scope="session")
+async def broker(settings: ServiceSettings, amqp: AbstractRobustConnection) -> AsyncIterator[RabbitBroker]:
+    """A connected publishing broker with the session's topology declared; the topology goes at the end."""
+    b = make_broker(settings)
+    await b.connect()
+    await declare_topology(b, settings)
+    yield b
+    await b.stop()
+    cleanup = await amqp.channel()
+    await cleanup.queue_delete(unrouted_name(settings))
+    for exchange in (settings.exchange, unrouted_name(settings), settings.dead_letter_exchange):
+        await cleanup.exchange_delete(exchange)
+    await cleanup.close()
+
+
+# ---------------------------------------------------------------- probes: what reached the exchange
+
+
+@pytest.fixture
+async def probe(
+    channel: AbstractChannel, settings: ServiceSettings, broker: RabbitBroker
+) -> AsyncIterator[Callable[..., Awaitable[Probe]]]:
+    made: list[Probe] = []
+
+    async def make(*routing_keys: str) -> Probe:
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in routing_keys:
+            await queue.bind(settings.exchange, routing_key=key)
+        p = Probe(queue)
+        await queue.consume(p._on_message, no_ack=True)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        await channel.queue_delete(p.queue.name)
+
+
+# ---------------------------------------------------------------- outbox
+
+
+@pytest.fixture
+async def clean_outbox(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Relay tests own the whole outbox table while they run."""
+    async with sessions() as session, session.begin():
+        await session.execute(text("DELETE FROM outbox"))
+
+
+@pytest.fixture
+async def relays(
+    sessions: async_sessionmaker[AsyncSession], settings: ServiceSettings, broker: RabbitBroker
+) -> AsyncIterator[Callable[..., OutboxRelay]]:
+    started: list[OutboxRelay] = []
+
+    def start(
+        *, relay_settings: ServiceSettings | None = None, relay_broker: RabbitBroker | None = None
+    ) -> OutboxRelay:
+        relay = OutboxRelay(
+            service=SERVICE,
+            settings=relay_settings or settings,
+            sessions=sessions,
+            broker=relay_broker or broker,
+        )
+        relay.start()
+        started.append(relay)
+        return relay
+
+    yield start
+    for relay in started:
+        await relay.stop()
+
+
+# ---------------------------------------------------------------- consumers
+
+
+@pytest.fixture
+async def consumers(
+    settings: ServiceSettings, broker: RabbitBroker, amqp: AbstractRobustConnection
+) -> AsyncIterator[Callable[[list[tuple[str, str, Handler]]], Awaitable[RabbitBroker]]]:
+    """Start a consuming broker the way app.py does (subscribe, connect, topology, DLQs, start)."""
+    brokers: list[RabbitBroker] = []
+    queues: list[str] = []
+
+    async def start(subscriptions: list[tuple[str, str, Handler]]) -> RabbitBroker:
+        b = make_broker(settings)
+        brokers.append(b)
+        for queue, routing_key, handler in subscriptions:
+            queues.append(queue)
+            subscribe(
+                b,
+                settings,
+                queue=queue,
+                routing_key=routing_key,
+                event_model=CloudEvent[dict[str, Any]],
+                handler=handler,
+            )
+        await b.connect()
+        await declare_topology(b, settings)
+        for queue, _, _ in subscriptions:
+            await declare_dead_letter_queue(b, settings, queue)
+        await b.start()
+        return b
+
+    yield start
+    for b in brokers:
+        await b.stop()
+    cleanup = await amqp.channel()
+    for queue in queues:
+        await cleanup.queue_delete(queue)
+        await cleanup.queue_delete(f"{queue}.dlq")
+    await cleanup.close()

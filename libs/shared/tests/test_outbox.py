@@ -1,0 +1,269 @@
+"""The transactional outbox and its relay, against the real PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from faststream.rabbit import RabbitBroker
+from itsm_shared.broker import declare_topology, make_broker, unrouted_name
+from itsm_shared.events import new_event
+from itsm_shared.models import OutboxMessage
+from itsm_shared.outbox import OutboxRelay, append, channel_for
+from itsm_shared.settings import ServiceSettings
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from .support import SERVICE, Probe, append_committed, eventually
+
+pytestmark = pytest.mark.usefixtures("clean_outbox")
+
+
+def event(type_: str, **data: Any) -> dict[str, Any]:
+    return new_event(service=SERVICE, type=type_, subject=uuid.uuid4(), data=data)
+
+
+async def rows(sessions: async_sessionmaker[AsyncSession], *ids: str) -> list[OutboxMessage]:
+    async with sessions() as session:
+        stmt = select(OutboxMessage)
+        if ids:
+            stmt = stmt.where(col(OutboxMessage.id).in_([uuid.UUID(i) for i in ids]))
+        return list((await session.exec(stmt)).all())
+
+
+async def all_published(sessions: async_sessionmaker[AsyncSession], *ids: str) -> bool:
+    found = await rows(sessions, *ids)
+    return len(found) == len(ids) and all(r.published_at is not None for r in found)
+
+
+def count_publishes(relay: OutboxRelay) -> list[str]:
+    """Instrument one relay (not the broker): the ids it published and had confirmed."""
+    done: list[str] = []
+    publish = relay._publish
+
+    async def counted(row: OutboxMessage) -> None:
+        await publish(row)
+        done.append(str(row.id))
+
+    relay._publish = counted  # type: ignore[method-assign]
+    return done
+
+
+async def test_rolled_back_append_leaves_no_row_and_no_message(
+    sessions: async_sessionmaker[AsyncSession],
+    probe: Callable[..., Awaitable[Probe]],
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    listener = await probe("rollback.*")
+    relays()
+    doomed = event("rollback.created", n=1)
+    async with sessions() as session:
+        await session.begin()
+        await append(session, doomed)
+        await session.flush()  # the row really reached the database inside the transaction
+        assert (await session.scalar(text("SELECT count(*) FROM outbox"))) == 1
+        await session.rollback()
+    # A committed marker afterwards: once it is out, the relay has had every chance to publish the doomed one.
+    marker = event("rollback.marker")
+    await append_committed(sessions, marker)
+    await listener.wait_for(1)
+    assert await rows(sessions, doomed["id"]) == []
+    assert listener.ids() == [marker["id"]]
+
+
+async def test_appends_flushed_together_commit(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Several events reaching one INSERT (here: autoflush off) must commit, with UUID ids as the column says."""
+    events = [event("batched.created", n=n) for n in range(3)]
+    async with sessions() as session:
+        with session.no_autoflush:
+            for e in events:
+                await append(session, e)
+        await session.commit()
+    found = await rows(sessions, *[e["id"] for e in events])
+    assert sorted(str(r.id) for r in found) == sorted(e["id"] for e in events)
+    assert {r.routing_key for r in found} == {"batched.created"}
+    assert all(isinstance(r.id, uuid.UUID) for r in found)
+
+
+async def test_committed_append_is_published_once_and_marked(
+    sessions: async_sessionmaker[AsyncSession],
+    probe: Callable[..., Awaitable[Probe]],
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    listener = await probe("committed.*")
+    relay = relays()
+    first, second = event("committed.created", n=1), event("committed.updated", n=2)
+    await append_committed(sessions, first, second)
+    await eventually(lambda: all_published(sessions, first["id"], second["id"]), what="rows marked published")
+    await listener.wait_for(2)
+    # More relay passes must not publish a marked row again.
+    for _ in range(3):
+        assert await relay.publish_batch() == 0
+    assert sorted(listener.ids()) == sorted([first["id"], second["id"]])
+    for row in await rows(sessions, first["id"], second["id"]):
+        assert row.attempts == 0
+        assert row.last_error is None
+        assert row.created_at is not None
+        assert row.published_at is not None
+        assert row.published_at >= row.created_at
+
+
+async def test_notify_wakes_the_relay_without_waiting_for_the_sweep(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ServiceSettings,
+    probe: Callable[..., Awaitable[Probe]],
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    listener = await probe("notified.*")
+    relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
+
+    await eventually(lambda: relay_listeners(sessions), what="the relay's LISTEN connection")
+    # The relay's own catch-up pass may take the first event; the later ones can only come from a NOTIFY,
+    # since the next sweep is 30 s away and each must arrive within 5 s.
+    for n in range(1, 4):
+        await append_committed(sessions, event("notified.created", n=n))
+        await listener.wait_for(n, timeout=5.0)
+
+
+async def relay_listeners(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
+    async with sessions() as session:
+        pids = await session.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = :q"),
+            {"q": f'LISTEN "{channel_for(SERVICE)}"'},
+        )
+        return [int(pid) for (pid,) in pids]
+
+
+async def test_relay_listens_again_after_losing_its_connection(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ServiceSettings,
+    probe: Callable[..., Awaitable[Probe]],
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    listener = await probe("relisten.*")
+    relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
+    (first,) = await eventually(lambda: relay_listeners(sessions), what="the relay's LISTEN connection")
+    async with sessions() as session:
+        assert await session.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+
+    async def new_listener() -> list[int]:
+        return [pid for pid in await relay_listeners(sessions) if pid != first]
+
+    await eventually(new_listener, what="a new LISTEN connection")
+    for n in range(1, 3):
+        await append_committed(sessions, event("relisten.created", n=n))
+        await listener.wait_for(n, timeout=5.0)
+
+
+async def test_two_relays_publish_every_row_exactly_once(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ServiceSettings,
+    probe: Callable[..., Awaitable[Probe]],
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    listener = await probe("replicated.*")
+    events = [event("replicated.created", n=n) for n in range(300)]
+    for start in range(0, 300, 100):
+        await append_committed(sessions, *events[start : start + 100])
+    small_batches = settings.model_copy(update={"outbox_batch_size": 25})
+    second_broker = make_broker(settings)
+    await second_broker.connect()
+    try:
+        pair = [
+            relays(relay_settings=small_batches),
+            relays(relay_settings=small_batches, relay_broker=second_broker),
+        ]
+        published = [count_publishes(relay) for relay in pair]
+        ids = [e["id"] for e in events]
+        await eventually(lambda: all_published(sessions, *ids), timeout=30, what="all 300 rows published")
+        await listener.wait_for(300, timeout=10)
+        # Give a late duplicate the chance to show up before counting.
+        await asyncio.sleep(0.5)
+        seen = Counter(listener.ids())
+        assert set(seen) == set(ids)
+        assert [i for i, n in seen.items() if n != 1] == []
+        assert len(listener.messages) == 300
+        assert sorted(published[0] + published[1]) == sorted(ids)  # no row published by both
+        assert all(published), "one relay did all the work: the test did not exercise SKIP LOCKED"
+    finally:
+        await second_broker.stop()
+
+
+async def test_unreachable_broker_keeps_rows_and_a_working_relay_publishes_them_later(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ServiceSettings,
+    probe: Callable[..., Awaitable[Probe]],
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    listener = await probe("stranded.*")
+    dead_settings = settings.model_copy(update={"amqp_url": "amqp://guest:guest@127.0.0.1:1/"})
+    dead_broker = make_broker(dead_settings)
+    # As in app.py: the broker keeps trying to connect in the background while the relay already runs.
+    connecting = asyncio.create_task(dead_broker.connect())
+    try:
+        dead_relay = relays(relay_settings=dead_settings, relay_broker=dead_broker)
+        stranded = [event("stranded.created", n=n) for n in range(3)]
+        await append_committed(sessions, *stranded)
+        ids = [e["id"] for e in stranded]
+
+        async def all_failed() -> list[OutboxMessage] | None:
+            found = await rows(sessions, *ids)
+            return found if len(found) == 3 and all(r.attempts > 0 for r in found) else None
+
+        failed = await eventually(all_failed, what="every stranded row to record a failed attempt")
+        assert failed is not None
+        for row in failed:
+            assert row.published_at is None
+            assert row.last_error
+            assert row.next_attempt_at is not None
+            assert row.created_at is not None
+            assert row.next_attempt_at > row.created_at  # backed off, not retried in a hot loop
+        await dead_relay.stop()
+    finally:
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await dead_broker.stop()
+    assert listener.messages == []
+
+    relays()  # a relay with a working broker, e.g. after the broker came back
+    await eventually(lambda: all_published(sessions, *ids), timeout=20, what="stranded rows published")
+    await listener.wait_for(3)
+    assert sorted(listener.ids()) == sorted(ids)
+
+
+async def test_event_nobody_listens_to_lands_in_the_unrouted_queue(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ServiceSettings,
+    channel: AbstractChannel,
+    broker: RabbitBroker,
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    await declare_topology(broker, settings)
+    orphan = event("orphan.happened")
+    await append_committed(sessions, orphan)
+    relays()
+    await eventually(lambda: all_published(sessions, orphan["id"]), what="the orphan marked published")
+
+    unrouted = await channel.declare_queue(unrouted_name(settings), passive=True)
+    found: list[AbstractIncomingMessage] = []
+
+    async def fetched() -> bool:
+        while (message := await unrouted.get(no_ack=True, fail=False)) is not None:
+            if message.message_id == orphan["id"]:
+                found.append(message)
+        return bool(found)
+
+    await eventually(fetched, what="the orphan in the unrouted queue")
+    assert len(found) == 1
+    assert found[0].routing_key == "orphan.happened"
+    assert found[0].body.startswith(b"{")
