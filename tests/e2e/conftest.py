@@ -1,0 +1,97 @@
+"""The whole stack as real processes, started the way `make run` starts it (deploy/stack.py), on free ports
+with its own database and exchange. Tests talk to it only through the gateway and the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "deploy"))
+
+import stack as stack_module  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Stack]:
+    settings = stack_module.StackSettings.isolated(tmp_path_factory.mktemp("e2e-run"), die_with_parent=True)
+    running = stack_module.Stack(settings)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        running.drop_database()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: stack_module.Stack) -> str:
+    return stack.settings.gateway_url
+
+
+@pytest.fixture
+async def http(gateway: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway, timeout=15) as client:
+        yield client
+
+
+@pytest.fixture
+async def amqp(stack: stack_module.Stack) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(stack.settings.amqp_url)
+    yield connection
+    await connection.close()
+
+
+async def subscribe(
+    connection: aio_pika.abc.AbstractRobustConnection, exchange: str, binding: str
+) -> aio_pika.abc.AbstractQueue:
+    """A plain AMQP subscriber, as another system would bind one."""
+    channel = await connection.channel()
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(exchange, binding)
+    return queue
+
+
+async def drain(
+    queue: aio_pika.abc.AbstractQueue, *, until: Any = None, timeout: float = 10.0
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Messages from `queue` until `until(messages)` holds or the time is up."""
+    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            if until is not None and until(got):
+                break
+            await asyncio.sleep(0.05)
+            continue
+        await message.ack()
+        got.append(message)
+    return got
+
+
+async def token(http: httpx.AsyncClient, username: str, password: str) -> dict[str, Any]:
+    response = await http.post(
+        "/api/v1/auth/token", data={"grant_type": "password", "username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def bearer(access_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {access_token}"}
+
+
+@pytest.fixture
+async def admin(http: httpx.AsyncClient, stack: stack_module.Stack) -> str:
+    password = stack.settings.bootstrap_admin_password
+    assert password
+    return str((await token(http, "admin", password))["access_token"])
