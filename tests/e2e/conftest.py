@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 import httpx
 import pytest
+from itsm_shared.testing import remove_topology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "deploy"))
@@ -30,6 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Sta
     finally:
         running.stop()
         running.drop_database()
+        asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange))
 
 
 @pytest.fixture(scope="session")

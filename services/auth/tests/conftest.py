@@ -12,7 +12,15 @@ import aio_pika
 import httpx
 import pytest
 from fastapi import FastAPI
-from itsm_shared.testing import TestDatabase, create_database, drop_database, infrastructure, migrate, test_names
+from itsm_shared.testing import (
+    TestDatabase,
+    create_database,
+    drop_database,
+    infrastructure,
+    migrate,
+    remove_topology,
+    test_names,
+)
 
 ADMIN_PASSWORD = "bootstrap-admin-password"
 
@@ -33,8 +41,10 @@ async def database(infra: tuple[str, str]) -> AsyncIterator[TestDatabase]:
 
 
 @pytest.fixture(scope="session")
-def names() -> dict[str, Any]:
-    return test_names()
+async def names(infra: tuple[str, str]) -> AsyncIterator[dict[str, Any]]:
+    names = test_names()
+    yield names
+    await remove_topology(infra[1], names["exchange"], names["dead_letter_exchange"])
 
 
 @pytest.fixture(scope="session")

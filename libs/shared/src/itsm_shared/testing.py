@@ -107,3 +107,21 @@ def parse_cloudevent(body: bytes) -> dict[str, Any]:
 
     event = JSONFormat().read(None, body)
     return {**event.get_attributes(), "data": event.get_data()}
+
+
+async def remove_topology(
+    amqp_url: str, exchange: str, dead_letter_exchange: str, queues: tuple[str, ...] = ()
+) -> None:
+    """Delete what a test session declared on the shared broker (exchanges, the unrouted queue, `queues`
+    and their dead-letter queues), so runs leave nothing behind."""
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for queue in (f"{exchange}.unrouted", *queues, *(f"{q}.dlq" for q in queues)):
+            await channel.queue_delete(queue)
+        for name in (exchange, f"{exchange}.unrouted", dead_letter_exchange):
+            await channel.exchange_delete(name)
+    finally:
+        await connection.close()
