@@ -1,15 +1,15 @@
 """docker-compose.yml checked offline (no Docker engine here): valid against the Compose
 Specification, and describing the same stack as the local runner (deploy/stack.py).
 
-compose-spec.json is vendored unmodified from https://github.com/compose-spec/compose-spec,
-schema/compose-spec.json at commit 00655e2222608fa6eaecdf12ac5195889ca2244a (Apache License 2.0),
-because tests cannot download anything.
+The Compose Specification JSON schema comes from the check-jsonschema package (a dev dependency),
+which ships it among its vendored SchemaStore schemas; tests download nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import stack
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = Path(__file__).with_name("compose-spec.json")
+SCHEMA = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_file_is_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
     schema = json.loads(SCHEMA.read_text())
-    jsonschema.Draft7Validator.check_schema(schema)
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    errors = sorted(validator(schema).iter_errors(compose), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
 
 
@@ -55,7 +56,7 @@ def test_schema_catches_mistakes(compose: dict[str, Any]) -> None:
     broken = json.loads(json.dumps(compose))
     broken["services"]["auth"]["helthcheck"] = {}
     broken["services"]["incident"]["depends_on"]["auth"]["condition"] = "service_ready"
-    assert len(list(jsonschema.Draft7Validator(schema).iter_errors(broken))) == 2
+    assert len(list(jsonschema.validators.validator_for(schema)(schema).iter_errors(broken))) == 2
 
 
 def test_every_service_of_the_runner_is_in_compose_with_its_migration_job(compose: dict[str, Any]) -> None:
