@@ -65,7 +65,7 @@ bench: install
 	if [ $${#benches[@]} -eq 0 ]; then echo "no benchmarks in bench/"; exit 0; fi; \
 	for b in "$${benches[@]}"; do echo "== $$b"; $(RUN) python "$$b" || exit 1; done
 
-# Needs the stack running (make run in another terminal); ports as in INTERFACES.md.
+# Needs the stack running (make run in another terminal); ports as in the README.
 asyncapi:
 	@mkdir -p build/asyncapi; \
 	port=8101; for name in auth incident problem change audit; do \

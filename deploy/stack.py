@@ -407,6 +407,7 @@ class StackSettings:
     database_name: str | None = None
     exchange: str = DEFAULT_EXCHANGE
     dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE
+    queue_prefix: str = ""
     gateway_host: str = "127.0.0.1"
     gateway_port: int = DEFAULT_GATEWAY_PORT
     service_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
@@ -481,6 +482,7 @@ class StackSettings:
             "database_name": f"itsm_e2e_{token}",
             "exchange": f"itsm_e2e_{token}.events",
             "dead_letter_exchange": f"itsm_e2e_{token}.dlx",
+            "queue_prefix": f"itsm_e2e_{token}.",
             "gateway_port": free_port(),
             "service_ports": {name: free_port() for name in SERVICES},
             "api_rate_limit": 1000,
@@ -587,7 +589,7 @@ class Stack:
             )
 
     def service_env(self, name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The environment of one service process (INTERFACES.md)."""
+        """The environment of one service process (README, Configuration)."""
         from itsm_shared.provision import app_url  # lazy: the shared lib is built alongside this
 
         s = self.settings
@@ -600,6 +602,7 @@ class Stack:
                 "ITSM_AMQP_URL": s.amqp_url,
                 "ITSM_EXCHANGE": s.exchange,
                 "ITSM_DEAD_LETTER_EXCHANGE": s.dead_letter_exchange,
+                "ITSM_QUEUE_PREFIX": s.queue_prefix,
                 "ITSM_JWKS_URL": f"{s.service_url('auth')}{JWKS_PATH}",
             }
         )

@@ -106,6 +106,7 @@ def subscribe(
     description: str | None = None,
 ) -> str:
     """Register `handler` on a durable quorum queue bound to the events exchange, acking by hand."""
+    queue = f"{settings.queue_prefix}{queue}"
 
     async def consume(msg: RabbitMessage) -> None:
         try:

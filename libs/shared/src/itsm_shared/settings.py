@@ -13,6 +13,8 @@ class ServiceSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     exchange: str = "itsm.events"
     dead_letter_exchange: str = "itsm.dlx"
+    # Prepended to consumer queue names, so an isolated stack (tests) never shares a queue with another.
+    queue_prefix: str = ""
     jwks_url: str = "http://127.0.0.1:8101/api/v1/auth/jwks.json"
     jwt_issuer: str = "itsm-auth"
     jwt_audience: str = "itsm"

@@ -97,7 +97,12 @@ def migrate(service: str, admin_url: str, *args: str) -> subprocess.CompletedPro
 def test_names() -> dict[str, Any]:
     """Exchange names of one test session, so runs never collide with a running stack or each other."""
     run = uuid.uuid4().hex[:8]
-    return {"exchange": f"itsm.test.{run}.events", "dead_letter_exchange": f"itsm.test.{run}.dlx", "run": run}
+    return {
+        "exchange": f"itsm.test.{run}.events",
+        "dead_letter_exchange": f"itsm.test.{run}.dlx",
+        "queue_prefix": f"itsm.test.{run}.",
+        "run": run,
+    }
 
 
 def parse_cloudevent(body: bytes) -> dict[str, Any]:
