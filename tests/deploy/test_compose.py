@@ -96,7 +96,6 @@ def test_services_listen_on_the_runner_ports_with_readyz_healthchecks(compose: d
 def test_service_environment_names_match_the_runner(
     compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    pytest.importorskip("itsm_shared.provision")
     for key in list(os.environ):
         if key.startswith("ITSM_"):
             monkeypatch.delenv(key)
