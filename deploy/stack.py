@@ -771,7 +771,34 @@ def bootstrap_password(run_dir: Path, environ: Mapping[str, str] = os.environ) -
     return value, f"generated now, kept in {stored}"
 
 
-def banner(stack: Stack, password: str, origin: str) -> str:
+def admin_already_exists(database_url: str) -> bool:
+    """Whether the auth schema already has an active admin, in which case the bootstrap password is not
+    applied (the auth service creates `admin` only while no admin exists)."""
+    import asyncio
+
+    import asyncpg
+
+    async def query() -> bool:
+        connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            exists = await connection.fetchval("SELECT to_regclass('auth.user_account') IS NOT NULL")
+            if not exists:
+                return False
+            return bool(
+                await connection.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM auth.user_account WHERE 'admin' = ANY(roles) AND active)"
+                )
+            )
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(query())
+    except Exception:
+        return False
+
+
+def banner(stack: Stack, password: str, origin: str, *, admin_existed: bool = False) -> str:
     s = stack.settings
     gateway = s.gateway_url
     lines = [
@@ -786,6 +813,12 @@ def banner(stack: Stack, password: str, origin: str) -> str:
         lines.append(f"  not built yet: {', '.join(absent)} (their routes answer 503)")
     lines.append("API docs (through the gateway):")
     lines.extend(f"  {url}" for url in stack.docs_urls().values())
+    if admin_existed:
+        lines += [
+            f"An active admin already existed in database {database_of(s.database_url)!r}, so the bootstrap",
+            "password was NOT applied: log in with that admin's password, or point ITSM_DATABASE_URL at a new",
+            "database to start from scratch.",
+        ]
     lines += [
         f"Admin bootstrap password ({origin}; used only while no admin exists):",
         f"  {password}",
@@ -840,8 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _terminate_as_interrupt():
         try:
             print(f"Starting {', '.join([*stack.services, GATEWAY])} (logs in {settings.run_dir}) ...", file=out)
+            existed = "auth" in stack.services and admin_already_exists(settings.database_url)
             stack.start()
-            print(banner(stack, password, origin), file=out, flush=True)
+            print(banner(stack, password, origin, admin_existed=existed), file=out, flush=True)
             while True:
                 dead = stack.exited()
                 if dead:
