@@ -130,3 +130,55 @@ async def remove_topology(
             await channel.exchange_delete(name)
     finally:
         await connection.close()
+
+
+class TestIssuer:
+    """Mints access tokens like the auth service does (EdDSA, typ at+jwt) with a key of its own, and serves
+    as the verifier's key source: service tests act as any role without running the auth service."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, issuer: str = "itsm-auth", audience: str = "itsm") -> None:
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self.issuer, self.audience = issuer, audience
+        private = Ed25519PrivateKey.generate()
+        self.private_pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        public = jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key(), as_dict=True)
+        self.kid = "test-" + uuid.uuid4().hex[:8]
+        self.jwk = jwt.PyJWK({**public, "kid": self.kid, "alg": "EdDSA"})
+
+    async def key(self, kid: str) -> Any:
+        from itsm_shared.errors import Unauthorized
+
+        if kid != self.kid:
+            raise Unauthorized("unknown signing key")
+        return self.jwk
+
+    def token(self, *roles: str, subject: uuid.UUID | None = None, ttl: int = 900, **claims: Any) -> str:
+        import time
+
+        import jwt
+
+        now = int(time.time())
+        body = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(subject or uuid.uuid4()),
+            "iat": now,
+            "exp": now + ttl,
+            "jti": uuid.uuid4().hex,
+            "roles": list(roles),
+            "kind": "user",
+            **claims,
+        }
+        return jwt.encode(body, self.private_pem, algorithm="EdDSA", headers={"kid": self.kid, "typ": "at+jwt"})
+
+    def verifier(self) -> Any:
+        from itsm_shared.auth import TokenVerifier
+
+        return TokenVerifier(self, issuer=self.issuer, audience=self.audience)

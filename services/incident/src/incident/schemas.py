@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from incident.models import Visibility
+
+READ_ONLY = frozenset(
+    {
+        "id",
+        "number",
+        "priority",
+        "created_at",
+        "updated_at",
+        "resolved_at",
+        "closed_at",
+        "deleted_at",
+        "sla",
+        "version",
+        "reopen_count",
+        "problem_id",
+        "created_by",
+        "sla_breached",
+    }
+)
+
+Impact = Field(default=3, ge=1, le=3)
+Urgency = Field(default=3, ge=1, le=3)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            sent = sorted(READ_ONLY.intersection(data))
+            if sent:
+                raise ValueError(f"read-only fields cannot be set: {', '.join(sent)}")
+        return data
+
+
+class IncidentCreate(_Body):
+    title: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=100_000)
+    caller_id: uuid.UUID | None = None
+    category: str | None = Field(default=None, max_length=100)
+    configuration_item: str | None = Field(default=None, max_length=200)
+    impact: int = Impact
+    urgency: int = Urgency
+    assignment_group: str | None = Field(default=None, max_length=100)
+    assignee_id: uuid.UUID | None = None
+    parent_id: uuid.UUID | None = None
+
+
+class IncidentUpdate(_Body):
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=100_000)
+    caller_id: uuid.UUID | None = None
+    category: str | None = Field(default=None, max_length=100)
+    configuration_item: str | None = Field(default=None, max_length=200)
+    impact: int | None = Field(default=None, ge=1, le=3)
+    urgency: int | None = Field(default=None, ge=1, le=3)
+    status: str | None = None
+    hold_reason: str | None = None
+    assignment_group: str | None = Field(default=None, max_length=100)
+    assignee_id: uuid.UUID | None = None
+    resolution_code: str | None = Field(default=None, max_length=50)
+    resolution_notes: str | None = Field(default=None, max_length=100_000)
+    parent_id: uuid.UUID | None = None
+
+
+class ClockRead(BaseModel):
+    target_seconds: float
+    due_at: datetime | None
+    elapsed_seconds: float
+    percentage: float | None
+    state: str
+    paused: bool
+    breached: bool
+    met: bool
+    started_at: datetime
+    stopped_at: datetime | None
+
+
+class SlaRead(BaseModel):
+    response_due: datetime | None
+    resolution_due: datetime | None
+    breached: bool
+    response: ClockRead | None
+    resolution: ClockRead | None
+
+
+class IncidentRead(BaseModel):
+    id: uuid.UUID
+    number: str
+    title: str
+    description: str | None
+    caller_id: uuid.UUID
+    category: str | None
+    configuration_item: str | None
+    impact: int
+    urgency: int
+    priority: int
+    status: str
+    hold_reason: str | None
+    assignment_group: str | None
+    assignee_id: uuid.UUID | None
+    resolution_code: str | None
+    resolution_notes: str | None
+    problem_id: uuid.UUID | None
+    parent_id: uuid.UUID | None
+    reopen_count: int
+    created_by: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    sla: SlaRead
+    version: int
+
+
+class NoteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    body: str = Field(min_length=1, max_length=100_000)
+    visibility: Visibility = Visibility.INTERNAL
+
+
+class NoteRead(BaseModel):
+    id: uuid.UUID
+    incident_id: uuid.UUID
+    author_id: uuid.UUID
+    visibility: str
+    body: str
+    created_at: datetime
+
+
+class HistoryRead(BaseModel):
+    at: datetime
+    actor_id: str
+    field: str
+    old: Any
+    new: Any
+
+
+class Transition(BaseModel):
+    status: str
+    required_fields: list[str]
+
+
+class CalendarBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(pattern="^(24x7|business_hours)$")
+    timezone: str = "UTC"
+    weekdays: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    start: str = "08:00"
+    end: str = "18:00"
+    holidays: list[str] = Field(default_factory=list)
+
+
+class SlaPolicyWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    response_minutes: int = Field(gt=0, le=525_600)
+    resolution_minutes: int = Field(gt=0, le=5_256_000)
+    calendar: CalendarBody
+
+
+class SlaPolicyRead(BaseModel):
+    priority: int
+    name: str
+    response_minutes: int
+    resolution_minutes: int
+    calendar: dict[str, Any]
+    version: int
+    updated_at: datetime | None
