@@ -115,8 +115,8 @@ def upgrade() -> None:
     op.create_table('sla_policy',
     sa.Column('priority', sa.SmallInteger(), autoincrement=False, nullable=False),
     sa.Column('name', sa.String(length=100), nullable=False),
-    sa.Column('response_minutes', sa.Integer(), nullable=False),
-    sa.Column('resolution_minutes', sa.Integer(), nullable=False),
+    sa.Column('response_minutes', sa.Float(), nullable=False),
+    sa.Column('resolution_minutes', sa.Float(), nullable=False),
     sa.Column('calendar', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.Column('version', sa.Integer(), server_default='1', nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
@@ -169,7 +169,7 @@ def upgrade() -> None:
 
 
     policy = sa.table("sla_policy", sa.column("priority", sa.SmallInteger), sa.column("name", sa.String),
-                      sa.column("response_minutes", sa.Integer), sa.column("resolution_minutes", sa.Integer),
+                      sa.column("response_minutes", sa.Float), sa.column("resolution_minutes", sa.Float),
                       sa.column("calendar", postgresql.JSONB))
     op.bulk_insert(policy, [
         {"priority": p, "name": n, "response_minutes": r, "resolution_minutes": z, "calendar": c}

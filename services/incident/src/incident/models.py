@@ -160,8 +160,9 @@ class SlaPolicy(SQLModel, table=True):
 
     priority: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
     name: str = Field(sa_column=_str(100, nullable=False))
-    response_minutes: int = Field(sa_column=Column(Integer, nullable=False))
-    resolution_minutes: int = Field(sa_column=Column(Integer, nullable=False))
+    # Minutes, fractions allowed (a 90-second target is 1.5).
+    response_minutes: float = Field(sa_column=Column(Float, nullable=False))
+    resolution_minutes: float = Field(sa_column=Column(Float, nullable=False))
     calendar: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())

@@ -168,16 +168,16 @@ class SlaPolicyWrite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100)
-    response_minutes: int = Field(gt=0, le=525_600)
-    resolution_minutes: int = Field(gt=0, le=5_256_000)
+    response_minutes: float = Field(gt=0, le=525_600)
+    resolution_minutes: float = Field(gt=0, le=5_256_000)
     calendar: CalendarBody
 
 
 class SlaPolicyRead(BaseModel):
     priority: int
     name: str
-    response_minutes: int
-    resolution_minutes: int
+    response_minutes: float
+    resolution_minutes: float
     calendar: dict[str, Any]
     version: int
     updated_at: datetime | None
