@@ -150,9 +150,10 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             raise ConnectionError("broker unreachable")
 
     app.include_router(health_router({"database": database_ready, "broker": broker_ready}))
+    # Before the service's routes: `/api/v1/incidents/docs` must not be taken for an incident `{ref}`.
+    _install_docs(app, spec)
     for router in spec.routers:
         app.include_router(router)
-    _install_docs(app, spec)
     return app
 
 
