@@ -309,3 +309,10 @@ async def test_key_rotation_publishes_old_and_new_keys(client: httpx.AsyncClient
     await verifier.verify(new_token)
     with pytest.raises(Unauthorized):
         await verifier.verify(new_token[:-4] + "AAAA")
+
+
+async def test_asyncapi_documents_the_published_events(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/asyncapi.json")).json()
+    assert document["asyncapi"].startswith("3.")
+    assert {"itsm.auth.user_created", "itsm.auth.login_failed", "itsm.auth.token_revoked"} <= set(document["channels"])
+    assert (await client.get("/api/v1/auth/asyncapi.json")).json() == document

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +21,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared import faults
 from itsm_shared.auth import JWKSCache, KeySource, TokenVerifier
-from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make_broker
+from itsm_shared.broker import declare_dead_letter_queue, declare_topology, events_exchange, make_broker
 from itsm_shared.db import make_engine, session_factory
 from itsm_shared.errors import install_error_handlers
+from itsm_shared.events import CloudEvent, routing_key
 from itsm_shared.observability import configure_logging, health_router, install_request_context
 from itsm_shared.outbox import OutboxRelay
 from itsm_shared.settings import ServiceSettings
@@ -63,6 +64,8 @@ class ServiceSpec:
     on_startup: Sequence[Hook] = ()
     # Long-running loops (schedulers); cancelled at shutdown.
     background: Sequence[Hook] = ()
+    # Event types this service publishes, with the model of their `data`, for the AsyncAPI document.
+    publishes: Mapping[str, Any] = field(default_factory=dict)
 
 
 async def _connect_broker(rt: Runtime, queues: list[str]) -> None:
@@ -109,6 +112,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         app.state.runtime = rt
         app.state.sessions = sessions
         queues = spec.consumers(rt) if spec.consumers else []
+        _document_publications(rt, spec.publishes)
         jwks: JWKSCache | None = None
         if spec.key_source:
             keys = spec.key_source(rt)
@@ -155,6 +159,19 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     for router in spec.routers:
         app.include_router(router)
     return app
+
+
+def _document_publications(rt: Runtime, publishes: Mapping[str, Any]) -> None:
+    """Publishers that only describe events in /asyncapi.json; the outbox relay does the publishing."""
+    for event_type, data_model in publishes.items():
+        rt.broker.publisher(
+            routing_key=routing_key(event_type),
+            exchange=events_exchange(rt.settings),
+            title=event_type,
+            description=f"CloudEvent `{event_type}` (structured JSON, application/cloudevents+json)",
+            schema=CloudEvent[data_model],  # type: ignore[valid-type]
+            persist=True,
+        )
 
 
 def _install_docs(app: FastAPI, spec: ServiceSpec) -> None:

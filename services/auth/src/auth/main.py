@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from itsm_shared.app import Runtime, ServiceSpec, create_app
 
 from auth import service
 from auth.config import get_settings
 from auth.keys import DatabaseKeySource
 from auth.router import router
+from auth.schemas import UserRead
 
 
 async def prepare(rt: Runtime) -> None:
@@ -26,5 +29,14 @@ app = create_app(
         settings=get_settings(),
         key_source=lambda rt: DatabaseKeySource(rt.sessions),
         on_startup=[prepare],
+        publishes={
+            "itsm.auth.user_created": UserRead,
+            "itsm.auth.user_updated": UserRead,
+            "itsm.auth.client_created": dict[str, Any],
+            "itsm.auth.login_succeeded": dict[str, Any],
+            "itsm.auth.login_failed": dict[str, Any],
+            "itsm.auth.account_locked": dict[str, Any],
+            "itsm.auth.token_revoked": dict[str, Any],
+        },
     )
 )

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
 from itsm_shared.app import ServiceSpec, create_app
 
 from incident import consumers, scheduler
 from incident.config import get_settings
 from incident.router import policies_router, router
+from incident.schemas import IncidentRead
 
 app = create_app(
     ServiceSpec(
@@ -15,5 +18,10 @@ app = create_app(
         settings=get_settings(),
         consumers=consumers.register,
         background=[scheduler.sla_loop, scheduler.autoclose_loop],
+        publishes={
+            **{f"itsm.incident.{action}": IncidentRead for action in (
+                "created", "updated", "status_changed", "assigned", "sla_warning", "sla_breached", "deleted")},
+            "itsm.incident.note_added": dict[str, Any],
+        },
     )
 )
