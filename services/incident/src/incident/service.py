@@ -570,8 +570,7 @@ async def delete_incident(session: AsyncSession, incident: Incident, actor: Prin
     clocks = (await clocks_of(session, [incident.id], lock=True))[incident.id]
     for clock in clocks.values():
         sla.stop(clock, now)
-    change = Change(incident, clocks, actor.actor, now)
-    change.set("deleted_at", now)
+    incident.deleted_at = now
     incident.version += 1
     incident.updated_at = now
     session.add(incident)
