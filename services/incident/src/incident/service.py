@@ -514,6 +514,29 @@ async def update_incident(
     return render(incident, clocks, now)
 
 
+async def _note_added(session: AsyncSession, incident: Incident, note: IncidentNote, actor: str) -> None:
+    """The incident.note_added event of a note, in the caller's transaction (whoever wrote it)."""
+    await outbox.append(
+        session,
+        new_event(
+            service=SERVICE,
+            type="incident.note_added",
+            subject=incident.id,
+            actor=actor,
+            sequence=incident.version,
+            data={
+                "incident_id": str(incident.id),
+                "number": incident.number,
+                "note_id": str(note.id),
+                "visibility": note.visibility,
+                "author_id": str(note.author_id),
+                "body": note.body,
+                "created_at": note.created_at.isoformat() if note.created_at else None,
+            },
+        ),
+    )
+
+
 async def add_note(session: AsyncSession, incident: Incident, data: NoteCreate, actor: Principal) -> IncidentNote:
     requester = is_requester_only(actor)
     if requester and data.visibility != Visibility.PUBLIC:
@@ -533,25 +556,7 @@ async def add_note(session: AsyncSession, incident: Incident, data: NoteCreate, 
     if data.visibility == Visibility.PUBLIC and actor.has(*WORKERS) and actor.id != incident.caller_id and response:
         sla.stop(response, now)  # an agent's first public comment is the response
         session.add(response)
-    await outbox.append(
-        session,
-        new_event(
-            service=SERVICE,
-            type="incident.note_added",
-            subject=incident.id,
-            actor=actor.actor,
-            sequence=incident.version,
-            data={
-                "incident_id": str(incident.id),
-                "number": incident.number,
-                "note_id": str(note.id),
-                "visibility": note.visibility,
-                "author_id": str(note.author_id),
-                "body": note.body,
-                "created_at": now.isoformat(),
-            },
-        ),
-    )
+    await _note_added(session, incident, note, actor.actor)
     if (
         data.visibility == Visibility.PUBLIC
         and actor.id == incident.caller_id
@@ -687,15 +692,16 @@ async def apply_problem_link(
         change.set("problem_id", None)
     await _record(session, change)
     if linked and note:
-        session.add(
-            IncidentNote(
-                incident_id=incident.id,
-                author_id=uuid.UUID(int=0),
-                visibility=Visibility.INTERNAL,
-                body=note,
-                created_at=now,
-            )
+        work_note = IncidentNote(
+            incident_id=incident.id,
+            author_id=uuid.UUID(int=0),
+            visibility=Visibility.INTERNAL,
+            body=note,
+            created_at=now,
         )
+        session.add(work_note)
+        await session.flush()
+        await _note_added(session, incident, work_note, SYSTEM_ACTOR)
 
 
 async def resolve_by_problem(session: AsyncSession, *, incident_ids: Sequence[uuid.UUID], notes: str) -> int:
