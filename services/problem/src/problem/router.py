@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from itsm_shared.auth import CurrentPrincipal
+from itsm_shared.db import SessionDep
+from itsm_shared.errors import Invalid
+from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
+from itsm_shared.pagination import Page, parse_sort
+
+from problem import service
+from problem.models import Problem, Status
+from problem.schemas import (
+    HistoryRead,
+    LinkCreate,
+    LinkedIncident,
+    NoteCreate,
+    NoteRead,
+    ProblemCreate,
+    ProblemRead,
+    ProblemUpdate,
+    Transition,
+)
+
+router = APIRouter(prefix="/api/v1/problems", tags=["problems"])
+known_errors_router = APIRouter(prefix="/api/v1/known-errors", tags=["known-errors"])
+IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
+
+
+async def problem_by_ref(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Problem:
+    return await service.visible_problem(session, ref, principal)
+
+
+ProblemDep = Annotated[Problem, Depends(problem_by_ref)]
+
+
+def _filters(status: list[str] | None, **values: object) -> dict[str, object]:
+    statuses = [s for value in status or [] for s in value.split(",") if s]
+    if any(s not in set(Status) for s in statuses):
+        raise Invalid("unknown status", errors=[{"loc": ["query", "status"], "msg": f"one of {sorted(Status)}"}])
+    return {"status": statuses, **values}
+
+
+@router.post("", status_code=201, response_model=ProblemRead)
+async def create_problem(
+    session: SessionDep, data: ProblemCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
+) -> JSONResponse:
+    idem = IdempotentRequest(session, principal.actor, key, data.model_dump())
+    if replay := await idem.begin():
+        return replay
+    created = await service.open_problem(session, data, principal)
+    return await idem.complete(
+        201, created, headers={"ETag": etag(created.version), "Location": f"{router.prefix}/{created.id}"}
+    )
+
+
+@router.get("", response_model=Page[ProblemRead])
+async def list_problems(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    limit: int = 50,
+    cursor: str | None = None,
+    sort: str = "-created_at",
+    status: Annotated[list[str] | None, Query()] = None,
+    priority: int | None = None,
+    category: str | None = None,
+    configuration_item: str | None = None,
+    assignee_id: uuid.UUID | None = None,
+    assignment_group: str | None = None,
+    known_error: bool | None = None,
+    q: Annotated[str | None, Query(max_length=500)] = None,
+) -> Page[ProblemRead]:
+    filters = _filters(
+        status,
+        priority=priority,
+        category=category,
+        configuration_item=configuration_item,
+        assignee_id=assignee_id,
+        assignment_group=assignment_group,
+        known_error=known_error,
+        q=q,
+    )
+    items, next_cursor = await service.list_problems(
+        session, principal, sort=parse_sort(sort, service.SORTS), limit=limit, cursor=cursor, filters=filters
+    )
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{ref}", response_model=ProblemRead)
+async def get_problem(problem: ProblemDep, response: Response) -> ProblemRead:
+    with_etag(response, problem.version)
+    return service.render(problem)
+
+
+@router.patch("/{ref}", response_model=ProblemRead)
+async def update_problem(
+    request: Request,
+    ref: str,
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    data: ProblemUpdate,
+    response: Response,
+) -> ProblemRead:
+    problem = await service.visible_problem(session, ref, principal, for_update=True)
+    check_if_match(request, problem.version)
+    updated = await service.update_problem(session, problem, data, principal)
+    with_etag(response, updated.version)
+    return updated
+
+
+@router.get("/{ref}/transitions", response_model=list[Transition])
+async def transitions(problem: ProblemDep, principal: CurrentPrincipal) -> list[Transition]:
+    return [Transition(**t) for t in service.transitions(problem, principal)]
+
+
+@router.get("/{ref}/incidents", response_model=list[LinkedIncident])
+async def linked_incidents(session: SessionDep, problem: ProblemDep) -> list[LinkedIncident]:
+    return await service.linked_incidents(session, problem)
+
+
+@router.post("/{ref}/incidents", status_code=201, response_model=LinkedIncident)
+async def link_incident(ref: str, session: SessionDep, principal: CurrentPrincipal, data: LinkCreate) -> LinkedIncident:
+    problem = await service.visible_problem(session, ref, principal, for_update=True)
+    return await service.link_incident(session, problem, data.incident_id, principal)
+
+
+@router.delete("/{ref}/incidents/{incident_id}", status_code=204)
+async def unlink_incident(
+    ref: str, incident_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal
+) -> Response:
+    problem = await service.visible_problem(session, ref, principal, for_update=True)
+    await service.unlink_incident(session, problem, incident_id, principal)
+    return Response(status_code=204)
+
+
+@router.post("/{ref}/notes", status_code=201, response_model=NoteRead)
+async def add_note(session: SessionDep, problem: ProblemDep, principal: CurrentPrincipal, data: NoteCreate) -> NoteRead:
+    return NoteRead.model_validate(await service.add_note(session, problem, data, principal), from_attributes=True)
+
+
+@router.get("/{ref}/notes", response_model=list[NoteRead])
+async def list_notes(session: SessionDep, problem: ProblemDep) -> list[NoteRead]:
+    return [NoteRead.model_validate(n, from_attributes=True) for n in await service.notes(session, problem)]
+
+
+@router.get("/{ref}/history", response_model=list[HistoryRead])
+async def history(session: SessionDep, problem: ProblemDep) -> list[HistoryRead]:
+    return [HistoryRead.model_validate(h, from_attributes=True) for h in await service.history(session, problem)]
+
+
+@known_errors_router.get("", response_model=Page[ProblemRead])
+async def known_errors(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    limit: int = 50,
+    cursor: str | None = None,
+    sort: str = "-created_at",
+    q: Annotated[str | None, Query(max_length=500)] = None,
+    configuration_item: str | None = None,
+    category: str | None = None,
+    status: Annotated[list[str] | None, Query()] = None,
+) -> Page[ProblemRead]:
+    filters = _filters(status, configuration_item=configuration_item, category=category, q=q)
+    items, next_cursor = await service.list_problems(
+        session,
+        principal,
+        sort=parse_sort(sort, service.SORTS),
+        limit=limit,
+        cursor=cursor,
+        filters=filters,
+        known_errors_only=True,
+    )
+    return Page(items=items, next_cursor=next_cursor)
