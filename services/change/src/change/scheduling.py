@@ -1,0 +1,283 @@
+"""Scheduling: conflicts between changes, blackout windows (one-off or RRULE-recurring in a time zone), and the
+next free slot.
+
+Two changes conflict when both hold their planned window (scheduled or implement), share a configuration
+item, and their windows overlap as half-open ranges `[start, end)`: windows that only touch do not conflict.
+The check is one query over a partial GiST index on the window range and a GIN index on the items; blackout
+windows are few and expanded here, in their own time zone, so their wall-clock times hold across DST."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dateutil.rrule import rrule, rrulestr
+from sqlalchemy import DateTime, Text, cast, func, literal, or_, text
+from sqlalchemy import select as select_columns
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from change.models import OCCUPYING_SQL, BlackoutWindow, ChangeRequest
+
+# ---------------------------------------------------------------- time zones and recurrence (pure)
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def wall_clock(value: datetime, tz: ZoneInfo) -> datetime:
+    """A naive wall-clock time in `tz`: offset-bearing values are converted, naive ones taken as they are."""
+    if value.tzinfo is not None:
+        return value.astimezone(tz).replace(tzinfo=None)
+    return value
+
+
+def to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
+    """A wall-clock time in `tz` as UTC. A time skipped by a DST jump is read with the offset before the jump
+    (02:30 on a spring-forward night is 03:30 summer time); a repeated time is its first occurrence."""
+    return wall.replace(tzinfo=tz).astimezone(UTC)
+
+
+def parse_rrule(value: str, start_wall: datetime, tz: ZoneInfo) -> rrule:
+    """One RFC 5545 RRULE (with or without the `RRULE:` prefix), anchored at the window's start."""
+    body = value.strip()
+    if "\n" in body or "DTSTART" in body.upper() or ":" in body.removeprefix("RRULE:"):
+        raise ValueError("give one RRULE only (e.g. FREQ=WEEKLY;BYDAY=FR); the window's start is its DTSTART")
+    try:
+        rule = rrulestr(body, dtstart=start_wall.replace(tzinfo=tz))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid RRULE: {exc}") from exc
+    if not isinstance(rule, rrule):
+        raise ValueError("give one RRULE only")
+    freq = re.search(r"FREQ=([A-Z]+)", body.upper())
+    if freq and freq.group(1) in ("SECONDLY", "MINUTELY"):
+        raise ValueError("blackout windows recur at most hourly")
+    return rule
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    start: datetime  # UTC
+    end: datetime  # UTC
+
+
+def occurrences(window: BlackoutWindow, lo: datetime, hi: datetime) -> Iterator[Occurrence]:
+    """The window's occurrences overlapping `[lo, hi)`, in UTC. Each occurrence keeps the wall-clock start
+    and end of the window in its time zone, so its length in real time changes by the DST shift it spans."""
+    tz = zone(window.timezone)
+    length = window.ends_at - window.starts_at
+    starts: Iterable[datetime]
+    if window.rrule:
+        rule = parse_rrule(window.rrule, window.starts_at, tz)
+        # A day of margin either side covers any UTC offset; filtered exactly below.
+        margin = timedelta(days=1)
+        starts = (s.replace(tzinfo=None) for s in rule.between(lo - length - margin, hi + margin, inc=True))
+    else:
+        starts = (window.starts_at,)
+    for wall_start in starts:
+        start, end = to_utc(wall_start, tz), to_utc(wall_start + length, tz)
+        if start < hi and end > lo:
+            yield Occurrence(start, end)
+
+
+def first_occurrence(window: BlackoutWindow) -> Occurrence:
+    tz = zone(window.timezone)
+    return Occurrence(to_utc(window.starts_at, tz), to_utc(window.ends_at, tz))
+
+
+# ---------------------------------------------------------------- conflicts
+
+
+@dataclass(frozen=True)
+class Conflict:
+    kind: str  # "change" or "blackout_window"
+    id: uuid.UUID
+    start: datetime
+    end: datetime
+    configuration_items: list[str]
+    blocking: bool
+    number: str | None = None
+    title: str | None = None
+    status: str | None = None
+    name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind == "change":
+            head: dict[str, Any] = {
+                "kind": "change",
+                "change_id": str(self.id),
+                "number": self.number,
+                "title": self.title,
+                "status": self.status,
+            }
+        else:
+            head = {"kind": "blackout_window", "blackout_window_id": str(self.id), "name": self.name}
+        return {
+            **head,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "configuration_items": self.configuration_items,
+            "blocking": self.blocking,
+        }
+
+
+def _range(start: datetime, end: datetime) -> Any:
+    return func.tstzrange(literal(start, DateTime(timezone=True)), literal(end, DateTime(timezone=True)), "[)")
+
+
+def _items(cis: Sequence[str]) -> Any:
+    return cast(list(cis), ARRAY(Text))
+
+
+async def lock_items(session: AsyncSession, cis: Sequence[str]) -> None:
+    """Serialise scheduling per configuration item until commit, so two changes cannot both pass the check
+    for the same item at once. Sorted, so two schedulers never wait on each other in a cycle."""
+    for ci in sorted(set(cis)):
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"change.ci:{ci}"}
+        )
+
+
+async def overlapping_changes(
+    session: AsyncSession, *, exclude: uuid.UUID | None, start: datetime, end: datetime, cis: Sequence[str]
+) -> list[Conflict]:
+    if not cis:
+        return []
+    stmt = (
+        select_columns(
+            col(ChangeRequest.id),
+            col(ChangeRequest.number),
+            col(ChangeRequest.title),
+            col(ChangeRequest.status),
+            col(ChangeRequest.planned_start),
+            col(ChangeRequest.planned_end),
+            col(ChangeRequest.configuration_items),
+        )
+        .where(text(OCCUPYING_SQL))
+        .where(col(ChangeRequest.planned_window).op("&&")(_range(start, end)))
+        .where(col(ChangeRequest.configuration_items).op("&&")(_items(cis)))
+        .order_by(col(ChangeRequest.planned_start), col(ChangeRequest.id))
+    )
+    if exclude is not None:
+        stmt = stmt.where(col(ChangeRequest.id) != exclude)
+    wanted = set(cis)
+    rows = (await session.execute(stmt)).all()
+    return [
+        Conflict(
+            kind="change",
+            id=row[0],
+            number=row[1],
+            title=row[2],
+            status=row[3],
+            start=row[4],
+            end=row[5],
+            configuration_items=sorted(wanted.intersection(row[6])),
+            blocking=True,
+        )
+        for row in rows
+    ]
+
+
+async def blackouts_for(session: AsyncSession, cis: Sequence[str]) -> list[BlackoutWindow]:
+    """The blackout windows that apply to a change touching `cis`: the global ones and those scoped to one of
+    its items."""
+    scope = func.cardinality(col(BlackoutWindow.configuration_items)) == 0
+    if cis:
+        scope = or_(scope, col(BlackoutWindow.configuration_items).op("&&")(_items(cis)))
+    return list((await session.exec(select(BlackoutWindow).where(scope))).all())
+
+
+def blackout_conflicts(
+    windows: Iterable[BlackoutWindow], start: datetime, end: datetime, *, blocking: bool
+) -> list[Conflict]:
+    found = [
+        Conflict(
+            kind="blackout_window",
+            id=w.id,
+            name=w.name,
+            start=o.start,
+            end=o.end,
+            configuration_items=list(w.configuration_items),
+            blocking=blocking,
+        )
+        for w in windows
+        for o in occurrences(w, start, end)
+    ]
+    return sorted(found, key=lambda c: (c.start, str(c.id)))
+
+
+async def conflicts(
+    session: AsyncSession,
+    *,
+    exclude: uuid.UUID | None,
+    start: datetime,
+    end: datetime,
+    cis: Sequence[str],
+    blackouts_block: bool,
+) -> list[Conflict]:
+    """Every conflict of a window on `cis`: overlapping changes, then the blackout occurrences it falls in
+    (listed as non-blocking when `blackouts_block` is false, as for emergency changes)."""
+    found = await overlapping_changes(session, exclude=exclude, start=start, end=end, cis=cis)
+    windows = await blackouts_for(session, cis)
+    return found + blackout_conflicts(windows, start, end, blocking=blackouts_block)
+
+
+# ---------------------------------------------------------------- next free slot
+
+
+async def _busy(
+    session: AsyncSession, *, exclude: uuid.UUID | None, lo: datetime, hi: datetime, cis: Sequence[str]
+) -> list[tuple[datetime, datetime]]:
+    if not cis:
+        return []
+    stmt = (
+        select_columns(col(ChangeRequest.planned_start), col(ChangeRequest.planned_end))
+        .where(text(OCCUPYING_SQL))
+        .where(col(ChangeRequest.planned_window).op("&&")(_range(lo, hi)))
+        .where(col(ChangeRequest.configuration_items).op("&&")(_items(cis)))
+    )
+    if exclude is not None:
+        stmt = stmt.where(col(ChangeRequest.id) != exclude)
+    return [(s, e) for s, e in (await session.execute(stmt)).all() if s is not None and e is not None]
+
+
+async def next_slot(
+    session: AsyncSession,
+    *,
+    exclude: uuid.UUID | None,
+    cis: Sequence[str],
+    duration: timedelta,
+    after: datetime,
+    until: datetime,
+    blackouts_block: bool,
+) -> datetime | None:
+    """The earliest start >= `after` of a `duration`-long window free of conflicts, ending by `until`; None if
+    there is none. Sweeps the busy intervals (changes and blackout occurrences) in chunks: one query per
+    chunk, the cursor jumping past each interval that overlaps the candidate window."""
+    windows = await blackouts_for(session, cis) if blackouts_block else []
+    chunk = max(timedelta(days=7), duration * 4)
+    cursor = after
+    while cursor + duration <= until:
+        hi = min(cursor + duration + chunk, until)
+        busy = await _busy(session, exclude=exclude, lo=cursor, hi=hi, cis=cis)
+        busy += [(o.start, o.end) for w in windows for o in occurrences(w, cursor, hi)]
+        busy.sort()
+        found = False
+        for start, end in busy:
+            if start >= cursor + duration:
+                found = True
+                break
+            cursor = max(cursor, end)
+        if found or cursor + duration <= hi:
+            return cursor if cursor + duration <= until else None
+    return None
