@@ -4,8 +4,10 @@ with its own database and exchange. Tests talk to it only through the gateway an
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Sta
     settings = stack_module.StackSettings.isolated(tmp_path_factory.mktemp("e2e-run"), die_with_parent=True)
     running = stack_module.Stack(settings)
     running.start()
+    queues: tuple[str, ...] = ()
     try:
+        queues = consumer_queues(running)
         yield running
     finally:
         running.stop()
         running.drop_database()
-        asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange))
+        asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange, queues))
+
+
+def consumer_queues(running: stack_module.Stack) -> tuple[str, ...]:
+    """The queues the services consume from, read from their AsyncAPI documents while they run, so the
+    teardown removes them (and their dead-letter queues) from the shared broker too. Only names under this
+    stack's own prefix."""
+    prefix = running.settings.queue_prefix
+    found: set[str] = set()
+    for name in running.services:
+        url = f"{running.settings.service_url(name)}/asyncapi.json"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            document = json.load(response)
+        for channel in document.get("channels", {}).values():
+            queue = channel.get("bindings", {}).get("amqp", {}).get("queue", {}).get("name")
+            if prefix and isinstance(queue, str) and queue.startswith(prefix):
+                found.add(queue)
+    return tuple(sorted(found))
 
 
 @pytest.fixture(scope="session")
