@@ -182,3 +182,74 @@ class TestIssuer:
         from itsm_shared.auth import TokenVerifier
 
         return TokenVerifier(self, issuer=self.issuer, audience=self.audience)
+
+
+class EventProbe:
+    """An exclusive queue on a test exchange collecting CloudEvents as they arrive. The exchange is shared by
+    every test of a session and the relay may publish a test's events late, so a test selects its own events
+    by `subject` and waits for them with a deadline."""
+
+    def __init__(self, queue: Any, entity: str) -> None:
+        self.queue, self.entity = queue, entity
+        self.events: list[dict[str, Any]] = []
+        self.messages: list[Any] = []
+
+    async def drain(self) -> None:
+        while (message := await self.queue.get(fail=False, no_ack=True)) is not None:
+            self.messages.append(message)
+            self.events.append(parse_cloudevent(message.body))
+
+    def _type(self, short: str) -> str:
+        return short if short.startswith("itsm.") else f"itsm.{self.entity}.{short}"
+
+    def of(self, subject: Any, *types: str) -> list[dict[str, Any]]:
+        """Events about `subject` so far (optionally only of the given short types, e.g. "updated")."""
+        wanted = {self._type(t) for t in types}
+        return [e for e in self.events if e.get("subject") == str(subject) and (not types or e["type"] in wanted)]
+
+    def message_of(self, event: dict[str, Any]) -> Any:
+        return next(m for m, e in zip(self.messages, self.events, strict=True) if e["id"] == event["id"])
+
+    async def expect(self, subject: Any, *types: str, timeout: float = 10) -> list[dict[str, Any]]:
+        """Wait until the events about `subject` include `types` (with multiplicity); return all of them."""
+        import asyncio
+        from collections import Counter
+
+        want = Counter(self._type(t) for t in types)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await self.drain()
+            got = self.of(subject)
+            have = Counter(e["type"] for e in got)
+            if all(have[t] >= n for t, n in want.items()):
+                return got
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"waited {timeout}s for {dict(want)} about {subject}; got {dict(have)}")
+            await asyncio.sleep(0.05)
+
+    async def one(self, subject: Any, type: str, *, sequence: int | None = None, timeout: float = 10) -> dict[str, Any]:
+        """Wait for the event of `type` about `subject` (with `sequence`, when given) and return it."""
+        import asyncio
+
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await self.drain()
+            found = [e for e in self.of(subject, type) if sequence is None or e.get("sequence") == sequence]
+            if found:
+                return found[0]
+            if asyncio.get_running_loop().time() > deadline:
+                seen = [(e["type"], e.get("sequence")) for e in self.of(subject)]
+                raise AssertionError(f"waited {timeout}s for {type} #{sequence} about {subject}; got {seen}")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def listening(amqp: Any, exchange: str, entity: str, binding: str | None = None) -> Any:
+    """An `EventProbe` bound to `exchange` for `<entity>.#` (or `binding`); bind before acting."""
+    channel = await amqp.channel()
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(await channel.get_exchange(exchange), binding or f"{entity}.#")
+    try:
+        yield EventProbe(queue, entity)
+    finally:
+        await channel.close()
