@@ -84,7 +84,7 @@ async def drop_database(db: TestDatabase) -> None:
 def migrate(service: str, admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Build a service's schema the way deployments do: its real migrations, in a separate process."""
     env = {**os.environ, "ITSM_DATABASE_URL": admin_url}
-    return subprocess.run(  # noqa: S603 (our own module, our own arguments)
+    return subprocess.run(
         [sys.executable, "-m", "itsm_shared.migrate", service, *args],
         env=env,
         capture_output=True,
