@@ -181,7 +181,9 @@ async def patch(client: httpx.AsyncClient, who: Actor, change: dict[str, Any], *
     return await client.patch(f"/api/v1/changes/{change['id']}", headers=who.headers, json=fields)
 
 
-async def move(client: httpx.AsyncClient, who: Actor, change: dict[str, Any], status: str, **fields: Any) -> dict[str, Any]:
+async def move(
+    client: httpx.AsyncClient, who: Actor, change: dict[str, Any], status: str, **fields: Any
+) -> dict[str, Any]:
     response = await patch(client, who, change, status=status, **fields)
     assert response.status_code == 200, response.text
     return dict(response.json())

@@ -17,7 +17,7 @@ from itsm_shared.testing import parse_cloudevent
 
 
 def _type(short: str) -> str:
-    """"approved" is itsm.change.approved; "blackout_window.created" is itsm.blackout_window.created."""
+    """ "approved" is itsm.change.approved; "blackout_window.created" is itsm.blackout_window.created."""
     return f"itsm.{short}" if "." in short else f"itsm.change.{short}"
 
 

@@ -11,7 +11,7 @@ from itsm_shared.db import SessionDep
 from itsm_shared.errors import Invalid
 from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
 from itsm_shared.pagination import Page, parse_sort
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, TypeAdapter
 
 from change import ical, risk, service
 from change.config import get_settings
@@ -40,6 +40,7 @@ router = APIRouter(prefix="/api/v1/changes", tags=["changes"], dependencies=READ
 blackouts_router = APIRouter(prefix="/api/v1/blackout-windows", tags=["blackout-windows"], dependencies=READ)
 IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 ICAL = "text/calendar"
+DURATION = TypeAdapter(timedelta)
 
 
 async def change_by_ref(ref: str, session: SessionDep) -> ChangeRequest:
@@ -222,17 +223,34 @@ async def conflicts(session: SessionDep, change: ChangeDep) -> ConflictsRead:
     return await service.change_conflicts(session, change)
 
 
+def _duration(value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return (
+            timedelta(seconds=float(value)) if value.replace(".", "", 1).isdigit() else DURATION.validate_python(value)
+        )
+    except (ValueError, OverflowError) as exc:
+        raise Invalid(
+            "duration is ISO 8601 (PT2H) or seconds", errors=[{"loc": ["query", "duration"], "msg": "PT2H or 7200"}]
+        ) from exc
+
+
 @router.get("/{ref}/next-slot", response_model=NextSlotRead)
 async def next_slot(
     session: SessionDep,
     change: ChangeDep,
-    duration: Annotated[timedelta | None, Query(description="ISO 8601 (PT2H) or seconds")] = None,
+    duration: Annotated[str | None, Query(description="ISO 8601 (PT2H) or seconds", max_length=50)] = None,
     after: AwareDatetime | None = None,
 ) -> NextSlotRead:
     """The first window of `duration` (default: the planned window's length) starting at or after `after`
     (default: the next minute) that is free of conflicts and blackouts, within the search horizon."""
     return await service.next_slot(
-        session, change, duration=duration, after=after, horizon_days=get_settings().change_next_slot_horizon_days
+        session,
+        change,
+        duration=_duration(duration),
+        after=after,
+        horizon_days=get_settings().change_next_slot_horizon_days,
     )
 
 

@@ -42,10 +42,13 @@ def wall_clock(value: datetime, tz: ZoneInfo) -> datetime:
     return value
 
 
-def to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
-    """A wall-clock time in `tz` as UTC. A time skipped by a DST jump is read with the offset before the jump
-    (02:30 on a spring-forward night is 03:30 summer time); a repeated time is its first occurrence."""
-    return wall.replace(tzinfo=tz).astimezone(UTC)
+def to_utc(wall: datetime, tz: ZoneInfo, *, latest: bool = False) -> datetime:
+    """A wall-clock time in `tz` as UTC. A time that a DST change skips or repeats has two readings; a
+    blackout takes the one that makes it cover the most: the earlier for its start, the later (`latest`) for
+    its end. (02:30 on a spring-forward night starts at 01:30 winter time; an end at 02:30 on a fall-back night
+    is the second 02:30.)"""
+    readings = (wall.replace(tzinfo=tz, fold=0).astimezone(UTC), wall.replace(tzinfo=tz, fold=1).astimezone(UTC))
+    return max(readings) if latest else min(readings)
 
 
 def parse_rrule(value: str, start_wall: datetime, tz: ZoneInfo) -> rrule:
@@ -85,14 +88,14 @@ def occurrences(window: BlackoutWindow, lo: datetime, hi: datetime) -> Iterator[
     else:
         starts = (window.starts_at,)
     for wall_start in starts:
-        start, end = to_utc(wall_start, tz), to_utc(wall_start + length, tz)
+        start, end = to_utc(wall_start, tz), to_utc(wall_start + length, tz, latest=True)
         if start < hi and end > lo:
             yield Occurrence(start, end)
 
 
 def first_occurrence(window: BlackoutWindow) -> Occurrence:
     tz = zone(window.timezone)
-    return Occurrence(to_utc(window.starts_at, tz), to_utc(window.ends_at, tz))
+    return Occurrence(to_utc(window.starts_at, tz), to_utc(window.ends_at, tz, latest=True))
 
 
 # ---------------------------------------------------------------- conflicts
