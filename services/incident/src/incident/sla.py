@@ -33,20 +33,51 @@ def elapsed(clock: SlaClock, now: datetime) -> float:
     return max(total, 0.0)
 
 
-def _schedule(clock: SlaClock, now: datetime) -> None:
-    """Recompute due and warning moments and the scheduler's next wake-up from the clock's state."""
-    if clock.state != ClockState.RUNNING:
-        clock.due_at = clock.due_at if clock.state == ClockState.STOPPED else None
-        clock.warning_at = None if clock.state == ClockState.PAUSED else clock.warning_at
-        clock.next_fire_at = None
-        return
+def _running_spans(clock: SlaClock) -> Iterator[tuple[datetime, datetime | None]]:
+    """The spans the clock ran, in order: from its start to the first pause, from each resume to the next pause,
+    and from the last resume on (open, None, while it runs; to `stopped_at` once stopped)."""
+    begin: datetime | None = clock.started_at
+    for pause_start, pause_end in _pauses(clock):
+        assert begin is not None
+        yield begin, pause_start
+        begin = pause_end
+    if begin is not None:  # None: paused now
+        yield begin, clock.stopped_at if clock.state == ClockState.STOPPED else None
+
+
+def _reached_at(clock: SlaClock, seconds: float, cal: Calendar) -> datetime | None:
+    """The instant the clock's elapsed time reaches `seconds`: in the past if it already has, ahead if the clock
+    runs, None if it is paused or stopped short of it."""
+    remaining = seconds
+    for begin, end in _running_spans(clock):
+        if end is None:
+            return add_business_time(begin, remaining, cal)
+        span = business_seconds_between(begin, end, cal)
+        if remaining <= span:
+            return add_business_time(begin, remaining, cal)
+        remaining -= span
+    return None
+
+
+def _thresholds(clock: SlaClock) -> tuple[datetime | None, datetime | None]:
+    """(warning moment, due moment), as `_reached_at`."""
     cal = calendar_of(clock)
-    spent = elapsed(clock, now)
-    # A threshold already behind us falls due now, so the scheduler fires it at once.
-    clock.due_at = add_business_time(now, clock.target_seconds - spent, cal) if spent < clock.target_seconds else now
-    warn_after = WARNING_FRACTION * clock.target_seconds
-    clock.warning_at = add_business_time(now, warn_after - spent, cal) if spent < warn_after else now
-    pending = [t for t, done in ((clock.warning_at, clock.warned), (clock.due_at, clock.breached)) if not done]
+    return (
+        _reached_at(clock, WARNING_FRACTION * clock.target_seconds, cal),
+        _reached_at(clock, clock.target_seconds, cal),
+    )
+
+
+def _schedule(clock: SlaClock, now: datetime) -> None:
+    """Recompute due and warning moments and the scheduler's next wake-up from the clock's state. A threshold
+    already crossed keeps the moment it was crossed (so one crossed and not yet fired, say by a priority change
+    or just before a stop or pause, is due now); a stopped clock that met its target keeps the due it met."""
+    warning, due = _thresholds(clock)
+    if clock.state != ClockState.STOPPED or due is not None:
+        clock.due_at = due
+    if clock.state != ClockState.STOPPED or warning is not None:
+        clock.warning_at = warning
+    pending = [t for t, done in ((warning, clock.warned), (due, clock.breached)) if t is not None and not done]
     clock.next_fire_at = min(pending) if pending else None
 
 
@@ -94,7 +125,7 @@ def stop(clock: SlaClock, now: datetime) -> None:
         clock.pauses = [*done, [since, now.isoformat()]]
     clock.state = ClockState.STOPPED
     clock.stopped_at = now
-    clock.breached = clock.breached or elapsed(clock, now) >= clock.target_seconds
+    # A threshold crossed before the stop and not yet fired stays pending: the scheduler fires it at once.
     _schedule(clock, now)
 
 
@@ -109,15 +140,14 @@ def retarget(clock: SlaClock, policy: SlaPolicy, now: datetime) -> None:
 
 
 def crossed(clock: SlaClock, now: datetime) -> list[str]:
-    """Thresholds due by `now` and not yet fired, marked fired: 'warning', then 'breached'."""
+    """Thresholds crossed by `now` and not yet fired, marked fired: 'warning', then 'breached'. Whatever the
+    clock's state: one crossed just before a pause or stop fires too."""
     fired: list[str] = []
-    if clock.state != ClockState.RUNNING:
-        clock.next_fire_at = None
-        return fired
-    if not clock.warned and clock.warning_at is not None and clock.warning_at <= now:
+    warning, due = _thresholds(clock)
+    if not clock.warned and warning is not None and warning <= now:
         clock.warned = True
         fired.append("warning")
-    if not clock.breached and clock.due_at is not None and clock.due_at <= now:
+    if not clock.breached and due is not None and due <= now:
         clock.breached = True
         clock.warned = True
         fired.append("breached")
@@ -127,6 +157,7 @@ def crossed(clock: SlaClock, now: datetime) -> list[str]:
 
 def view(clock: SlaClock, now: datetime) -> dict[str, Any]:
     spent = elapsed(clock, now)
+    breached = clock.breached or spent >= clock.target_seconds
     return {
         "target_seconds": clock.target_seconds,
         "due_at": clock.due_at,
@@ -134,8 +165,8 @@ def view(clock: SlaClock, now: datetime) -> dict[str, Any]:
         "percentage": round(100 * spent / clock.target_seconds, 2) if clock.target_seconds else None,
         "state": clock.state,
         "paused": clock.state == ClockState.PAUSED,
-        "breached": clock.breached or spent >= clock.target_seconds,
-        "met": clock.state == ClockState.STOPPED and not clock.breached,
+        "breached": breached,
+        "met": clock.state == ClockState.STOPPED and not breached,
         "started_at": clock.started_at,
         "stopped_at": clock.stopped_at,
     }
