@@ -66,6 +66,8 @@ class ServiceSpec:
     background: Sequence[Hook] = ()
     # Event types this service publishes, with the model of their `data`, for the AsyncAPI document.
     publishes: Mapping[str, Any] = field(default_factory=dict)
+    # Whether the service has an outbox table for the relay to publish from (the audit log publishes nothing).
+    outbox: bool = True
 
 
 async def _connect_broker(rt: Runtime, queues: list[str]) -> None:
@@ -123,7 +125,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
             await hook(rt)
         tasks = [asyncio.create_task(_connect_broker(rt, queues), name="broker-connect")]
         tasks += [asyncio.create_task(loop(rt), name=getattr(loop, "__name__", "loop")) for loop in spec.background]
-        relay.start()
+        if spec.outbox:
+            relay.start()
         log.info("service started", extra={"service": spec.name})
         try:
             yield

@@ -112,7 +112,7 @@ def subscribe(
         try:
             event = event_model.model_validate_json(msg.body)
         except ValidationError as exc:
-            await _settle_park(broker, settings, queue, msg, f"not a valid event: {_short(exc)}")
+            await park_and_ack(broker, settings, queue, msg, f"not a valid event: {_short(exc)}")
             return
         token = correlation_id.set(event.correlationid)
         try:
@@ -143,7 +143,7 @@ async def _run(
         try:
             await handler(event)
         except PermanentError as exc:
-            await _settle_park(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
+            await park_and_ack(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
             return
         except Exception as exc:
             if _is_transient(exc) and time.monotonic() < deadline:
@@ -157,7 +157,7 @@ async def _run(
             count = (msg.raw_message.headers or {}).get("x-delivery-count", 0)
             deliveries = (count if isinstance(count, int) else 0) + 1
             if deliveries >= settings.consumer_delivery_limit:
-                await _settle_park(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
+                await park_and_ack(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
             else:
                 log.exception(
                     "handler failed; message returned to the queue",
@@ -171,9 +171,10 @@ async def _run(
         return
 
 
-async def _settle_park(
+async def park_and_ack(
     broker: RabbitBroker, settings: ServiceSettings, queue: str, msg: RabbitMessage, reason: str
 ) -> None:
+    """Park the message, then settle it: acknowledged once parked, returned to the queue if parking failed."""
     try:
         await park(broker, settings, queue, msg, reason)
     except Exception:

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from itsm_shared.app import ServiceSpec, create_app
+
+from audit import consumers
+from audit.config import get_settings
+from audit.router import router
+
+app = create_app(
+    ServiceSpec(
+        name="audit",
+        title="ITSM audit service",
+        api_prefix="/api/v1/audit",
+        routers=[router],
+        settings=get_settings(),
+        consumers=consumers.register,
+        background=[consumers.run_writer],
+        outbox=False,
+    )
+)
