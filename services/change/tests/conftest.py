@@ -1,30 +1,19 @@
-"""Change tests run the real app in-process against a database of their own, built by the real migrations,
-and the real RabbitMQ under names of their own. Tokens come from a test issuer the app's verifier trusts."""
+"""Change tests: the shared fixtures (itsm_shared.testing_fixtures) for the change service, actors by role,
+and helpers that raise and move RFCs through the HTTP API."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
-from fastapi import FastAPI
-from itsm_shared.testing import (
-    TestDatabase,
-    TestIssuer,
-    create_database,
-    drop_database,
-    infrastructure,
-    migrate,
-    remove_topology,
-    test_names,
-)
+from itsm_shared.testing import EventProbe, listening
+from itsm_shared.testing_fixtures import *  # noqa: F403
+from itsm_shared.testing_fixtures import Actor
 
 # SQLModel nags on every AsyncSession.execute(); the scheduling queries select columns, which is what it is for.
 SQLMODEL_EXECUTE_NOTICE = r"ignore:\s*\W*\s*You probably want to use `session.exec\(\)`:DeprecationWarning"
@@ -36,107 +25,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def infra() -> Iterator[tuple[str, str]]:
-    with infrastructure() as urls:
-        yield urls
-
-
-@pytest.fixture(scope="session")
-async def database(infra: tuple[str, str]) -> AsyncIterator[TestDatabase]:
-    db = await create_database(infra[0], "itsm_test_change")
-    result = migrate("change", db.admin_url)
-    assert result.returncode == 0, result.stderr
-    yield db
-    await drop_database(db)
-
-
-@pytest.fixture(scope="session")
-async def names(infra: tuple[str, str]) -> AsyncIterator[dict[str, Any]]:
-    names = test_names()
-    yield names
-    await remove_topology(infra[1], names["exchange"], names["dead_letter_exchange"])
-
-
-@pytest.fixture(scope="session")
-def issuer() -> TestIssuer:
-    return TestIssuer()
-
-
-@pytest.fixture(scope="session")
-def environment(database: TestDatabase, infra: tuple[str, str], names: dict[str, Any]) -> dict[str, str]:
-    env = {
-        "ITSM_DATABASE_URL": database.app_url("change"),
-        "ITSM_AMQP_URL": infra[1],
-        "ITSM_EXCHANGE": names["exchange"],
-        "ITSM_DEAD_LETTER_EXCHANGE": names["dead_letter_exchange"],
-        "ITSM_QUEUE_PREFIX": names["queue_prefix"],
-        "ITSM_OUTBOX_SWEEP_SECONDS": "0.5",
-    }
-    os.environ.update(env)
-    return env
-
-
-@pytest.fixture(scope="session")
-async def app(environment: dict[str, str], issuer: TestIssuer) -> AsyncIterator[FastAPI]:
-    from change.config import get_settings
-
-    get_settings.cache_clear()
-    from change.main import app as change_app
-
-    async with change_app.router.lifespan_context(change_app):
-        change_app.state.verifier = issuer.verifier()
-        await asyncio.wait_for(change_app.state.runtime.broker_started.wait(), timeout=30)
-        yield change_app
+def service_name() -> str:
+    return "change"
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://change.test") as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
-async def amqp(infra: tuple[str, str]) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
-    conn = await aio_pika.connect_robust(infra[1])
-    yield conn
-    await conn.close()
-
-
-@dataclass
-class Actor:
-    """A user of given roles, with the headers to act as them."""
-
-    id: uuid.UUID
-    headers: dict[str, str]
+def manager(actor: Callable[..., Actor]) -> Actor:
+    return actor("change_manager")
 
 
 @pytest.fixture
-def actor(issuer: TestIssuer) -> Any:
-    def make(*roles: str) -> Actor:
-        subject = uuid.uuid4()
-        return Actor(subject, {"Authorization": f"Bearer {issuer.token(*roles, subject=subject)}"})
-
-    return make
+def cab(actor: Callable[..., Actor]) -> Actor:
+    return actor("cab_member")
 
 
 @pytest.fixture
-def agent(actor: Any) -> Actor:
-    return actor("agent")  # type: ignore[no-any-return]
+def cab2(actor: Callable[..., Actor]) -> Actor:
+    return actor("cab_member")
 
 
-@pytest.fixture
-def manager(actor: Any) -> Actor:
-    return actor("change_manager")  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def cab(actor: Any) -> Actor:
-    return actor("cab_member")  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def cab2(actor: Any) -> Actor:
-    return actor("cab_member")  # type: ignore[no-any-return]
+def listen(amqp: Any, names: dict[str, Any]) -> AbstractAsyncContextManager[EventProbe]:
+    """Every event on the session's exchange (change.* and blackout_window.*); short types mean change.*."""
+    probe: AbstractAsyncContextManager[EventProbe] = listening(amqp, names["exchange"], "change", "#")
+    return probe
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,8 +11,7 @@ import httpx
 import pytest
 from itsm_shared.testing import migrate
 
-from .conftest import LOW, PLANS, Actor, at, create, decide, iso, move, patch, unique_ci, window
-from .probe import listening
+from .conftest import LOW, PLANS, Actor, at, create, decide, iso, listen, move, patch, unique_ci, window
 
 
 async def test_requests_without_a_valid_token_are_401(client: httpx.AsyncClient) -> None:
@@ -178,7 +177,7 @@ async def test_notes(
     names: dict[str, Any],
 ) -> None:
     change = await create(client, agent)
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         url = f"/api/v1/changes/{change['id']}/notes"
         first = await client.post(url, headers=agent.headers, json={"body": "vendor confirmed the window"})
         second = await client.post(url, headers=cab.headers, json={"body": "CAB: fine"})
@@ -250,7 +249,7 @@ async def test_blackout_windows_are_written_by_change_managers(
     body = {**FRIDAY_EVENING, "configuration_items": [unique_ci()]}
     for who in (agent, actor("admin"), actor("cab_member")):
         assert (await client.post("/api/v1/blackout-windows", headers=who.headers, json=body)).status_code == 403
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         created = await client.post("/api/v1/blackout-windows", headers=manager.headers, json=body)
         assert created.status_code == 201, created.text
         window_ = created.json()
@@ -270,7 +269,10 @@ async def test_blackout_windows_are_written_by_change_managers(
         assert (await client.delete(url, headers=manager.headers)).status_code == 204
         assert (await client.get(url, headers=agent.headers)).status_code == 404
         events = await probe.expect(
-            window_["id"], "blackout_window.created", "blackout_window.updated", "blackout_window.deleted"
+            window_["id"],
+            "itsm.blackout_window.created",
+            "itsm.blackout_window.updated",
+            "itsm.blackout_window.deleted",
         )
     update = next(e for e in events if e["type"] == "itsm.blackout_window.updated")
     assert update["data"]["changes"] == {"name": ["weekend freeze", "freeze"]}
@@ -320,7 +322,7 @@ async def test_scheduled_events_carry_the_window(
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, Any],
 ) -> None:
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         change = await create(client, agent, **PLANS, risk_assessment=LOW, **window(at(12), 2, unique_ci()))
         change = await move(client, agent, change, "assess")
         change = await move(client, agent, change, "authorize")

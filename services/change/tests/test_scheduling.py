@@ -4,6 +4,7 @@ JSON and as iCalendar read back with the icalendar library."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -459,3 +460,12 @@ async def test_calendar_range_is_checked(client: httpx.AsyncClient, agent: Actor
     assert default.status_code == 200
     body = default.json()
     assert datetime.fromisoformat(body["start"]) < datetime.now(UTC) < datetime.fromisoformat(body["end"])
+
+
+async def test_concurrent_schedulings_on_one_item_let_one_through(client: httpx.AsyncClient, agent: Actor) -> None:
+    """The check and the move commit under a per-item advisory lock: two overlapping changes racing for the same
+    item cannot both pass."""
+    ci = unique_ci()
+    changes = [await create(client, agent, type="standard", **PLANS, **window(at(70, 10), 2, ci)) for _ in range(4)]
+    responses = await asyncio.gather(*(patch(client, agent, c, status="scheduled") for c in changes))
+    assert sorted(r.status_code for r in responses) == [200, 409, 409, 409]

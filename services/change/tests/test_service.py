@@ -10,8 +10,7 @@ import pytest
 from change import lifecycle, risk
 from change.models import ChangeType, Risk
 
-from .conftest import HIGH, LOW, MODERATE, PLANS, Actor, at, create, decide, move, patch, unique_ci, window
-from .probe import listening
+from .conftest import HIGH, LOW, MODERATE, PLANS, Actor, at, create, decide, listen, move, patch, unique_ci, window
 
 CLOSE = {"close_code": "successful", "close_notes": "done, monitored for an hour"}
 
@@ -36,7 +35,7 @@ async def expect_status(
 async def test_standard_path_is_preapproved(
     client: httpx.AsyncClient, agent: Actor, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
 ) -> None:
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         change = await create(client, agent, type="standard", **PLANS, **window(at(1), 2, unique_ci()))
         assert change["status"] == "new" and change["approval"] == "not_required" and change["risk"] == "low"
         assert await transitions(client, agent, change) == ["cancelled", "scheduled"]
@@ -75,7 +74,7 @@ async def test_normal_path_through_assess_and_cab(
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, Any],
 ) -> None:
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         change = await create(client, agent, risk_assessment=MODERATE, **window(at(2), 2, unique_ci()))
         assert change["risk"] == "moderate" and change["approval"] == "not_requested"
         assert await transitions(client, agent, change) == ["assess", "cancelled"]
@@ -309,7 +308,7 @@ async def test_high_risk_needs_two_approvals_from_different_people(
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, Any],
 ) -> None:
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         change = await authorize(client, agent, HIGH, **window(at(5, 3), 1, unique_ci()))
         first = await decide(client, cab, change, "approve", "fine by networks")
         assert first.status_code == 201
@@ -366,7 +365,7 @@ async def test_one_rejection_returns_the_change_to_new(
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, Any],
 ) -> None:
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         change = await authorize(client, agent, HIGH)
         assert (await decide(client, cab, change, "approve", "ok")).status_code == 201
         no_comment = await decide(client, cab2, change, "reject", None)
@@ -429,7 +428,7 @@ async def test_approved_into_a_conflict_waits_in_authorize(client: httpx.AsyncCl
 async def test_field_level_history_and_update_events(
     client: httpx.AsyncClient, agent: Actor, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
 ) -> None:
-    async with listening(amqp, names["exchange"]) as probe:
+    async with listen(amqp, names) as probe:
         change = await create(client, agent, title="Old title")
         ci = unique_ci()
         updated = await patch(client, agent, change, title="New title", configuration_items=[ci, ci, " x "])

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,11 +54,18 @@ def to_utc(wall: datetime, tz: ZoneInfo, *, latest: bool = False) -> datetime:
 
 def parse_rrule(value: str, start_wall: datetime, tz: ZoneInfo) -> rrule:
     """One RFC 5545 RRULE (with or without the `RRULE:` prefix), anchored at the window's start."""
+    return _parsed_rrule(value, start_wall, tz.key)
+
+
+@lru_cache(maxsize=128)
+def _parsed_rrule(value: str, start_wall: datetime, tz_name: str) -> rrule:
+    # Cached with dateutil's own occurrence cache: every conflict check expands the same few rules, and an
+    # rrule walks from its DTSTART on each query; parsed and walked once, later checks only look them up.
     body = value.strip()
     if "\n" in body or "DTSTART" in body.upper() or ":" in body.removeprefix("RRULE:"):
         raise ValueError("give one RRULE only (e.g. FREQ=WEEKLY;BYDAY=FR); the window's start is its DTSTART")
     try:
-        rule = rrulestr(body, dtstart=start_wall.replace(tzinfo=tz))
+        rule = rrulestr(body, dtstart=start_wall.replace(tzinfo=zone(tz_name)), cache=True)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid RRULE: {exc}") from exc
     if not isinstance(rule, rrule):
@@ -144,18 +152,20 @@ def _items(cis: Sequence[str]) -> Any:
 
 async def lock_items(session: AsyncSession, cis: Sequence[str]) -> None:
     """Serialise scheduling per configuration item until commit, so two changes cannot both pass the check
-    for the same item at once. Sorted, so two schedulers never wait on each other in a cycle."""
-    for ci in sorted(set(cis)):
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": f"change.ci:{ci}"}
-        )
-
-
-async def overlapping_changes(
-    session: AsyncSession, *, exclude: uuid.UUID | None, start: datetime, end: datetime, cis: Sequence[str]
-) -> list[Conflict]:
+    for the same item at once. One statement; the keys are sorted and unnest keeps their order, so two
+    schedulers never wait on each other in a cycle."""
     if not cis:
-        return []
+        return
+    keys = [f"change.ci:{ci}" for ci in sorted(set(cis))]
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(:keys AS text[])) AS k"),
+        {"keys": keys},
+    )
+
+
+def overlap_statement(*, exclude: uuid.UUID | None, start: datetime, end: datetime, cis: Sequence[str]) -> Any:
+    """The changes holding a window that overlaps `[start, end)` on one of `cis`: a bitmap of the partial GiST
+    index on the window (only scheduled and implementing changes are in it) and the GIN index on the items."""
     stmt = (
         select_columns(
             col(ChangeRequest.id),
@@ -173,8 +183,16 @@ async def overlapping_changes(
     )
     if exclude is not None:
         stmt = stmt.where(col(ChangeRequest.id) != exclude)
+    return stmt
+
+
+async def overlapping_changes(
+    session: AsyncSession, *, exclude: uuid.UUID | None, start: datetime, end: datetime, cis: Sequence[str]
+) -> list[Conflict]:
+    if not cis:
+        return []
     wanted = set(cis)
-    rows = (await session.execute(stmt)).all()
+    rows = (await session.execute(overlap_statement(exclude=exclude, start=start, end=end, cis=cis))).all()
     return [
         Conflict(
             kind="change",
