@@ -132,6 +132,8 @@ async def test_rescheduling_a_scheduled_change_is_checked(client: httpx.AsyncCli
     assert adding.status_code == 200, "on other items the window is free"
     back = await patch(client, agent, adding.json(), configuration_items=[ci])
     assert back.status_code == 409
+    for cleared in ({"planned_start": None}, {"planned_end": None}, {"configuration_items": []}):
+        assert (await patch(client, agent, adding.json(), **cleared)).status_code == 422, cleared
 
 
 async def test_conflicts_endpoint_lists_them_at_any_time(

@@ -15,7 +15,7 @@ from typing import Any
 
 from itsm_shared.errors import Conflict, Invalid
 
-from change.models import Approval, ChangeType, CloseCode, Status
+from change.models import OCCUPYING_STATUSES, Approval, ChangeType, CloseCode, Status
 
 S = Status
 _AFTER_SCHEDULED: Mapping[Status, frozenset[Status]] = {
@@ -70,6 +70,8 @@ REQUIRED_FIELDS: Mapping[ChangeType, Mapping[Status, tuple[str, ...]]] = {
 # Risk (questionnaire and override) and type are settled before authorization opens.
 RISK_EDITABLE = frozenset({S.NEW, S.ASSESS})
 TYPE_EDITABLE = frozenset({S.NEW})
+# States in which the RFC holds its planned window on its configuration items: they cannot be cleared.
+HOLDING = frozenset(OCCUPYING_STATUSES)
 
 
 def edges(change_type: str, current: str, approval: str) -> frozenset[Status]:

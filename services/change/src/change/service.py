@@ -369,6 +369,11 @@ async def update_change(
     if target is not None and target != change.status:
         _apply_status(fields, change, target, {**close_values, **values}, now)
 
+    if change.status in lifecycle.HOLDING and not all(getattr(change, f) for f in SCHEDULE_FIELDS):
+        raise Invalid(
+            f"a change in {change.status} keeps its planned window and configuration items",
+            errors=[{"loc": ["body", f], "msg": "required"} for f in SCHEDULE_FIELDS if not getattr(change, f)],
+        )
     rescheduled = False
     if change.status == Status.SCHEDULED and ("status" in fields or any(f in fields for f in SCHEDULE_FIELDS)):
         await _ensure_schedulable(session, change)
