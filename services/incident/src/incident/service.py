@@ -491,8 +491,9 @@ async def update_incident(
         raise Conflict(f"a {incident.status} incident is final")
     if values.get("parent_id"):
         await _check_parent(session, incident.id, values["parent_id"])
+    resolving = target == Status.RESOLVED and incident.status != Status.RESOLVED
     for field in ("resolution_code", "resolution_notes"):
-        if field in values and target != Status.RESOLVED:
+        if field in values and not resolving:
             change.set(field, values.pop(field))
     for field, value in values.items():
         if field not in ("resolution_code", "resolution_notes"):
@@ -507,6 +508,13 @@ async def update_incident(
         await _apply_status(session, change, target, {**values, "hold_reason": hold_reason})
     elif hold_reason is not None:
         change.set("hold_reason", hold_reason)
+    if incident.status == Status.RESOLVED:
+        missing = [f for f in ("resolution_code", "resolution_notes") if not getattr(incident, f)]
+        if missing:
+            raise Invalid(
+                "a resolved incident keeps its resolution",
+                errors=[{"loc": ["body", f], "msg": "required while resolved"} for f in missing],
+            )
     await _record(session, change)
     if "status" in change.fields and incident.status == Status.RESOLVED:
         await _cascade_resolution(session, incident, actor.actor, now)
