@@ -1,131 +1,28 @@
-"""Incident tests run the real app in-process against a database of their own, built by the real migrations,
-and the real RabbitMQ under names of their own. Tokens come from a test issuer the app's verifier trusts."""
+"""Incident tests: the shared fixtures (itsm_shared.testing_fixtures) for the incident service."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
-from fastapi import FastAPI
-from itsm_shared.testing import (
-    TestDatabase,
-    TestIssuer,
-    create_database,
-    drop_database,
-    infrastructure,
-    migrate,
-    remove_topology,
-    test_names,
-)
-
-CONSUMER_QUEUES = ("incident.problem-linked", "incident.problem-unlinked", "incident.problem-resolved")
+from itsm_shared.testing_fixtures import *  # noqa: F403
+from itsm_shared.testing_fixtures import Actor
 
 
 @pytest.fixture(scope="session")
-def infra() -> Iterator[tuple[str, str]]:
-    with infrastructure() as urls:
-        yield urls
+def service_name() -> str:
+    return "incident"
 
 
 @pytest.fixture(scope="session")
-async def database(infra: tuple[str, str]) -> AsyncIterator[TestDatabase]:
-    db = await create_database(infra[0], "itsm_test_incident")
-    result = migrate("incident", db.admin_url)
-    assert result.returncode == 0, result.stderr
-    yield db
-    await drop_database(db)
+def consumer_queues() -> tuple[str, ...]:
+    return ("incident.problem-linked", "incident.problem-unlinked", "incident.problem-resolved")
 
 
 @pytest.fixture(scope="session")
-async def names(infra: tuple[str, str]) -> AsyncIterator[dict[str, Any]]:
-    names = test_names()
-    yield names
-    await remove_topology(
-        infra[1],
-        names["exchange"],
-        names["dead_letter_exchange"],
-        tuple(names["queue_prefix"] + q for q in CONSUMER_QUEUES),
-    )
-
-
-@pytest.fixture(scope="session")
-def issuer() -> TestIssuer:
-    return TestIssuer()
-
-
-@pytest.fixture(scope="session")
-def environment(database: TestDatabase, infra: tuple[str, str], names: dict[str, Any]) -> dict[str, str]:
-    env = {
-        "ITSM_DATABASE_URL": database.app_url("incident"),
-        "ITSM_AMQP_URL": infra[1],
-        "ITSM_EXCHANGE": names["exchange"],
-        "ITSM_DEAD_LETTER_EXCHANGE": names["dead_letter_exchange"],
-        "ITSM_QUEUE_PREFIX": names["queue_prefix"],
-        "ITSM_OUTBOX_SWEEP_SECONDS": "0.5",
-        "ITSM_SLA_TICK_SECONDS": "0.1",
-    }
-    os.environ.update(env)
-    return env
-
-
-@pytest.fixture(scope="session")
-async def app(environment: dict[str, str], issuer: TestIssuer) -> AsyncIterator[FastAPI]:
-    from incident.config import get_settings
-
-    get_settings.cache_clear()
-    from incident.main import app as incident_app
-
-    async with incident_app.router.lifespan_context(incident_app):
-        incident_app.state.verifier = issuer.verifier()
-        await asyncio.wait_for(incident_app.state.runtime.broker_started.wait(), timeout=30)
-        yield incident_app
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://incident.test") as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
-async def amqp(infra: tuple[str, str]) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
-    conn = await aio_pika.connect_robust(infra[1])
-    yield conn
-    await conn.close()
-
-
-@dataclass
-class Actor:
-    """A user of a given role, with the headers to act as them."""
-
-    id: uuid.UUID
-    headers: dict[str, str]
-
-
-@pytest.fixture
-def actor(issuer: TestIssuer) -> Any:
-    def make(*roles: str) -> Actor:
-        subject = uuid.uuid4()
-        return Actor(subject, {"Authorization": f"Bearer {issuer.token(*roles, subject=subject)}"})
-
-    return make
-
-
-@pytest.fixture
-def agent(actor: Any) -> Actor:
-    return actor("agent")  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def admin(actor: Any) -> Actor:
-    return actor("admin")  # type: ignore[no-any-return]
+def extra_env() -> dict[str, str]:
+    return {"ITSM_SLA_TICK_SECONDS": "0.1"}
 
 
 async def create(client: httpx.AsyncClient, who: Actor, **fields: Any) -> dict[str, Any]:

@@ -15,12 +15,12 @@ import pytest
 from fastapi import FastAPI
 from incident import service
 from incident.models import IncidentHistory
-from itsm_shared.testing import TestIssuer
+from itsm_shared.testing import EventProbe as Probe
+from itsm_shared.testing import TestIssuer, listening
 from sqlalchemy import text
 from sqlmodel import select
 
 from .conftest import Actor, create
-from .probe import Probe, listening
 
 API = "/api/v1/incidents"
 PROBLEM = "application/problem+json"
@@ -50,7 +50,7 @@ PATH: dict[str, list[dict[str, Any]]] = {
 async def probe(
     app: FastAPI, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
 ) -> AsyncIterator[Probe]:
-    async with listening(amqp, names["exchange"]) as p:
+    async with listening(amqp, names["exchange"], "incident") as p:
         yield p
 
 

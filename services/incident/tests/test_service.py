@@ -16,12 +16,12 @@ from incident.models import Incident, IncidentHistory
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 from itsm_shared.auth import Principal
 from itsm_shared.errors import Conflict, Invalid
+from itsm_shared.testing import EventProbe as Probe
+from itsm_shared.testing import listening
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-from .probe import Probe, listening
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -66,7 +66,7 @@ def worker() -> Principal:
 async def probe(
     app: FastAPI, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
 ) -> AsyncIterator[Probe]:
-    async with listening(amqp, names["exchange"]) as p:
+    async with listening(amqp, names["exchange"], "incident") as p:
         yield p
 
 
