@@ -767,3 +767,22 @@ async def test_resolving_a_parent_over_http_carries_the_request_into_the_childre
     event = await probe.one(child["id"], "status_changed", sequence=after["version"])
     assert event["correlationid"] == cid and event["actorid"] == str(agent.id)
     assert event["data"]["resolution_notes"] == "carrier fixed the link"
+
+
+async def test_a_note_without_visibility_is_public_for_a_requester_and_internal_for_an_agent(
+    client: httpx.AsyncClient, actor: Any, agent: Actor
+) -> None:
+    requester = actor("requester")
+    incident = await create(client, requester)
+    mine = await client.post(
+        f"/api/v1/incidents/{incident['id']}/notes", headers=requester.headers, json={"body": "hi"}
+    )
+    assert mine.status_code == 201
+    assert mine.json()["visibility"] == "public"
+    theirs = await client.post(f"/api/v1/incidents/{incident['id']}/notes", headers=agent.headers, json={"body": "wip"})
+    assert theirs.json()["visibility"] == "internal"
+
+
+async def test_a_principal_without_an_incident_role_cannot_list(client: httpx.AsyncClient, actor: Any) -> None:
+    nobody = actor()
+    assert (await client.get("/api/v1/incidents", headers=nobody.headers)).status_code == 403

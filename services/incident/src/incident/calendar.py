@@ -39,6 +39,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -220,8 +221,10 @@ def _local_to_utc(local: datetime, tz: ZoneInfo) -> datetime:
     return _EPOCH + timedelta(seconds=high)
 
 
+@lru_cache(maxsize=16384)
 def _window(calendar: Calendar, day: date, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
-    """The UTC working window of a local date, or None if it has none."""
+    """The UTC working window of a local date, or None if it has none. Cached: every read of an incident
+    works out its SLA clocks' elapsed time again, over the same days."""
     if day.weekday() not in calendar.weekdays or day in calendar.holidays:
         return None
     opens = _local_to_utc(datetime.combine(day, calendar.start), tz)
@@ -229,6 +232,17 @@ def _window(calendar: Calendar, day: date, tz: ZoneInfo) -> tuple[datetime, date
     if closes <= opens:  # wholly inside a spring-forward gap
         return None
     return opens, closes
+
+
+@lru_cache(maxsize=4096)
+def _week(calendar: Calendar, monday: date, tz: ZoneInfo) -> timedelta:
+    """The working time of the seven local dates from `monday`, every window counted whole."""
+    total = timedelta()
+    for offset in range(7):
+        window = _window(calendar, monday + timedelta(days=offset), tz)
+        if window is not None:
+            total += window[1] - window[0]
+    return total
 
 
 def _days_from(instant: datetime, tz: ZoneInfo) -> Iterator[date]:
@@ -290,13 +304,27 @@ def business_seconds_between(a: datetime, b: datetime, calendar: Calendar) -> fl
         return (high - low).total_seconds()
     tz = ZoneInfo(calendar.timezone)  # cached by key; validated by Calendar
     total = timedelta()
+    one_day = timedelta(days=1)
     try:
         # A day late as well: only a fall-back across midnight could put part of the next date before `b`.
-        last_day = high.astimezone(tz).date() + timedelta(days=1)
-        for day in _days_from(low, tz):
-            if day > last_day:
-                break
+        first_day, last_day = low.astimezone(tz).date(), high.astimezone(tz).date() + one_day
+        # Dates two or more days inside both ends have their whole window in [a, b): whole weeks of them (from a
+        # Monday, for the cache) count a week at a time, so a clock started years ago costs what a recent one does.
+        weeks_from, weeks = first_day, 0
+        if (last_day - first_day).days > 10:
+            first_inner = first_day + 2 * one_day
+            weeks_from = first_inner + timedelta(days=-first_inner.weekday() % 7)
+            weeks = ((last_day - 3 * one_day - weeks_from).days + 1) // 7
+        # Start a day early: cheap insurance, as no earlier day's window can end after `a`.
+        day = first_day - one_day
+        while day <= last_day:
+            if weeks and day == weeks_from:
+                for n in range(weeks):
+                    total += _week(calendar, day + timedelta(weeks=n), tz)
+                day += timedelta(weeks=weeks)
+                continue
             window = _window(calendar, day, tz)
+            day += one_day
             if window is None:
                 continue
             overlap = min(high, window[1]) - max(low, window[0])

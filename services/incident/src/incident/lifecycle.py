@@ -1,4 +1,4 @@
-"""The incident state model (CONTRACT §4, ServiceNow's) and the priority matrix, in one place."""
+"""The incident state model (CONTRACT §4, ServiceNow's), in one place."""
 
 from __future__ import annotations
 
@@ -23,23 +23,6 @@ REQUIRED_FIELDS: Mapping[Status, tuple[str, ...]] = {
     Status.ON_HOLD: ("hold_reason",),
     Status.RESOLVED: ("resolution_code", "resolution_notes"),
 }
-
-# ServiceNow's default matrix: impact 1 (high) .. 3 (low) by urgency 1 .. 3.
-PRIORITY: Mapping[tuple[int, int], int] = {
-    (1, 1): 1,
-    (1, 2): 2,
-    (2, 1): 2,
-    (1, 3): 3,
-    (2, 2): 3,
-    (3, 1): 3,
-    (2, 3): 4,
-    (3, 2): 4,
-    (3, 3): 5,
-}
-
-
-def priority(impact: int, urgency: int) -> int:
-    return PRIORITY[(impact, urgency)]
 
 
 def check_transition(current: str, target: str, values: Mapping[str, Any]) -> None:

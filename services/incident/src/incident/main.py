@@ -19,8 +19,18 @@ app = create_app(
         consumers=consumers.register,
         background=[scheduler.sla_loop, scheduler.autoclose_loop],
         publishes={
-            **{f"itsm.incident.{action}": IncidentRead for action in (
-                "created", "updated", "status_changed", "assigned", "sla_warning", "sla_breached", "deleted")},
+            **{
+                f"itsm.incident.{action}": IncidentRead
+                for action in (
+                    "created",
+                    "updated",
+                    "status_changed",
+                    "assigned",
+                    "sla_warning",
+                    "sla_breached",
+                    "deleted",
+                )
+            },
             "itsm.incident.note_added": dict[str, Any],
         },
     )

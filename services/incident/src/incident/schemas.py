@@ -128,7 +128,8 @@ class NoteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     body: str = Field(min_length=1, max_length=100_000)
-    visibility: Visibility = Visibility.INTERNAL
+    # Unset: public for a requester (their only kind), internal (a work note) for everyone else.
+    visibility: Visibility | None = None
 
 
 class NoteRead(BaseModel):

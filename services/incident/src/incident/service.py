@@ -10,9 +10,11 @@ from typing import Any
 
 from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
+from itsm_shared.changes import FieldChanges
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
 from itsm_shared.events import SYSTEM_ACTOR, new_event
 from itsm_shared.pagination import Sort, keyset, page_of
+from itsm_shared.priority import priority as derive_priority
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -95,7 +97,8 @@ async def clocks_of(
 ) -> dict[uuid.UUID, dict[str, SlaClock]]:
     stmt = select(SlaClock).where(col(SlaClock.incident_id).in_(ids))
     if lock:
-        stmt = stmt.with_for_update()
+        # Re-read what the session may already hold: the lock is only worth the state it reads.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     result: dict[uuid.UUID, dict[str, SlaClock]] = {i: {} for i in ids}
     for clock in (await session.exec(stmt)).all():
         result[clock.incident_id][clock.kind] = clock
@@ -161,6 +164,8 @@ async def list_incidents(
 ) -> tuple[list[IncidentRead], str | None]:
     stmt = select(Incident).where(col(Incident.deleted_at).is_(None))
     if is_requester_only(principal):
+        if not principal.has(Role.REQUESTER):
+            raise Forbidden("no role that reads incidents")
         stmt = stmt.where(Incident.caller_id == principal.id)
     for name in ("priority", "assignee_id", "assignment_group", "category", "caller_id", "problem_id", "sla_breached"):
         if filters.get(name) is not None:
@@ -248,28 +253,12 @@ async def put_policy(session: AsyncSession, priority: int, data: SlaPolicyWrite)
 # ---------------------------------------------------------------- writing
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-class Change:
-    """What one use case does to one incident: field changes in order, and the clocks it touched."""
+class Change(FieldChanges):
+    """What one use case does to one incident: its field changes, and the clocks it touched."""
 
     def __init__(self, incident: Incident, clocks: dict[str, SlaClock], actor: str, now: datetime) -> None:
+        super().__init__(incident)
         self.incident, self.clocks, self.actor, self.now = incident, clocks, actor, now
-        self.fields: dict[str, list[Any]] = {}
-
-    def set(self, field: str, value: Any) -> None:
-        old = getattr(self.incident, field)
-        if old == value:
-            return
-        first = self.fields.get(field, [_json(old)])[0]
-        self.fields[field] = [first, _json(value)]
-        setattr(self.incident, field, value)
 
 
 async def _emit(
@@ -367,7 +356,7 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
     incident = Incident(
         **data.model_dump(exclude={"caller_id"}),
         caller_id=data.caller_id or actor.id,
-        priority=lifecycle.priority(data.impact, data.urgency),
+        priority=derive_priority(data.impact, data.urgency),
         created_by=actor.id,
         created_at=now,
         updated_at=now,
@@ -498,7 +487,7 @@ async def update_incident(
     for field, value in values.items():
         if field not in ("resolution_code", "resolution_notes"):
             change.set(field, value)
-    new_priority = lifecycle.priority(incident.impact, incident.urgency)
+    new_priority = derive_priority(incident.impact, incident.urgency)
     if new_priority != incident.priority:
         change.set("priority", new_priority)
         target_policy = await policy(session, new_priority)
@@ -547,7 +536,8 @@ async def _note_added(session: AsyncSession, incident: Incident, note: IncidentN
 
 async def add_note(session: AsyncSession, incident: Incident, data: NoteCreate, actor: Principal) -> IncidentNote:
     requester = is_requester_only(actor)
-    if requester and data.visibility != Visibility.PUBLIC:
+    visibility = data.visibility or (Visibility.PUBLIC if requester else Visibility.INTERNAL)
+    if requester and visibility != Visibility.PUBLIC:
         raise Forbidden("requesters add public comments only")
     if not requester and not actor.has(*WORKERS):
         raise Forbidden("auditors and managers read incidents; agents work them")
@@ -555,18 +545,18 @@ async def add_note(session: AsyncSession, incident: Incident, data: NoteCreate, 
         raise Conflict(f"a {incident.status} incident takes no more notes")
     now = utcnow()
     note = IncidentNote(
-        incident_id=incident.id, author_id=actor.id, visibility=data.visibility, body=data.body, created_at=now
+        incident_id=incident.id, author_id=actor.id, visibility=visibility, body=data.body, created_at=now
     )
     session.add(note)
     await session.flush()
     clocks = (await clocks_of(session, [incident.id], lock=True))[incident.id]
     response = clocks.get(ClockKind.RESPONSE)
-    if data.visibility == Visibility.PUBLIC and actor.has(*WORKERS) and actor.id != incident.caller_id and response:
+    if visibility == Visibility.PUBLIC and actor.has(*WORKERS) and actor.id != incident.caller_id and response:
         sla.stop(response, now)  # an agent's first public comment is the response
         session.add(response)
     await _note_added(session, incident, note, actor.actor)
     if (
-        data.visibility == Visibility.PUBLIC
+        visibility == Visibility.PUBLIC
         and actor.id == incident.caller_id
         and incident.status == Status.ON_HOLD
         and incident.hold_reason == HoldReason.AWAITING_CALLER
@@ -616,7 +606,12 @@ async def fire_due_clocks(session: AsyncSession, *, limit: int = 100) -> int:
     fired = 0
     for incident_id in dict.fromkeys(due):
         incident = (
-            await session.exec(select(Incident).where(Incident.id == incident_id).with_for_update(skip_locked=True))
+            await session.exec(
+                select(Incident)
+                .where(Incident.id == incident_id)
+                .with_for_update(skip_locked=True)
+                .execution_options(populate_existing=True)
+            )
         ).first()
         if incident is None:
             continue
