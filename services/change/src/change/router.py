@@ -11,6 +11,7 @@ from itsm_shared.db import SessionDep
 from itsm_shared.errors import Invalid
 from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
 from itsm_shared.pagination import Page, parse_sort
+from itsm_shared.schemas import HistoryRead, Transition
 from pydantic import AwareDatetime, TypeAdapter
 
 from change import ical, risk, service
@@ -28,11 +29,9 @@ from change.schemas import (
     ChangeRead,
     ChangeUpdate,
     ConflictsRead,
-    HistoryRead,
     NextSlotRead,
     NoteCreate,
     NoteRead,
-    Transition,
 )
 
 READ = [Depends(require_roles(*service.READERS))]

@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from itsm_shared.schemas import RequestBody
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from change.models import ChangeType, CloseCode, Decision, Risk
 from change.risk import RiskAssessment
@@ -41,17 +42,8 @@ UuidList = Annotated[list[uuid.UUID], Field(max_length=200), AfterValidator(lamb
 Text = Annotated[str, Field(max_length=100_000)]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            sent = sorted(READ_ONLY.intersection(data))
-            if sent:
-                raise ValueError(f"read-only fields cannot be set: {', '.join(sent)}")
-        return data
+class _Body(RequestBody):
+    read_only = READ_ONLY
 
 
 class ChangeCreate(_Body):
@@ -172,19 +164,6 @@ class NoteRead(BaseModel):
     created_at: datetime
 
 
-class HistoryRead(BaseModel):
-    at: datetime
-    actor_id: str
-    field: str
-    old: Any
-    new: Any
-
-
-class Transition(BaseModel):
-    status: str
-    required_fields: list[str]
-
-
 class ConflictRead(BaseModel):
     kind: str
     change_id: uuid.UUID | None = None
@@ -221,17 +200,8 @@ class NextSlotRead(BaseModel):
 BLACKOUT_READ_ONLY = frozenset({"id", "created_by", "created_at", "updated_at", "version"})
 
 
-class _BlackoutBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            sent = sorted(BLACKOUT_READ_ONLY.intersection(data))
-            if sent:
-                raise ValueError(f"read-only fields cannot be set: {', '.join(sent)}")
-        return data
+class _BlackoutBody(RequestBody):
+    read_only = BLACKOUT_READ_ONLY
 
 
 class BlackoutWindowCreate(_BlackoutBody):

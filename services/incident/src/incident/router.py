@@ -9,11 +9,11 @@ from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
 from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
 from itsm_shared.pagination import Page, parse_sort
+from itsm_shared.schemas import HistoryRead, Transition
 
 from incident import service
 from incident.models import Incident
 from incident.schemas import (
-    HistoryRead,
     IncidentCreate,
     IncidentRead,
     IncidentUpdate,
@@ -21,7 +21,6 @@ from incident.schemas import (
     NoteRead,
     SlaPolicyRead,
     SlaPolicyWrite,
-    Transition,
 )
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])

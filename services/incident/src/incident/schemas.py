@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from itsm_shared.schemas import RequestBody
+from pydantic import BaseModel, ConfigDict, Field
 
 from incident.models import Visibility
 
@@ -31,17 +32,8 @@ Impact = Field(default=3, ge=1, le=3)
 Urgency = Field(default=3, ge=1, le=3)
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            sent = sorted(READ_ONLY.intersection(data))
-            if sent:
-                raise ValueError(f"read-only fields cannot be set: {', '.join(sent)}")
-        return data
+class _Body(RequestBody):
+    read_only = READ_ONLY
 
 
 class IncidentCreate(_Body):
@@ -139,19 +131,6 @@ class NoteRead(BaseModel):
     visibility: str
     body: str
     created_at: datetime
-
-
-class HistoryRead(BaseModel):
-    at: datetime
-    actor_id: str
-    field: str
-    old: Any
-    new: Any
-
-
-class Transition(BaseModel):
-    status: str
-    required_fields: list[str]
 
 
 class CalendarBody(BaseModel):

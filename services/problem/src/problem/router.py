@@ -10,11 +10,11 @@ from itsm_shared.db import SessionDep
 from itsm_shared.errors import Invalid
 from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
 from itsm_shared.pagination import Page, parse_sort
+from itsm_shared.schemas import HistoryRead, Transition
 
 from problem import service
 from problem.models import Problem, Status
 from problem.schemas import (
-    HistoryRead,
     LinkCreate,
     LinkedIncident,
     NoteCreate,
@@ -22,7 +22,6 @@ from problem.schemas import (
     ProblemCreate,
     ProblemRead,
     ProblemUpdate,
-    Transition,
 )
 
 router = APIRouter(prefix="/api/v1/problems", tags=["problems"])

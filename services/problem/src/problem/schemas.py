@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from itsm_shared.schemas import RequestBody
+from pydantic import BaseModel, ConfigDict, Field
 
 READ_ONLY = frozenset(
     {
@@ -23,17 +23,8 @@ READ_ONLY = frozenset(
 )
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_only(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            sent = sorted(READ_ONLY.intersection(data))
-            if sent:
-                raise ValueError(f"read-only fields cannot be set: {', '.join(sent)}")
-        return data
+class _Body(RequestBody):
+    read_only = READ_ONLY
 
 
 Text = Field(default=None, max_length=100_000)
@@ -131,16 +122,3 @@ class NoteRead(BaseModel):
     author_id: uuid.UUID
     body: str
     created_at: datetime
-
-
-class HistoryRead(BaseModel):
-    at: datetime
-    actor_id: str
-    field: str
-    old: Any
-    new: Any
-
-
-class Transition(BaseModel):
-    status: str
-    required_fields: list[str]
