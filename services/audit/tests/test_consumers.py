@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from audit import service
 from audit.config import get_settings
-from audit.consumers import BatchWriter, subscribe_ingest
+from audit.consumers import Acker, Ingest
 from audit.service import Incoming, Outcome, Stored
 from fastapi import FastAPI
 from itsm_shared.broker import make_broker
@@ -47,6 +47,45 @@ async def parked(amqp: aio_pika.abc.AbstractRobustConnection, queue: str) -> lis
 def header(message: aio_pika.abc.AbstractIncomingMessage, name: str) -> str:
     value = (message.headers or {}).get(name)
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FakeChannel:
+    is_closed = False
+
+
+class FakeDelivery:
+    def __init__(self, channel: FakeChannel, tag: int, acks: list[tuple[int, bool]]) -> None:
+        self.channel, self.delivery_tag, self._acks = channel, tag, acks
+
+    async def ack(self, multiple: bool = False) -> None:
+        self._acks.append((self.delivery_tag, multiple))
+
+
+async def test_acks_cover_only_settled_prefixes_and_never_a_tag_settled_otherwise() -> None:
+    acks: list[tuple[int, bool]] = []
+    channel, acker = FakeChannel(), Acker()
+    deliveries = [FakeDelivery(channel, tag, acks) for tag in range(1, 7)]
+    for d in deliveries:
+        acker.delivered(d)  # type: ignore[arg-type]
+    for tag in (2, 3):
+        acker.settle(deliveries[tag - 1])  # type: ignore[arg-type]
+    await acker.flush()
+    assert acks == []  # 1 is still in flight: acking 3 "multiple" would take it along
+    acker.settle(deliveries[0])  # type: ignore[arg-type]
+    await acker.flush()
+    assert acks == [(3, True)]
+    acker.settle(deliveries[4], acknowledge=False)  # type: ignore[arg-type]  # e.g. returned to the queue
+    acker.settle(deliveries[3])  # type: ignore[arg-type]
+    await acker.flush()
+    assert acks == [(3, True), (4, True)]  # not 5: it is no longer the broker's to acknowledge
+    acker.settle(deliveries[5])  # type: ignore[arg-type]
+    await acker.flush()
+    assert acks == [(3, True), (4, True), (6, True)]
+    other = FakeChannel()  # tags are per channel: a reconnect starts again at 1
+    acker.delivered(FakeDelivery(other, 1, acks))  # type: ignore[arg-type]
+    channel.is_closed = True
+    await acker.flush()
+    assert acks == [(3, True), (4, True), (6, True)]
 
 
 async def test_duplicate_deliveries_are_stored_once(
@@ -86,11 +125,10 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
         second_stored.extend(o.seq for o in outcomes if isinstance(o, Stored))
         return outcomes
 
-    writer = BatchWriter(store, max_batch=settings.audit_batch_size, max_wait=settings.audit_batch_wait_ms / 1000)
-    broker = make_broker(settings)
-    subscribe_ingest(broker, settings, writer)
-    writing = asyncio.create_task(writer.run())
-    await broker.start()
+    broker = make_broker(settings)  # the second consumer parks through a broker of its own
+    await broker.connect()
+    second = Ingest(settings=settings, audit=settings, broker=broker, store=store)
+    consuming = asyncio.create_task(second.run())
     try:
         events = [event("change.updated") for _ in range(400)]
         producers = [publish(amqp, names, events[i::4], times=2) for i in range(4)]  # four producers at once
@@ -100,10 +138,10 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
         await asyncio.sleep(0.5)
         assert await stored(superuser, ids) == found == dict.fromkeys(ids, 1)
     finally:
-        await broker.stop()
-        writing.cancel()
+        consuming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await writing
+            await consuming
+        await broker.stop()
     assert 0 < len(second_stored) < len(ids), "both consumers should have stored some"
     await assert_chain_is_gap_free(superuser)
     assert (await service.verify(sessions, full=True, chunk=1000)).ok

@@ -149,6 +149,16 @@ async def test_an_event_postgresql_cannot_store_is_refused_and_the_rest_stored(
     await assert_chain_is_gap_free(superuser)
 
 
+async def test_a_refused_event_with_fractions_is_found_too(
+    sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection
+) -> None:
+    refused = json.dumps(event()).replace('"n": 1', '"n": [1.5, "a\\u0000b"]')
+    good = json.dumps(event()).replace('"n": 1', '"n": 2.5')
+    outcomes = await store(sessions, refused, good)
+    assert isinstance(outcomes[0], Unstorable) and isinstance(outcomes[1], Stored)
+    await assert_chain_is_gap_free(superuser)
+
+
 async def test_numbers_jsonb_rewrites_still_verify(sessions: async_sessionmaker[AsyncSession]) -> None:
     """jsonb turns 1e2 into 100 and 1e16 into 10000000000000000: the hash covers what is stored, so the
     chain still verifies afterwards."""

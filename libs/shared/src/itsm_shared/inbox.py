@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from aio_pika.abc import AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import ValidationError
@@ -76,8 +77,15 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
-async def park(broker: RabbitBroker, settings: ServiceSettings, queue: str, msg: RabbitMessage, reason: str) -> None:
-    raw = msg.raw_message
+async def park(
+    broker: RabbitBroker,
+    settings: ServiceSettings,
+    queue: str,
+    msg: RabbitMessage | AbstractIncomingMessage,
+    reason: str,
+) -> None:
+    """Publish the message as it came to `<queue>.dlq`, with the reason; `msg` is FastStream's or aio-pika's."""
+    raw = msg if isinstance(msg, AbstractIncomingMessage) else msg.raw_message
     headers = dict(raw.headers or {})
     headers.update({"x-itsm-error": reason[:1000], "x-itsm-queue": queue})
     await broker.publish(

@@ -14,7 +14,7 @@ app = create_app(
         routers=[router],
         settings=get_settings(),
         consumers=consumers.register,
-        background=[consumers.run_writer],
+        background=[consumers.run_ingest],
         outbox=False,
     )
 )

@@ -22,7 +22,7 @@ from itsm_shared.pagination import Sort, keyset, page_of
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Row, Select, Text, and_, cast, text
 from sqlalchemy import select as sa_select
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -45,7 +45,9 @@ class InvalidEvent(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A message that parsed as a CloudEvent; `document` is its JSON text as received."""
+    """A message that parsed as a CloudEvent: `document` is its JSON text as received, `value` the parsed
+    event. `exact` when the event holds no number with a fraction or an exponent: then what jsonb stores
+    reads back as the same values, and the canonical form can be taken from `value` directly."""
 
     event_id: uuid.UUID
     type: str
@@ -55,16 +57,32 @@ class Incoming:
     correlation_id: str | None
     time: datetime
     document: str
+    value: dict[str, Any]
+    exact: bool
 
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Floats:
+    """json.loads' parse_float hook that remembers it was called."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, text: str) -> float:
+        self.seen = True
+        return float(text)
+
+
 def parse_incoming(body: bytes) -> Incoming:
+    floats = _Floats()
     try:
         document = body.decode("utf-8")
-        raw = json.loads(document, parse_constant=_no_constants)
+        raw = json.loads(document, parse_constant=_no_constants, parse_float=floats)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidEvent(f"not JSON: {str(exc)[:200]}") from exc
     if not isinstance(raw, dict):
@@ -85,6 +103,8 @@ def parse_incoming(body: bytes) -> Incoming:
         correlation_id=event.correlationid,
         time=event.time,
         document=document,
+        value=raw,
+        exact=not floats.seen,
     )
 
 
@@ -107,6 +127,7 @@ class Unstorable:
 
 
 Outcome = Stored | Duplicate | Unstorable
+Form = tuple[str, str]  # (the document to store, the canonical JSON its stored value reads back as)
 
 _NORMALIZE = text(
     "SELECT CAST(d.doc AS jsonb)::text FROM unnest(CAST(:docs AS text[])) WITH ORDINALITY AS d(doc, n) ORDER BY d.n"
@@ -135,86 +156,109 @@ _INSERT = text(
 )
 
 
-async def _normalize(session: AsyncSession, batch: Sequence[Incoming]) -> list[str | Unstorable]:
-    """Each event as PostgreSQL's jsonb gives it back: the chain hashes what is stored, so what verification
-    reads later hashes the same (jsonb rewrites numbers such as 1e2 and refuses \\u0000). One query for the
-    batch; only when it fails is each event tried alone, to find the ones jsonb refuses."""
+def _is_data_exception(exc: DBAPIError) -> bool:
+    """SQLSTATE class 22: the value itself is wrong (jsonb refuses \u0000, a lone surrogate, a number too big)."""
+    return str(getattr(exc.orig, "sqlstate", "") or "").startswith("22")
+
+
+def _canonical(stored_text: str) -> Form | Unstorable:
     try:
-        async with session.begin_nested():
-            result = await session.execute(_NORMALIZE, {"docs": [item.document for item in batch]})
-            return list(result.scalars())
-    except DataError:
-        pass
-    out: list[str | Unstorable] = []
-    for item in batch:
+        return stored_text, canonical_json(json.loads(stored_text))
+    except (ValueError, RecursionError) as exc:
+        return Unstorable(f"not storable as JSON: {str(exc)[:300]}")
+
+
+async def _one_by_one(session: AsyncSession, documents: list[str]) -> list[Form | Unstorable]:
+    """Each document through jsonb on its own, to tell the ones it refuses from the rest. Only after a batch
+    failed on one, so rare; each in a transaction of its own."""
+    out: list[Form | Unstorable] = []
+    for document in documents:
         try:
-            async with session.begin_nested():
-                out.append((await session.execute(_NORMALIZE_ONE, {"doc": item.document})).scalar_one())
-        except DataError as exc:
+            stored = (await session.execute(_NORMALIZE_ONE, {"doc": document})).scalar_one()
+        except DBAPIError as exc:
+            await session.rollback()
+            if not _is_data_exception(exc):
+                raise
             out.append(Unstorable(f"not storable as JSON: {str(exc.orig)[:300]}"))
+            continue
+        await session.rollback()
+        out.append(_canonical(stored))
     return out
 
 
-def _canonical(stored_text: str) -> str | Unstorable:
-    try:
-        return canonical_json(json.loads(stored_text))
-    except (ValueError, RecursionError) as exc:
-        return Unstorable(f"not storable as JSON: {str(exc)[:300]}")
+async def _forms(session: AsyncSession, batch: Sequence[Incoming]) -> list[Form | Unstorable]:
+    """What to store and hash for each event. The chain hashes what verification will read back, so an event
+    with fractions or exponents goes through jsonb first (jsonb writes 1e2 as 100, 1.0e16 as an integer)."""
+    forms: list[Form | Unstorable | None] = [
+        (item.document, canonical_json(item.value)) if item.exact else None for item in batch
+    ]
+    inexact = [i for i, form in enumerate(forms) if form is None]
+    if inexact:
+        documents = [batch[i].document for i in inexact]
+        try:
+            texts: list[Form | Unstorable] = [
+                _canonical(t) for t in (await session.execute(_NORMALIZE, {"docs": documents})).scalars()
+            ]
+        except DBAPIError as exc:
+            await session.rollback()
+            if not _is_data_exception(exc):
+                raise
+            texts = await _one_by_one(session, documents)
+        for i, form in zip(inexact, texts, strict=True):
+            forms[i] = form
+    return [form for form in forms if form is not None]
 
 
 async def store_batch(session: AsyncSession, batch: Sequence[Incoming]) -> list[Outcome]:
     """Append the batch to the chain in one transaction, in order, each event id once. The caller acknowledges
     the messages only after this returns: the rows are committed by then."""
-    outcomes: list[Outcome | None] = [None] * len(batch)
-    stored_texts = await _normalize(session, batch)
-    canonical: dict[int, tuple[str, str]] = {}
-    for i, stored in enumerate(stored_texts):
-        form = stored if isinstance(stored, Unstorable) else _canonical(stored)
-        if isinstance(form, Unstorable):
-            outcomes[i] = form
-        else:
-            assert isinstance(stored, str)
-            canonical[i] = (stored, form)
+    forms = await _forms(session, batch)
+    try:
+        return await _append(session, batch, forms)
+    except DBAPIError as exc:
+        await session.rollback()
+        if not _is_data_exception(exc):
+            raise
+    # jsonb refused a document that parsed as JSON (\u0000, a lone surrogate): find it, store the others.
+    plain = [i for i, form in enumerate(forms) if not isinstance(form, Unstorable)]
+    for i, checked in zip(plain, await _one_by_one(session, [batch[i].document for i in plain]), strict=True):
+        if isinstance(checked, Unstorable):
+            forms[i] = checked
+    return await _append(session, batch, forms)
 
+
+async def _append(session: AsyncSession, batch: Sequence[Incoming], forms: list[Form | Unstorable]) -> list[Outcome]:
+    outcomes: list[Outcome] = [form if isinstance(form, Unstorable) else Duplicate() for form in forms]
+    candidates = [i for i, form in enumerate(forms) if not isinstance(form, Unstorable)]
     await session.execute(text(CHAIN_LOCK))
-    tail = (await session.execute(_TAIL, {"ids": [batch[i].event_id for i in canonical]})).one()
+    tail = (await session.execute(_TAIL, {"ids": [batch[i].event_id for i in candidates]})).one()
     seq: int = tail.seq or 0
     prev: str = tail.hash or GENESIS
     received_at: datetime = tail.now if tail.received_at is None else max(tail.now, tail.received_at)
     received = format_received_at(received_at)
     seen: set[uuid.UUID] = set(tail.existing or ())
-    rows: dict[str, list[Any]] = {
-        k: [] for k in ("seq", "event_id", "type", "source", "subject", "actor", "correlation_id", "time")
-    }
-    rows |= {"event": [], "prev_hash": [], "hash": []}
-    for i, (stored, form) in canonical.items():
-        item = batch[i]
+    columns = ("seq", "event_id", "type", "source", "subject", "actor", "correlation_id", "time", "event")
+    rows: dict[str, list[Any]] = {k: [] for k in (*columns, "prev_hash", "hash")}
+    for i in candidates:
+        item, form = batch[i], forms[i]
+        assert not isinstance(form, Unstorable)
+        document, canonical = form
         if item.event_id in seen:
-            outcomes[i] = Duplicate()
-            continue
+            continue  # stays a Duplicate
         seen.add(item.event_id)
         seq += 1
-        digest = record_hash(prev, seq, str(item.event_id), received, form)
-        for key, value in (
-            ("seq", seq),
-            ("event_id", item.event_id),
-            ("type", item.type),
-            ("source", item.source),
-            ("subject", item.subject),
-            ("actor", item.actor),
-            ("correlation_id", item.correlation_id),
-            ("time", item.time),
-            ("event", stored),
-            ("prev_hash", prev),
-            ("hash", digest),
-        ):
+        digest = record_hash(prev, seq, str(item.event_id), received, canonical)
+        values = (seq, item.event_id, item.type, item.source, item.subject, item.actor, item.correlation_id)
+        for key, value in zip(columns, (*values, item.time, document), strict=True):
             rows[key].append(value)
+        rows["prev_hash"].append(prev)
+        rows["hash"].append(digest)
         outcomes[i] = Stored(seq)
         prev = digest
     if rows["seq"]:
         await session.execute(_INSERT, {**rows, "received_at": received_at})
     await session.commit()
-    return [o if o is not None else Duplicate() for o in outcomes]
+    return outcomes
 
 
 # ---------------------------------------------------------------- reading
