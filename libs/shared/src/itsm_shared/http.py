@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Header, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select
@@ -21,6 +22,7 @@ from itsm_shared.models import IdempotencyRecord
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 
 
 def etag(version: int) -> str:
@@ -116,3 +118,35 @@ class IdempotentRequest:
         if record.status_code is None:
             raise Conflict("a request with this Idempotency-Key is in flight; retry")
         return JSONResponse(record.body, status_code=record.status_code, headers={"Idempotent-Replayed": "true"})
+
+
+class _Created(Protocol):
+    @property
+    def id(self) -> Any: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+C = TypeVar("C", bound=_Created)
+
+
+async def create_once(
+    session: AsyncSession,
+    principal: str,
+    key: str | None,
+    body: Any,
+    create: Callable[[], Awaitable[C]],
+    *,
+    location: str,
+) -> JSONResponse:
+    """A `POST` that creates, as CONTRACT §2 wants it: 201 with ETag and Location, replayed for a repeated
+    Idempotency-Key. `create` writes without committing; the commit covers the record, its events and the
+    remembered response."""
+    idem = IdempotentRequest(session, principal, key, body)
+    if replay := await idem.begin():
+        return replay
+    created = await create()
+    return await idem.complete(
+        201, created, headers={"ETag": etag(created.version), "Location": f"{location}/{created.id}"}
+    )

@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Header, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
-from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, with_etag
+from itsm_shared.http import IdempotencyKey, IdempotentRequest, check_if_match, with_etag
 from itsm_shared.pagination import Page, parse_sort
 
 from auth import service
@@ -27,7 +27,6 @@ from auth.schemas import (
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
-IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 

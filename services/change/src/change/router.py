@@ -4,12 +4,19 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, require_roles
 from itsm_shared.db import SessionDep
 from itsm_shared.errors import Invalid
-from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
+from itsm_shared.http import (
+    IdempotencyKey,
+    IdempotentRequest,
+    check_if_match,
+    create_once,
+    etag,
+    with_etag,
+)
 from itsm_shared.pagination import Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 from pydantic import AwareDatetime, TypeAdapter
@@ -37,7 +44,6 @@ from change.schemas import (
 READ = [Depends(require_roles(*service.READERS))]
 router = APIRouter(prefix="/api/v1/changes", tags=["changes"], dependencies=READ)
 blackouts_router = APIRouter(prefix="/api/v1/blackout-windows", tags=["blackout-windows"], dependencies=READ)
-IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 ICAL = "text/calendar"
 DURATION = TypeAdapter(timedelta)
 
@@ -53,12 +59,13 @@ ChangeDep = Annotated[ChangeRequest, Depends(change_by_ref)]
 async def create_change(
     session: SessionDep, data: ChangeCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
-    idem = IdempotentRequest(session, principal.actor, key, data.model_dump())
-    if replay := await idem.begin():
-        return replay
-    created = await service.raise_change(session, data, principal)
-    return await idem.complete(
-        201, created, headers={"ETag": etag(created.version), "Location": f"{router.prefix}/{created.id}"}
+    return await create_once(
+        session,
+        principal.actor,
+        key,
+        data.model_dump(),
+        lambda: service.raise_change(session, data, principal),
+        location=router.prefix,
     )
 
 

@@ -3,11 +3,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
-from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
+from itsm_shared.http import (
+    IdempotencyKey,
+    check_if_match,
+    create_once,
+    with_etag,
+)
 from itsm_shared.pagination import Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
@@ -25,7 +30,6 @@ from incident.schemas import (
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 policies_router = APIRouter(prefix="/api/v1/sla-policies", tags=["sla-policies"])
-IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 
 
 async def incident_by_ref(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Incident:
@@ -39,12 +43,13 @@ IncidentDep = Annotated[Incident, Depends(incident_by_ref)]
 async def create_incident(
     session: SessionDep, data: IncidentCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
-    idem = IdempotentRequest(session, principal.actor, key, data.model_dump())
-    if replay := await idem.begin():
-        return replay
-    created = await service.open_incident(session, data, principal)
-    return await idem.complete(
-        201, created, headers={"ETag": etag(created.version), "Location": f"{router.prefix}/{created.id}"}
+    return await create_once(
+        session,
+        principal.actor,
+        key,
+        data.model_dump(),
+        lambda: service.open_incident(session, data, principal),
+        location=router.prefix,
     )
 
 

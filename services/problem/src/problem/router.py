@@ -3,12 +3,17 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal
 from itsm_shared.db import SessionDep
 from itsm_shared.errors import Invalid
-from itsm_shared.http import IDEMPOTENCY_HEADER, IdempotentRequest, check_if_match, etag, with_etag
+from itsm_shared.http import (
+    IdempotencyKey,
+    check_if_match,
+    create_once,
+    with_etag,
+)
 from itsm_shared.pagination import Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
@@ -26,7 +31,6 @@ from problem.schemas import (
 
 router = APIRouter(prefix="/api/v1/problems", tags=["problems"])
 known_errors_router = APIRouter(prefix="/api/v1/known-errors", tags=["known-errors"])
-IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
 
 
 async def problem_by_ref(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Problem:
@@ -47,12 +51,13 @@ def _filters(status: list[str] | None, **values: object) -> dict[str, object]:
 async def create_problem(
     session: SessionDep, data: ProblemCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
-    idem = IdempotentRequest(session, principal.actor, key, data.model_dump())
-    if replay := await idem.begin():
-        return replay
-    created = await service.open_problem(session, data, principal)
-    return await idem.complete(
-        201, created, headers={"ETag": etag(created.version), "Location": f"{router.prefix}/{created.id}"}
+    return await create_once(
+        session,
+        principal.actor,
+        key,
+        data.model_dump(),
+        lambda: service.open_problem(session, data, principal),
+        location=router.prefix,
     )
 
 
