@@ -18,7 +18,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 from faststream.rabbit import RabbitBroker
 from itsm_shared.errors import Invalid
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
-from itsm_shared.pagination import Sort, keyset, page_of
+from itsm_shared.pagination import Sort, check_limit, keyset, page_of
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Row, Select, Text, and_, cast, text
 from sqlalchemy import select as sa_select
@@ -341,7 +341,14 @@ SORTS = {"seq": col(AuditEvent.seq)}
 async def list_events(
     session: AsyncSession, *, filters: EventFilter, sort: Sort, limit: int, cursor: str | None
 ) -> tuple[list[AuditEvent], str | None]:
+    check_limit(limit)
     stmt = select(AuditEvent).where(*filters.conditions())
+    if filters.since is not None or filters.until is not None:
+        # The same range as seq bounds (received_at never decreases along seq): a primary-key range to scan.
+        bounds = await seq_range(session, filters.since, filters.until)
+        if bounds is None:
+            return [], None
+        stmt = stmt.where(col(AuditEvent.seq) >= bounds[0], col(AuditEvent.seq) <= bounds[1])
     rows = (await session.exec(keyset(stmt, sort, col(AuditEvent.event_id), limit, cursor))).all()
     return page_of(rows, sort, limit, value_of=lambda r: r.seq, id_of=lambda r: r.event_id)
 
@@ -449,22 +456,26 @@ class Verification:
     reason: str | None = None
 
 
-def check_chunk(rows: Sequence[Row[Any]], prev: str, expected: int) -> tuple[int | None, str | None, str, int]:
+def check_chunk(rows: Sequence[Sequence[Any]], prev: str, expected: int) -> tuple[int | None, str | None, str, int]:
     """(first bad seq, why, hash of the last row checked, rows checked). Pure CPU: run off the event loop."""
     checked = 0
-    for row in rows:
-        if row.seq != expected:
+    last_moment: datetime | None = None
+    received = ""
+    for seq, event_id, _type, _correlation, received_at, event, prev_hash, digest in rows:
+        if seq != expected:
             return expected, "record missing", prev, checked
         checked += 1
-        if row.prev_hash != prev:
-            return row.seq, "does not link to the record before", prev, checked
+        if prev_hash != prev:
+            return seq, "does not link to the record before", prev, checked
+        if received_at != last_moment:  # a batch shares one received_at: format it once
+            last_moment, received = received_at, format_received_at(received_at)
         try:
-            form = canonical_json(json.loads(row.event))
+            form = canonical_json(json.loads(event))
         except (ValueError, RecursionError):
-            return row.seq, "event unreadable", prev, checked
-        if record_hash(prev, row.seq, str(row.event_id), format_received_at(row.received_at), form) != row.hash:
-            return row.seq, "hash does not match the record", prev, checked
-        prev = row.hash
+            return seq, "event unreadable", prev, checked
+        if record_hash(prev, seq, str(event_id), received, form) != digest:
+            return seq, "hash does not match the record", prev, checked
+        prev = digest
         expected += 1
     return None, None, prev, checked
 
