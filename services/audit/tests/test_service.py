@@ -197,7 +197,7 @@ async def test_a_changed_event_is_found_and_named_by_its_seq(
             await superuser.execute(
                 "UPDATE audit_event SET event = jsonb_set(event, '{data,n}', '2') WHERE seq = $1", target
             )
-        result = await service.verify(sessions, full=True, chunk=1000)
+        result = await service.verify(sessions, full=True, chunk=2)  # stops early, with the next chunk in flight
         assert not result.ok and result.first_bad_seq == target and result.reason == "hash does not match the record"
     finally:
         async with superuser.transaction():
@@ -263,6 +263,27 @@ async def test_tampering_after_the_last_checkpoint_is_found_without_a_full_walk(
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
+    assert (await service.verify(sessions, full=False, chunk=1000)).ok
+
+
+async def test_a_changed_checkpointed_record_fails_the_incremental_walk(
+    sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection
+) -> None:
+    await store(sessions, event())
+    last = (await service.verify(sessions, full=False, chunk=1000)).last_seq  # a checkpoint at `last`
+    original = await superuser.fetchval("SELECT hash FROM audit_event WHERE seq = $1", last)
+    try:
+        async with superuser.transaction():
+            await superuser.execute("SET LOCAL session_replication_role = replica")
+            await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", last, "0" * 64)
+        result = await service.verify(sessions, full=False, chunk=1000)
+        assert (
+            not result.ok and result.first_bad_seq == last and result.reason == "record at the last checkpoint changed"
+        )
+    finally:
+        async with superuser.transaction():
+            await superuser.execute("SET LOCAL session_replication_role = replica")
+            await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", last, original)
     assert (await service.verify(sessions, full=False, chunk=1000)).ok
 
 

@@ -4,6 +4,7 @@ replay a range of it to a queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -512,7 +513,9 @@ async def verify(sessions: async_sessionmaker[AsyncSession], *, full: bool, chun
                 return Verification(False, checked, bad, start, last_seq, full, why)
             expected += n
     finally:
-        pending.cancel()
+        pending.cancel()  # stopped early: the next chunk's query is not needed
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending
         await rows_iter.aclose()  # type: ignore[attr-defined]
     if expected <= last_seq:  # rows vanished from the end while we walked
         return Verification(False, checked, expected, start, last_seq, full, "record missing")
