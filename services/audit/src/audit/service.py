@@ -19,7 +19,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 from faststream.rabbit import RabbitBroker
 from itsm_shared.errors import Invalid
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent
-from itsm_shared.pagination import Sort, check_limit, keyset, page_of
+from itsm_shared.pagination import Sort, check_limit, decode_cursor, page_of
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Row, Select, Text, and_, cast, text
 from sqlalchemy import select as sa_select
@@ -350,7 +350,14 @@ async def list_events(
         if bounds is None:
             return [], None
         stmt = stmt.where(col(AuditEvent.seq) >= bounds[0], col(AuditEvent.seq) <= bounds[1])
-    rows = (await session.exec(keyset(stmt, sort, col(AuditEvent.event_id), limit, cursor))).all()
+    seq = col(AuditEvent.seq)
+    if cursor:
+        # seq is unique: "after the cursor" is a plain bound, an index range, where the shared keyset's
+        # (value, id) disjunction would make PostgreSQL filter its way to the page.
+        after, _ = decode_cursor(cursor, sort)
+        stmt = stmt.where(seq < after if sort.descending else seq > after)
+    stmt = stmt.order_by(seq.desc() if sort.descending else seq.asc()).limit(limit + 1)
+    rows = (await session.exec(stmt)).all()
     return page_of(rows, sort, limit, value_of=lambda r: r.seq, id_of=lambda r: r.event_id)
 
 
@@ -361,16 +368,31 @@ async def get_event(session: AsyncSession, event_id: uuid.UUID) -> AuditEvent | 
 async def seq_range(session: AsyncSession, since: datetime | None, until: datetime | None) -> tuple[int, int] | None:
     """The seq numbers of the first and last record received in [since, until). `received_at` never decreases
     along seq (store_batch makes it so), so a time range is one contiguous stretch of the chain."""
-    low = text(
-        "SELECT seq FROM audit_event WHERE (CAST(:since AS timestamptz) IS NULL OR received_at >= :since) "
-        "ORDER BY received_at, seq LIMIT 1"
-    )
-    high = text(
-        "SELECT seq FROM audit_event WHERE (CAST(:until AS timestamptz) IS NULL OR received_at < :until) "
-        "ORDER BY received_at DESC, seq DESC LIMIT 1"
-    )
-    first = (await session.execute(low, {"since": since})).scalar()
-    last = (await session.execute(high, {"until": until})).scalar()
+    # Each a lookup on the received_at index (a batch shares one received_at), then on its few rows.
+    if since is None:
+        first = (await session.execute(text("SELECT min(seq) FROM audit_event"))).scalar()
+    else:
+        first = (
+            await session.execute(
+                text(
+                    "SELECT min(seq) FROM audit_event WHERE received_at = "
+                    "(SELECT min(received_at) FROM audit_event WHERE received_at >= :since)"
+                ),
+                {"since": since},
+            )
+        ).scalar()
+    if until is None:
+        last = (await session.execute(text("SELECT max(seq) FROM audit_event"))).scalar()
+    else:
+        last = (
+            await session.execute(
+                text(
+                    "SELECT max(seq) FROM audit_event WHERE received_at = "
+                    "(SELECT max(received_at) FROM audit_event WHERE received_at < :until)"
+                ),
+                {"until": until},
+            )
+        ).scalar()
     if first is None or last is None or first > last:
         return None
     return int(first), int(last)
