@@ -139,6 +139,49 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
 
     assert await until(cleared)
 
+    # Every step is in the audit log, read by an auditor.
+    auditor = bearer(await user(http, admin, "auditor"))
+
+    async def audited(subject: str, want: set[str]) -> bool:
+        r = await http.get("/api/v1/audit/events", headers=auditor, params={"subject": subject, "limit": 200})
+        assert r.status_code == 200, r.text
+        return want <= {item["type"] for item in r.json()["items"]}
+
+    assert await until(
+        lambda: audited(
+            problem["id"],
+            {
+                "itsm.problem.created",
+                "itsm.problem.updated",
+                "itsm.problem.known_error_published",
+                "itsm.problem.incident_linked",
+                "itsm.problem.status_changed",
+                "itsm.problem.resolved",
+                "itsm.problem.incident_unlinked",
+            },
+        )
+    )
+    for incident in (manual, auto):
+        assert await until(
+            lambda i=incident: audited(
+                i["id"],
+                {
+                    "itsm.incident.created",
+                    "itsm.incident.updated",
+                    "itsm.incident.note_added",
+                    "itsm.incident.status_changed",
+                },
+            )
+        ), incident["number"]
+    linked = (
+        await http.get(
+            "/api/v1/audit/events",
+            headers=auditor,
+            params={"subject": problem["id"], "type": "problem.incident_linked"},
+        )
+    ).json()["items"]
+    assert {item["data"]["incident_id"] for item in linked} == {manual["id"], auto["id"]}
+
 
 async def test_linking_an_unknown_incident_is_422(http: httpx.AsyncClient, admin: str) -> None:
     agent = bearer(await user(http, admin, "agent"))
