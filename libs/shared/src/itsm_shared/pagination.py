@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, and_, or_
+from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, literal, tuple_
 
 from itsm_shared.errors import Invalid
 
@@ -105,15 +105,15 @@ S = TypeVar("S", bound=Any)
 
 
 def keyset(stmt: S, sort: Sort, id_column: Any, limit: int, cursor: str | None) -> S:
-    """Order by (sort column, id) and start after the cursor; fetches one extra row to detect a next page."""
+    """Order by (sort column, id) and start after the cursor; fetches one extra row to detect a next page.
+
+    The cursor condition is a row comparison, `(col, id) > (value, last_id)`, which PostgreSQL turns into an
+    index range on (col, id): a page deep in the list costs what the first one does. Sort columns are NOT NULL.
+    """
     if cursor:
         value, last_id = decode_cursor(cursor, sort)
-        col = sort.column
-        after: ColumnElement[bool]
-        if sort.descending:
-            after = or_(col < value, and_(col == value, id_column < last_id))
-        else:
-            after = or_(col > value, and_(col == value, id_column > last_id))
+        row, bound = tuple_(sort.column, id_column), tuple_(literal(value, sort.column.type), literal(last_id))
+        after: ColumnElement[bool] = row < bound if sort.descending else row > bound
         stmt = stmt.where(after)
     order = (sort.column.desc(), id_column.desc()) if sort.descending else (sort.column.asc(), id_column.asc())
     ordered: S = stmt.order_by(*order).limit(check_limit(limit) + 1)

@@ -72,6 +72,8 @@ def _str(length: int, *, nullable: bool = True, **kw: Any) -> Any:
 
 class Incident(SQLModel, table=True):
     __tablename__ = "incident"
+    # Server defaults (number, timestamps, version) come back with the INSERT, not with a second query.
+    __mapper_args__ = {"eager_defaults": True}
     __table_args__ = (
         Index("ix_incident_number", "number", unique=True),
         Index("ix_incident_created", "created_at", "id"),

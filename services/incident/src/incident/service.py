@@ -363,7 +363,6 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
     )
     session.add(incident)
     await session.flush()
-    await session.refresh(incident)
     target = await policy(session, incident.priority)
     clocks: dict[str, SlaClock] = {kind: sla.start(incident.id, kind, target, now) for kind in ClockKind}
     change = Change(incident, clocks, actor.actor, now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -14,7 +16,13 @@ WARNING_FRACTION = 0.75
 
 
 def calendar_of(clock: SlaClock) -> Calendar:
-    return Calendar.from_dict(clock.calendar)
+    return _parsed(json.dumps(clock.calendar, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(calendar: str) -> Calendar:
+    """Calendars are few (one per policy) and immutable: parse each once, not once per clock per read."""
+    return Calendar.from_dict(json.loads(calendar))
 
 
 def _pauses(clock: SlaClock) -> Iterator[tuple[datetime, datetime | None]]:

@@ -43,6 +43,8 @@ def _text() -> Any:
 
 class Problem(SQLModel, table=True):
     __tablename__ = "problem"
+    # Server defaults (number, timestamps, version) come back with the INSERT, not with a second query.
+    __mapper_args__ = {"eager_defaults": True}
     __table_args__ = (
         Index("ix_problem_number", "number", unique=True),
         Index("ix_problem_created", "created_at", "id"),

@@ -130,7 +130,6 @@ async def open_problem(session: AsyncSession, data: ProblemCreate, actor: Princi
     )
     session.add(problem)
     await session.flush()
-    await session.refresh(problem)
     await _emit(session, "created", problem, actor.actor)
     return render(problem)
 
