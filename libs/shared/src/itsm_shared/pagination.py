@@ -126,3 +126,8 @@ def page_of(rows: Sequence[T], sort: Sort, limit: int, *, value_of: Any, id_of: 
         last = items[-1]
         return items, encode_cursor(sort, value_of(last), id_of(last))
     return items, None
+
+
+def listed(values: list[str] | None) -> list[str]:
+    """A multi-valued filter, repeated or comma-separated: `?status=new&status=assessed` or `?status=new,assessed`."""
+    return [v for value in values or [] for v in value.split(",") if v]

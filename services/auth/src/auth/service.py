@@ -170,17 +170,15 @@ async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor
     if user.active is False or "roles" in changes or "password" in changes:
         await _revoke_user_families(session, user.id)
     session.add(user)
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type="auth.user_updated",
-            subject=user.id,
-            data=user_view(user).model_dump(mode="json"),
-            actor=actor.actor,
-            sequence=user.version,
-            changes=changes,
-        ),
+        service=SERVICE,
+        type="auth.user_updated",
+        subject=user.id,
+        data=user_view(user).model_dump(mode="json"),
+        actor=actor.actor,
+        sequence=user.version,
+        changes=changes,
     )
     await session.commit()
     return user
@@ -215,16 +213,14 @@ async def create_client(session: AsyncSession, data: ClientCreate, actor: Princi
     session.add(client)
     await session.flush()
     await session.refresh(client)
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type="auth.client_created",
-            subject=client.id,
-            actor=actor.actor,
-            sequence=1,
-            data={"id": str(client.id), "client_id": client.client_id, "name": client.name, "roles": client.roles},
-        ),
+        service=SERVICE,
+        type="auth.client_created",
+        subject=client.id,
+        actor=actor.actor,
+        sequence=1,
+        data={"id": str(client.id), "client_id": client.client_id, "name": client.name, "roles": client.roles},
     )
     return client, secret
 

@@ -17,7 +17,7 @@ from itsm_shared.http import (
     etag,
     with_etag,
 )
-from itsm_shared.pagination import Page, parse_sort
+from itsm_shared.pagination import Page, listed, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 from pydantic import AwareDatetime, TypeAdapter
 
@@ -86,19 +86,16 @@ async def list_changes(
     incident_id: str | None = None,
     problem_id: str | None = None,
 ) -> Page[ChangeRead]:
-    def split(values: list[str] | None) -> list[str]:
-        return [v for value in values or [] for v in value.split(",") if v]
-
     items, next_cursor = await service.list_changes(
         session,
         sort=parse_sort(sort, service.SORTS),
         limit=limit,
         cursor=cursor,
         filters={
-            "status": split(status),
-            "type": split(type),
-            "risk": split(risk),
-            "approval": split(approval),
+            "status": listed(status),
+            "type": listed(type),
+            "risk": listed(risk),
+            "approval": listed(approval),
             "configuration_item": configuration_item,
             "assignee_id": assignee_id,
             "assignment_group": assignment_group,

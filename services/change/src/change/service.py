@@ -12,7 +12,6 @@ from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
 from itsm_shared.changes import FieldChanges
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
-from itsm_shared.events import new_event
 from itsm_shared.pagination import Sort, keyset, page_of
 from sqlalchemy import Text, cast, func
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -200,17 +199,15 @@ async def _emit(
 ) -> None:
     data = render(change).model_dump(mode="json")
     data.update(extra)
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type=f"change.{action}",
-            subject=change.id,
-            data=data,
-            actor=actor,
-            sequence=change.version,
-            changes=changes,
-        ),
+        service=SERVICE,
+        type=f"change.{action}",
+        subject=change.id,
+        data=data,
+        actor=actor,
+        sequence=change.version,
+        changes=changes,
     )
 
 
@@ -499,23 +496,21 @@ async def add_note(session: AsyncSession, change: ChangeRequest, data: NoteCreat
     note = ChangeNote(change_id=change.id, author_id=actor.id, body=data.body, created_at=now)
     session.add(note)
     await session.flush()
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type="change.note_added",
-            subject=change.id,
-            actor=actor.actor,
-            sequence=change.version,
-            data={
-                "change_id": str(change.id),
-                "number": change.number,
-                "note_id": str(note.id),
-                "author_id": str(note.author_id),
-                "body": note.body,
-                "created_at": now.isoformat(),
-            },
-        ),
+        service=SERVICE,
+        type="change.note_added",
+        subject=change.id,
+        actor=actor.actor,
+        sequence=change.version,
+        data={
+            "change_id": str(change.id),
+            "number": change.number,
+            "note_id": str(note.id),
+            "author_id": str(note.author_id),
+            "body": note.body,
+            "created_at": now.isoformat(),
+        },
     )
     return note
 
@@ -667,17 +662,15 @@ def _check_blackout(window: BlackoutWindow) -> None:
 
 
 async def _emit_blackout(session: AsyncSession, action: str, window: BlackoutWindow, actor: str, **kw: Any) -> None:
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type=f"blackout_window.{action}",
-            subject=window.id,
-            data=render_blackout(window).model_dump(mode="json"),
-            actor=actor,
-            sequence=window.version,
-            **kw,
-        ),
+        service=SERVICE,
+        type=f"blackout_window.{action}",
+        subject=window.id,
+        data=render_blackout(window).model_dump(mode="json"),
+        actor=actor,
+        sequence=window.version,
+        **kw,
     )
 
 

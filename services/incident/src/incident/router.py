@@ -13,7 +13,7 @@ from itsm_shared.http import (
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import Page, parse_sort
+from itsm_shared.pagination import Page, listed, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
 from incident import service
@@ -72,7 +72,7 @@ async def list_incidents(
     sla_breached: bool | None = None,
     q: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[IncidentRead]:
-    statuses = [s for value in status or [] for s in value.split(",") if s]
+    statuses = listed(status)
     filters = {
         "status": statuses,
         "priority": priority,

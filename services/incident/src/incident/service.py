@@ -12,7 +12,7 @@ from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
 from itsm_shared.changes import FieldChanges
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
-from itsm_shared.events import SYSTEM_ACTOR, new_event
+from itsm_shared.events import SYSTEM_ACTOR
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.priority import priority as derive_priority
 from sqlalchemy import func
@@ -272,17 +272,15 @@ async def _emit(
 ) -> None:
     data = render(incident, clocks).model_dump(mode="json")
     data.update(extra)
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type=f"incident.{action}",
-            subject=incident.id,
-            data=data,
-            actor=actor,
-            sequence=incident.version,
-            changes=changes,
-        ),
+        service=SERVICE,
+        type=f"incident.{action}",
+        subject=incident.id,
+        data=data,
+        actor=actor,
+        sequence=incident.version,
+        changes=changes,
     )
 
 
@@ -512,24 +510,22 @@ async def update_incident(
 
 async def _note_added(session: AsyncSession, incident: Incident, note: IncidentNote, actor: str) -> None:
     """The incident.note_added event of a note, in the caller's transaction (whoever wrote it)."""
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type="incident.note_added",
-            subject=incident.id,
-            actor=actor,
-            sequence=incident.version,
-            data={
-                "incident_id": str(incident.id),
-                "number": incident.number,
-                "note_id": str(note.id),
-                "visibility": note.visibility,
-                "author_id": str(note.author_id),
-                "body": note.body,
-                "created_at": note.created_at.isoformat() if note.created_at else None,
-            },
-        ),
+        service=SERVICE,
+        type="incident.note_added",
+        subject=incident.id,
+        actor=actor,
+        sequence=incident.version,
+        data={
+            "incident_id": str(incident.id),
+            "number": incident.number,
+            "note_id": str(note.id),
+            "visibility": note.visibility,
+            "author_id": str(note.author_id),
+            "body": note.body,
+            "created_at": note.created_at.isoformat() if note.created_at else None,
+        },
     )
 
 

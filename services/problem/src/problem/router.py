@@ -14,7 +14,7 @@ from itsm_shared.http import (
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import Page, parse_sort
+from itsm_shared.pagination import Page, listed, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
 from problem import service
@@ -41,7 +41,7 @@ ProblemDep = Annotated[Problem, Depends(problem_by_ref)]
 
 
 def _filters(status: list[str] | None, **values: object) -> dict[str, object]:
-    statuses = [s for value in status or [] for s in value.split(",") if s]
+    statuses = listed(status)
     if any(s not in set(Status) for s in statuses):
         raise Invalid("unknown status", errors=[{"loc": ["query", "status"], "msg": f"one of {sorted(Status)}"}])
     return {"status": statuses, **values}

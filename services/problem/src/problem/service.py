@@ -11,7 +11,7 @@ from itsm_shared.auth import Principal, Role
 from itsm_shared.changes import FieldChanges
 from itsm_shared.contracts import ProblemIncidentLinkData, ProblemResolvedData
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
-from itsm_shared.events import SYSTEM_ACTOR, new_event
+from itsm_shared.events import SYSTEM_ACTOR
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.priority import priority
 from pydantic import BaseModel
@@ -89,17 +89,15 @@ async def _emit(
     data = render(problem).model_dump(mode="json") | extra
     if action in CONTRACTS:
         data = CONTRACTS[action].model_validate(data).model_dump(mode="json")
-    await outbox.append(
+    await outbox.emit(
         session,
-        new_event(
-            service=SERVICE,
-            type=f"problem.{action}",
-            subject=problem.id,
-            data=data,
-            actor=actor,
-            sequence=problem.version,
-            changes=changes,
-        ),
+        service=SERVICE,
+        type=f"problem.{action}",
+        subject=problem.id,
+        data=data,
+        actor=actor,
+        sequence=problem.version,
+        changes=changes,
     )
 
 
