@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from incident import service
+from incident import automation
 from itsm_shared.contracts import ProblemIncidentLinkEvent
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
@@ -309,7 +309,7 @@ async def test_duplicate_deliveries_have_one_effect(
 
     async def handle() -> bool:
         async def effect(session: Any) -> None:
-            await service.apply_problem_link(
+            await automation.apply_problem_link(
                 session,
                 incident_id=racing.data.incident_id,
                 problem_id=racing.data.id,

@@ -13,7 +13,7 @@ import aio_pika
 import httpx
 import pytest
 from fastapi import FastAPI
-from incident import service
+from incident import automation
 from incident.models import IncidentHistory
 from itsm_shared.testing import EventProbe as Probe
 from itsm_shared.testing import TestIssuer, listening
@@ -504,7 +504,7 @@ async def test_each_list_filter(client: httpx.AsyncClient, app: FastAPI, agent: 
     c = await reach(client, agent, "in_progress", category=category)
     d = await reach(client, agent, "on_hold", category=category)
     async with app.state.sessions() as session:
-        await service.apply_problem_link(
+        await automation.apply_problem_link(
             session, incident_id=uuid.UUID(c["id"]), problem_id=problem, sequence=1, linked=True, note=None
         )
         for incident, year in ((a, 2020), (b, 2021), (c, 2022), (d, 2023)):

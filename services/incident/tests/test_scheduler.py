@@ -2,7 +2,7 @@
 several replicas at work and across restarts, and the due-clock query goes through its index.
 
 The running app's own scheduler ticks every ITSM_SLA_TICK_SECONDS=0.1 (conftest). Extra "replicas" are
-`scheduler.sla_loop` or `service.fire_due_clocks` on engines of their own, as another process would have."""
+`scheduler.sla_loop` or `automation.fire_due_clocks` on engines of their own, as another process would have."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
-from incident import scheduler, service
+from incident import automation, scheduler
 from itsm_shared.db import asyncpg_dsn, make_engine, session_factory
 from itsm_shared.testing import TestDatabase as Database
 from sqlalchemy import event
@@ -181,7 +181,7 @@ async def test_two_replicas_and_the_app_fire_each_threshold_exactly_once(
         # A replica that keeps one session across passes, as the scheduler does while a pass fires something.
         async with sessions() as session:
             while True:
-                await service.fire_due_clocks(session, limit=7)
+                await automation.fire_due_clocks(session, limit=7)
                 await asyncio.sleep(0.005)
 
     loops = (
@@ -219,7 +219,7 @@ async def test_fired_flags_survive_a_restart(
     # A process started afresh (a new engine, nothing in memory) finds nothing left to fire for them.
     restarted = replica()
     async with restarted() as session:
-        while await service.fire_due_clocks(session) > 0:
+        while await automation.fire_due_clocks(session) > 0:
             pass
     conn = await asyncpg.connect(asyncpg_dsn(database.admin_url))
     try:
@@ -248,7 +248,7 @@ async def test_the_due_clock_query_uses_its_index(
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     async with sessions() as session:
-        await service.fire_due_clocks(session)
+        await automation.fire_due_clocks(session)
     statement, parameters = next((s, p) for s, p in sent if "FROM sla_clock" in s and "next_fire_at <=" in s)
 
     conn = await asyncpg.connect(asyncpg_dsn(database.admin_url))

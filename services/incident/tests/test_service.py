@@ -11,7 +11,7 @@ from typing import Any
 import aio_pika
 import pytest
 from fastapi import FastAPI
-from incident import service
+from incident import automation, service
 from incident.models import Incident, IncidentHistory
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 from itsm_shared.auth import Principal
@@ -418,7 +418,7 @@ async def test_autoclose_closes_incidents_resolved_long_enough_ago(
             )
         await session.commit()
     async with sessions() as session:
-        await service.autoclose(session, 7)
+        await automation.autoclose(session, 7)
     assert [(await row(sessions, i.id)).status for i in (old, middle, young, working)] == [
         "closed",
         "resolved",
@@ -426,7 +426,7 @@ async def test_autoclose_closes_incidents_resolved_long_enough_ago(
         "in_progress",
     ]
     async with sessions() as session:
-        await service.autoclose(session, 2)
+        await automation.autoclose(session, 2)
     assert [(await row(sessions, i.id)).status for i in (middle, young)] == ["closed", "resolved"]
     closed = await row(sessions, old.id)
     assert closed.closed_at is not None and closed.version == old.version + 1

@@ -9,7 +9,7 @@ from itsm_shared.contracts import ProblemIncidentLinkEvent, ProblemResolvedEvent
 from itsm_shared.inbox import handle_once, subscribe
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from incident import service
+from incident import automation
 
 
 def _link_note(event: ProblemIncidentLinkEvent) -> str | None:
@@ -24,7 +24,7 @@ def register(rt: Runtime) -> list[str]:
 
     async def on_link(linked: bool, event: ProblemIncidentLinkEvent) -> None:
         async def effect(session: AsyncSession) -> None:
-            await service.apply_problem_link(
+            await automation.apply_problem_link(
                 session,
                 incident_id=event.data.incident_id,
                 problem_id=event.data.id,
@@ -46,7 +46,7 @@ def register(rt: Runtime) -> list[str]:
                 notes += f" Root cause: {data.root_cause}"
             if data.fix:
                 notes += f" Fix: {data.fix}"
-            await service.resolve_by_problem(session, incident_ids=data.incident_ids, notes=notes)
+            await automation.resolve_by_problem(session, incident_ids=data.incident_ids, notes=notes)
 
         await handle_once(sessions, "incident.problem-resolved", event, effect)
 

@@ -7,7 +7,7 @@ import logging
 
 from itsm_shared.app import Runtime
 
-from incident import service
+from incident import automation
 from incident.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ async def sla_loop(rt: Runtime) -> None:
     while True:
         try:
             async with rt.sessions() as session:
-                while await service.fire_due_clocks(session) > 0:
+                while await automation.fire_due_clocks(session) > 0:
                     pass
         except asyncio.CancelledError:
             raise
@@ -32,7 +32,7 @@ async def autoclose_loop(rt: Runtime) -> None:
     while True:
         try:
             async with rt.sessions() as session:
-                while await service.autoclose(session, settings.incident_autoclose_days) > 0:
+                while await automation.autoclose(session, settings.incident_autoclose_days) > 0:
                     pass
         except asyncio.CancelledError:
             raise

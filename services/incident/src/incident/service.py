@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
 from itsm_shared.changes import FieldChanges
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
-from itsm_shared.events import SYSTEM_ACTOR
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.priority import priority as derive_priority
 from sqlalchemy import func
@@ -261,7 +260,7 @@ class Change(FieldChanges):
         self.incident, self.clocks, self.actor, self.now = incident, clocks, actor, now
 
 
-async def _emit(
+async def emit(
     session: AsyncSession,
     action: str,
     incident: Incident,
@@ -284,7 +283,7 @@ async def _emit(
     )
 
 
-async def _record(session: AsyncSession, change: Change, *, created: bool = False) -> None:
+async def record_change(session: AsyncSession, change: Change, *, created: bool = False) -> None:
     """History, version and events for a change; the caller commits."""
     incident, fields = change.incident, change.fields
     if not fields and not created:
@@ -303,13 +302,13 @@ async def _record(session: AsyncSession, change: Change, *, created: bool = Fals
         )
     await session.flush()
     if created:
-        await _emit(session, "created", incident, change.clocks, change.actor)
+        await emit(session, "created", incident, change.clocks, change.actor)
         return
-    await _emit(session, "updated", incident, change.clocks, change.actor, fields)
+    await emit(session, "updated", incident, change.clocks, change.actor, fields)
     if "status" in fields:
-        await _emit(session, "status_changed", incident, change.clocks, change.actor, fields)
+        await emit(session, "status_changed", incident, change.clocks, change.actor, fields)
     if any(f in fields for f in ASSIGNMENT_FIELDS):
-        await _emit(
+        await emit(
             session,
             "assigned",
             incident,
@@ -364,7 +363,7 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
     target = await policy(session, incident.priority)
     clocks: dict[str, SlaClock] = {kind: sla.start(incident.id, kind, target, now) for kind in ClockKind}
     change = Change(incident, clocks, actor.actor, now)
-    await _record(session, change, created=True)
+    await record_change(session, change, created=True)
     return render(incident, clocks, now)
 
 
@@ -440,7 +439,7 @@ async def transition(
     clocks = (await clocks_of(session, [incident.id], lock=True))[incident.id]
     change = Change(incident, clocks, actor, now)
     await _apply_status(session, change, target, values or {})
-    await _record(session, change)
+    await record_change(session, change)
     if target == Status.RESOLVED:
         await _cascade_resolution(session, incident, actor, now)
     return incident
@@ -501,14 +500,14 @@ async def update_incident(
                 "a resolved incident keeps its resolution",
                 errors=[{"loc": ["body", f], "msg": "required while resolved"} for f in missing],
             )
-    await _record(session, change)
+    await record_change(session, change)
     if "status" in change.fields and incident.status == Status.RESOLVED:
         await _cascade_resolution(session, incident, actor.actor, now)
     await session.commit()
     return render(incident, clocks, now)
 
 
-async def _note_added(session: AsyncSession, incident: Incident, note: IncidentNote, actor: str) -> None:
+async def note_added(session: AsyncSession, incident: Incident, note: IncidentNote, actor: str) -> None:
     """The incident.note_added event of a note, in the caller's transaction (whoever wrote it)."""
     await outbox.emit(
         session,
@@ -549,7 +548,7 @@ async def add_note(session: AsyncSession, incident: Incident, data: NoteCreate, 
     if visibility == Visibility.PUBLIC and actor.has(*WORKERS) and actor.id != incident.caller_id and response:
         sla.stop(response, now)  # an agent's first public comment is the response
         session.add(response)
-    await _note_added(session, incident, note, actor.actor)
+    await note_added(session, incident, note, actor.actor)
     if (
         visibility == Visibility.PUBLIC
         and actor.id == incident.caller_id
@@ -579,147 +578,5 @@ async def delete_incident(session: AsyncSession, incident: Incident, actor: Prin
             incident_id=incident.id, actor_id=actor.actor, field="deleted_at", old=None, new=now.isoformat(), at=now
         )
     )
-    await _emit(session, "deleted", incident, clocks, actor.actor)
+    await emit(session, "deleted", incident, clocks, actor.actor)
     await session.commit()
-
-
-# ---------------------------------------------------------------- schedulers
-
-
-async def fire_due_clocks(session: AsyncSession, *, limit: int = 100) -> int:
-    """Fire the SLA warnings and breaches that are due, each once. Replicas share the work: an incident is
-    locked (SKIP LOCKED) while its clocks are examined, and the fired flags commit with the events."""
-    now = utcnow()
-    due = (
-        await session.exec(
-            select(SlaClock.incident_id)
-            .where(col(SlaClock.next_fire_at) <= now)
-            .order_by(col(SlaClock.next_fire_at))
-            .limit(limit)
-        )
-    ).all()
-    fired = 0
-    for incident_id in dict.fromkeys(due):
-        incident = (
-            await session.exec(
-                select(Incident)
-                .where(Incident.id == incident_id)
-                .with_for_update(skip_locked=True)
-                .execution_options(populate_existing=True)
-            )
-        ).first()
-        if incident is None:
-            continue
-        clocks = (await clocks_of(session, [incident_id], lock=True))[incident_id]
-        for clock in clocks.values():
-            for threshold in sla.crossed(clock, now):
-                session.add(clock)
-                if threshold == "breached" and not incident.sla_breached:
-                    incident.sla_breached = True
-                    incident.version += 1
-                    incident.updated_at = now
-                    session.add(incident)
-                await _emit(
-                    session,
-                    f"sla_{threshold}",
-                    incident,
-                    clocks,
-                    SYSTEM_ACTOR,
-                    clock=clock.kind,
-                    threshold=threshold,
-                    due_at=clock.due_at and clock.due_at.isoformat(),
-                )
-                fired += 1
-            session.add(clock)
-        await session.commit()
-    return fired
-
-
-async def autoclose(session: AsyncSession, days: float, *, limit: int = 100) -> int:
-    cutoff = utcnow() - timedelta(days=days)
-    rows = (
-        await session.exec(
-            select(Incident)
-            .where(
-                Incident.status == Status.RESOLVED,
-                col(Incident.resolved_at) <= cutoff,
-                col(Incident.deleted_at).is_(None),
-            )
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    ).all()
-    for incident in rows:
-        await transition(session, incident, Status.CLOSED, SYSTEM_ACTOR)
-    await session.commit()
-    return len(rows)
-
-
-# ---------------------------------------------------------------- from the problem service's events
-
-
-async def apply_problem_link(
-    session: AsyncSession,
-    *,
-    incident_id: uuid.UUID,
-    problem_id: uuid.UUID,
-    sequence: int,
-    linked: bool,
-    note: str | None,
-) -> None:
-    """Set or clear problem_id from problem.incident_linked / incident_unlinked, in sequence order per
-    (incident, problem): an older event arriving late changes nothing."""
-    from incident.models import ProblemLink
-
-    incident = (await session.exec(select(Incident).where(Incident.id == incident_id).with_for_update())).first()
-    state = await session.get(ProblemLink, (incident_id, problem_id), with_for_update=True)
-    if state is not None and state.sequence >= sequence:
-        return
-    if state is None:
-        state = ProblemLink(incident_id=incident_id, problem_id=problem_id, sequence=sequence, linked=linked)
-    state.sequence, state.linked = sequence, linked
-    session.add(state)
-    if incident is None or incident.deleted_at is not None:
-        return  # not ours (yet): the link state is kept, so a late incident.created changes nothing
-    now = utcnow()
-    clocks = (await clocks_of(session, [incident.id], lock=True))[incident.id]
-    change = Change(incident, clocks, SYSTEM_ACTOR, now)
-    if linked:
-        change.set("problem_id", problem_id)
-    elif incident.problem_id == problem_id:
-        change.set("problem_id", None)
-    await _record(session, change)
-    if linked and note:
-        work_note = IncidentNote(
-            incident_id=incident.id,
-            author_id=uuid.UUID(int=0),
-            visibility=Visibility.INTERNAL,
-            body=note,
-            created_at=now,
-        )
-        session.add(work_note)
-        await session.flush()
-        await _note_added(session, incident, work_note, SYSTEM_ACTOR)
-
-
-async def resolve_by_problem(session: AsyncSession, *, incident_ids: Sequence[uuid.UUID], notes: str) -> int:
-    rows = (
-        await session.exec(
-            select(Incident)
-            .where(
-                col(Incident.id).in_(incident_ids),
-                col(Incident.status).in_(OPEN_STATUSES),
-                col(Incident.deleted_at).is_(None),
-            )
-            .with_for_update()
-        )
-    ).all()
-    for incident in rows:
-        await transition(
-            session,
-            incident,
-            Status.RESOLVED,
-            SYSTEM_ACTOR,
-            values={"resolution_code": "solved_by_problem", "resolution_notes": notes},
-        )
-    return len(rows)
