@@ -19,6 +19,10 @@ def utc_column(*, nullable: bool = False, default_now: bool = True) -> Any:
     )
 
 
+def string_column(length: int, *, nullable: bool = True, **kw: Any) -> Any:
+    return Column(String(length), nullable=nullable, **kw)
+
+
 class OutboxMessage(SQLModel, table=True):
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_pending", "next_attempt_at", postgresql_where=text("published_at IS NULL")),)

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, utc_column
+from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -81,10 +81,6 @@ class CloseCode(StrEnum):
     UNSUCCESSFUL = "unsuccessful"
 
 
-def _str(length: int, *, nullable: bool = True, **kw: Any) -> Any:
-    return Column(String(length), nullable=nullable, **kw)
-
-
 def _text_array() -> Any:
     # text[] (not varchar[]): a text[] parameter then meets the column without a cast, so the GIN index applies.
     return Column(ARRAY(Text), nullable=False, server_default="{}")
@@ -128,17 +124,17 @@ class ChangeRequest(SQLModel, table=True):
             server_default=text("'CHG' || lpad(nextval('change_number_seq')::text, 7, '0')"),
         ),
     )
-    type: str = Field(sa_column=_str(20, nullable=False))
-    title: str = Field(sa_column=_str(200, nullable=False))
+    type: str = Field(sa_column=string_column(20, nullable=False))
+    title: str = Field(sa_column=string_column(200, nullable=False))
     description: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    status: str = Field(default=Status.NEW, sa_column=_str(20, nullable=False))
-    approval: str = Field(default=Approval.NOT_REQUESTED, sa_column=_str(20, nullable=False))
+    status: str = Field(default=Status.NEW, sa_column=string_column(20, nullable=False))
+    approval: str = Field(default=Approval.NOT_REQUESTED, sa_column=string_column(20, nullable=False))
     # Each entry into authorize opens a new round; only the decisions of the current round count.
     approval_round: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
-    risk: str | None = Field(default=None, sa_column=_str(10))
-    computed_risk: str | None = Field(default=None, sa_column=_str(10))
+    risk: str | None = Field(default=None, sa_column=string_column(10))
+    computed_risk: str | None = Field(default=None, sa_column=string_column(10))
     risk_assessment: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
-    risk_override: str | None = Field(default=None, sa_column=_str(10))
+    risk_override: str | None = Field(default=None, sa_column=string_column(10))
     risk_override_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     implementation_plan: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     backout_plan: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -163,10 +159,10 @@ class ChangeRequest(SQLModel, table=True):
     actual_end: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
     incident_ids: list[uuid.UUID] = Field(default_factory=list, sa_column=_uuid_array())
     problem_ids: list[uuid.UUID] = Field(default_factory=list, sa_column=_uuid_array())
-    assignment_group: str | None = Field(default=None, sa_column=_str(100))
+    assignment_group: str | None = Field(default=None, sa_column=string_column(100))
     assignee_id: uuid.UUID | None = None
     requested_by: uuid.UUID
-    close_code: str | None = Field(default=None, sa_column=_str(30))
+    close_code: str | None = Field(default=None, sa_column=string_column(30))
     close_notes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())
@@ -187,9 +183,9 @@ class ChangeApproval(SQLModel, table=True):
     change_id: uuid.UUID = Field(sa_column=Column(ForeignKey("change_request.id"), nullable=False))
     round: int = Field(sa_column=Column(Integer, nullable=False))
     approver_id: uuid.UUID
-    decision: str = Field(sa_column=_str(10, nullable=False))
+    decision: str = Field(sa_column=string_column(10, nullable=False))
     comment: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    risk: str | None = Field(default=None, sa_column=_str(10))
+    risk: str | None = Field(default=None, sa_column=string_column(10))
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
 
 
@@ -211,8 +207,8 @@ class ChangeHistory(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     change_id: uuid.UUID = Field(sa_column=Column(ForeignKey("change_request.id"), nullable=False))
     at: datetime | None = Field(default=None, sa_column=utc_column())
-    actor_id: str = Field(sa_column=_str(64, nullable=False))
-    field: str = Field(sa_column=_str(50, nullable=False))
+    actor_id: str = Field(sa_column=string_column(64, nullable=False))
+    field: str = Field(sa_column=string_column(50, nullable=False))
     old: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
     new: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
@@ -230,9 +226,9 @@ class BlackoutWindow(SQLModel, table=True):
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    name: str = Field(sa_column=_str(200, nullable=False))
+    name: str = Field(sa_column=string_column(200, nullable=False))
     description: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    timezone: str = Field(sa_column=_str(64, nullable=False))
+    timezone: str = Field(sa_column=string_column(64, nullable=False))
     starts_at: datetime = Field(sa_column=Column(DateTime(timezone=False), nullable=False))
     ends_at: datetime = Field(sa_column=Column(DateTime(timezone=False), nullable=False))
     rrule: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

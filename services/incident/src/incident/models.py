@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, utc_column
+from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -66,10 +66,6 @@ class ClockState(StrEnum):
     STOPPED = "stopped"
 
 
-def _str(length: int, *, nullable: bool = True, **kw: Any) -> Any:
-    return Column(String(length), nullable=nullable, **kw)
-
-
 class Incident(SQLModel, table=True):
     __tablename__ = "incident"
     # Server defaults (number, timestamps, version) come back with the INSERT, not with a second query.
@@ -97,19 +93,19 @@ class Incident(SQLModel, table=True):
             server_default=text("'INC' || lpad(nextval('incident_number_seq')::text, 7, '0')"),
         ),
     )
-    title: str = Field(sa_column=_str(200, nullable=False))
+    title: str = Field(sa_column=string_column(200, nullable=False))
     description: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     caller_id: uuid.UUID
-    category: str | None = Field(default=None, sa_column=_str(100))
-    configuration_item: str | None = Field(default=None, sa_column=_str(200))
+    category: str | None = Field(default=None, sa_column=string_column(100))
+    configuration_item: str | None = Field(default=None, sa_column=string_column(200))
     impact: int = Field(sa_column=Column(SmallInteger, nullable=False))
     urgency: int = Field(sa_column=Column(SmallInteger, nullable=False))
     priority: int = Field(sa_column=Column(SmallInteger, nullable=False))
-    status: str = Field(default=Status.NEW, sa_column=_str(20, nullable=False))
-    hold_reason: str | None = Field(default=None, sa_column=_str(30))
-    assignment_group: str | None = Field(default=None, sa_column=_str(100))
+    status: str = Field(default=Status.NEW, sa_column=string_column(20, nullable=False))
+    hold_reason: str | None = Field(default=None, sa_column=string_column(30))
+    assignment_group: str | None = Field(default=None, sa_column=string_column(100))
     assignee_id: uuid.UUID | None = None
-    resolution_code: str | None = Field(default=None, sa_column=_str(50))
+    resolution_code: str | None = Field(default=None, sa_column=string_column(50))
     resolution_notes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     problem_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = Field(default=None, sa_column=Column(ForeignKey("incident.id"), nullable=True))
@@ -139,7 +135,7 @@ class IncidentNote(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     incident_id: uuid.UUID = Field(foreign_key="incident.id")
     author_id: uuid.UUID
-    visibility: str = Field(sa_column=_str(10, nullable=False))
+    visibility: str = Field(sa_column=string_column(10, nullable=False))
     body: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
 
@@ -151,8 +147,8 @@ class IncidentHistory(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     incident_id: uuid.UUID = Field(foreign_key="incident.id")
     at: datetime | None = Field(default=None, sa_column=utc_column())
-    actor_id: str = Field(sa_column=_str(64, nullable=False))
-    field: str = Field(sa_column=_str(50, nullable=False))
+    actor_id: str = Field(sa_column=string_column(64, nullable=False))
+    field: str = Field(sa_column=string_column(50, nullable=False))
     old: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
     new: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
@@ -161,7 +157,7 @@ class SlaPolicy(SQLModel, table=True):
     __tablename__ = "sla_policy"
 
     priority: int = Field(sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
-    name: str = Field(sa_column=_str(100, nullable=False))
+    name: str = Field(sa_column=string_column(100, nullable=False))
     # Minutes, fractions allowed (a 90-second target is 1.5).
     response_minutes: float = Field(sa_column=Column(Float, nullable=False))
     resolution_minutes: float = Field(sa_column=Column(Float, nullable=False))
@@ -184,10 +180,10 @@ class SlaClock(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     incident_id: uuid.UUID = Field(foreign_key="incident.id")
-    kind: str = Field(sa_column=_str(20, nullable=False))
+    kind: str = Field(sa_column=string_column(20, nullable=False))
     target_seconds: float = Field(sa_column=Column(Float, nullable=False))
     calendar: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
-    state: str = Field(default=ClockState.RUNNING, sa_column=_str(20, nullable=False))
+    state: str = Field(default=ClockState.RUNNING, sa_column=string_column(20, nullable=False))
     started_at: datetime = Field(sa_column=utc_column(default_now=False))
     pauses: list[list[str | None]] = Field(
         default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]")

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, utc_column
+from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
 from sqlalchemy import BigInteger, Boolean, Column, Computed, Identity, Index, Integer, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlmodel import Field, SQLModel
@@ -31,10 +31,6 @@ class ResolutionCode(StrEnum):
     RISK_ACCEPTED = "risk_accepted"
     DUPLICATE = "duplicate"
     CANNOT_REPRODUCE = "cannot_reproduce"
-
-
-def _str(length: int, *, nullable: bool = True) -> Any:
-    return Column(String(length), nullable=nullable)
 
 
 def _text() -> Any:
@@ -69,21 +65,21 @@ class Problem(SQLModel, table=True):
             server_default=text("'PRB' || lpad(nextval('problem_number_seq')::text, 7, '0')"),
         ),
     )
-    title: str = Field(sa_column=_str(200, nullable=False))
+    title: str = Field(sa_column=string_column(200, nullable=False))
     description: str | None = Field(default=None, sa_column=_text())
-    status: str = Field(default=Status.NEW, sa_column=_str(30, nullable=False))
+    status: str = Field(default=Status.NEW, sa_column=string_column(30, nullable=False))
     impact: int = Field(sa_column=Column(SmallInteger, nullable=False))
     urgency: int = Field(sa_column=Column(SmallInteger, nullable=False))
     priority: int = Field(sa_column=Column(SmallInteger, nullable=False))
-    category: str | None = Field(default=None, sa_column=_str(100))
-    configuration_item: str | None = Field(default=None, sa_column=_str(200))
-    assignment_group: str | None = Field(default=None, sa_column=_str(100))
+    category: str | None = Field(default=None, sa_column=string_column(100))
+    configuration_item: str | None = Field(default=None, sa_column=string_column(200))
+    assignment_group: str | None = Field(default=None, sa_column=string_column(100))
     assignee_id: uuid.UUID | None = None
     symptoms: str | None = Field(default=None, sa_column=_text())
     root_cause: str | None = Field(default=None, sa_column=_text())
     workaround: str | None = Field(default=None, sa_column=_text())
     fix: str | None = Field(default=None, sa_column=_text())
-    resolution_code: str | None = Field(default=None, sa_column=_str(30))
+    resolution_code: str | None = Field(default=None, sa_column=string_column(30))
     known_error: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
     known_error_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
     change_id: uuid.UUID | None = None
@@ -125,8 +121,8 @@ class ProblemHistory(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     problem_id: uuid.UUID = Field(foreign_key="problem.id")
     at: datetime | None = Field(default=None, sa_column=utc_column())
-    actor_id: str = Field(sa_column=_str(64, nullable=False))
-    field: str = Field(sa_column=_str(50, nullable=False))
+    actor_id: str = Field(sa_column=string_column(64, nullable=False))
+    field: str = Field(sa_column=string_column(50, nullable=False))
     old: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
     new: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
@@ -140,7 +136,7 @@ class ProblemIncident(SQLModel, table=True):
     problem_id: uuid.UUID = Field(foreign_key="problem.id", primary_key=True)
     incident_id: uuid.UUID = Field(primary_key=True)
     automatic: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
-    linked_by: str = Field(sa_column=_str(64, nullable=False))
+    linked_by: str = Field(sa_column=string_column(64, nullable=False))
     linked_at: datetime | None = Field(default=None, sa_column=utc_column())
 
 
@@ -150,12 +146,12 @@ class IncidentRef(SQLModel, table=True):
     __tablename__ = "incident_ref"
 
     id: uuid.UUID = Field(primary_key=True)
-    number: str | None = Field(default=None, sa_column=_str(16))
-    title: str | None = Field(default=None, sa_column=_str(200))
-    status: str | None = Field(default=None, sa_column=_str(20))
+    number: str | None = Field(default=None, sa_column=string_column(16))
+    title: str | None = Field(default=None, sa_column=string_column(200))
+    status: str | None = Field(default=None, sa_column=string_column(20))
     priority: int | None = Field(default=None, sa_column=Column(SmallInteger, nullable=True))
-    category: str | None = Field(default=None, sa_column=_str(100))
-    configuration_item: str | None = Field(default=None, sa_column=_str(200))
+    category: str | None = Field(default=None, sa_column=string_column(100))
+    configuration_item: str | None = Field(default=None, sa_column=string_column(200))
     caller_id: uuid.UUID | None = None
     deleted: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
     sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
