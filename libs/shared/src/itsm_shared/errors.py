@@ -57,10 +57,6 @@ class PreconditionFailed(DomainError):
     status, title, type_slug = 412, "Precondition failed", "precondition-failed"
 
 
-class PreconditionRequired(DomainError):
-    status, title, type_slug = 428, "Precondition required", "precondition-required"
-
-
 class Invalid(DomainError):
     """A well-formed request the rules refuse (read-only field, bad reference, reused idempotency key)."""
 

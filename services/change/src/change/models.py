@@ -26,9 +26,6 @@ from sqlmodel import Field, SQLModel
 
 __all__ = ["IdempotencyRecord", "InboxMessage", "OutboxMessage"]
 
-# Created by the first migration; the number column draws from it.
-NUMBER_SEQUENCE = "change_number_seq"
-
 
 class ChangeType(StrEnum):
     STANDARD = "standard"

@@ -27,9 +27,6 @@ from sqlmodel import Field, SQLModel
 
 __all__ = ["IdempotencyRecord", "InboxMessage", "OutboxMessage"]
 
-# Created by the first migration; the number column draws from it.
-NUMBER_SEQUENCE = "incident_number_seq"
-
 
 class Status(StrEnum):
     NEW = "new"

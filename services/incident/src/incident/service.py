@@ -47,10 +47,6 @@ READERS = WORKERS | {Role.AUDITOR, Role.PROBLEM_MANAGER, Role.CHANGE_MANAGER, Ro
 ASSIGNMENT_FIELDS = ("assignee_id", "assignment_group")
 
 
-def one_of(values: Any) -> str:
-    return f"one of {sorted(values)}"
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
