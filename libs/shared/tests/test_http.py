@@ -13,8 +13,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from itsm_shared.app import ServiceSpec, create_app
 from itsm_shared.db import SessionDep
-from itsm_shared.errors import PROBLEM_JSON, NotFound
-from itsm_shared.http import IdempotentRequest, check_if_match, etag, with_etag
+from itsm_shared.errors import PROBLEM_JSON, Conflict, NotFound
+from itsm_shared.http import check_if_match, create_once, etag, with_etag
 from itsm_shared.settings import ServiceSettings
 from pydantic import BaseModel, Field
 from sqlalchemy import text
@@ -65,23 +65,43 @@ async def patch_versioned(request: Request) -> JSONResponse:
     return response
 
 
-@router.post("/users", status_code=201)
-async def create_user(payload: NewUser, request: Request, session: SessionDep) -> JSONResponse:
-    idem = IdempotentRequest(
-        session,
-        principal=request.headers.get("X-Test-Principal", "tester"),
-        key=request.headers.get("Idempotency-Key"),
-        body=payload,
-    )
-    replay = await idem.begin()
-    if replay is not None:
-        return replay
+class CreatedUser(BaseModel):
+    id: uuid.UUID
+    username: str
+    version: int = 1
+
+
+async def insert_user(session: AsyncSession, username: str) -> CreatedUser:
     user_id = uuid.uuid4()
     await session.execute(
         text("INSERT INTO user_account (id, username, password_hash) VALUES (:id, :u, 'x')"),
-        {"id": user_id, "u": payload.username},
+        {"id": user_id, "u": username},
     )
-    return await idem.complete(201, {"id": user_id, "username": payload.username})
+    return CreatedUser(id=user_id, username=username)
+
+
+@router.post("/users", status_code=201)
+async def create_user(payload: NewUser, request: Request, session: SessionDep) -> JSONResponse:
+    return await create_once(
+        session,
+        request.headers.get("X-Test-Principal", "tester"),
+        request.headers.get("Idempotency-Key"),
+        payload,
+        lambda: insert_user(session, payload.username),
+        location="/api/v1/test/users",
+    )
+
+
+class Refused(Conflict):
+    """Refused after writing, like a failed login that is counted."""
+
+    keeps_writes = True
+
+
+@router.post("/refused-after-write")
+async def refused_after_write(payload: NewUser, session: SessionDep, keep: bool = False) -> None:
+    await insert_user(session, payload.username)
+    raise Refused("counted, and refused") if keep else Conflict("refused: nothing stays")
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +223,8 @@ async def test_same_key_same_body_replays_and_creates_nothing(
     assert again.json() == first.json()
     assert again.headers["Idempotent-Replayed"] == "true"
     assert await users_named(sessions, username) == 1
+    assert first.headers["ETag"] == '"1"'
+    assert first.headers["Location"] == f"/api/v1/test/users/{first.json()['id']}"
 
 
 async def test_same_key_different_body_is_422(
@@ -253,3 +275,25 @@ async def test_key_too_long_is_422(client: httpx.AsyncClient) -> None:
         "/api/v1/test/users", json={"username": "never-created"}, headers={"Idempotency-Key": "k" * 201}
     )
     assert_problem(response, 422)
+
+
+# ---------------------------------------------------------------- the transaction seam
+
+
+async def test_the_request_seam_commits_on_success_and_rolls_back_on_error(
+    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    created, refused = f"seam-{uuid.uuid4().hex[:8]}", f"seam-{uuid.uuid4().hex[:8]}"
+    assert (await client.post("/api/v1/test/users", json={"username": created})).status_code == 201
+    assert await users_named(sessions, created) == 1  # committed before the response was sent
+    assert_problem(await client.post("/api/v1/test/refused-after-write", json={"username": refused}), 409)
+    assert await users_named(sessions, refused) == 0
+
+
+async def test_an_error_that_keeps_its_writes_commits_them(
+    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    username = f"seam-{uuid.uuid4().hex[:8]}"
+    response = await client.post("/api/v1/test/refused-after-write?keep=true", json={"username": username})
+    assert_problem(response, 409)
+    assert await users_named(sessions, username) == 1

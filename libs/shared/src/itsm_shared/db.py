@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -9,6 +10,8 @@ from fastapi import Depends, Request
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from itsm_shared.errors import DomainError
 
 
 def async_url(url: str) -> str:
@@ -38,10 +41,29 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+@contextlib.asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """The one seam that commits (ARCHITECTURE.md rule 3): a request, a consumed event and a scheduler pass each
+    run their use cases inside one of these. It commits when the block ends normally and rolls back when it
+    raises, except for an error that says its writes stand (`DomainError.keeps_writes`: a failed login is
+    counted, and still refused)."""
+    async with sessions() as session:
+        try:
+            yield session
+        except BaseException as exc:
+            if isinstance(exc, DomainError) and exc.keeps_writes:
+                await session.commit()
+            else:
+                await session.rollback()
+            raise
+        await session.commit()
+
+
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    async with factory() as session:
+    async with transaction(request.app.state.sessions) as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(_session)]
+# scope="function": the dependency's exit (the commit) runs when the endpoint returns, before the response is
+# sent, so a client never sees a success whose transaction then fails to commit.
+SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]

@@ -20,6 +20,9 @@ class DomainError(Exception):
     status = 400
     title = "Bad request"
     type_slug = "bad-request"
+    # The use case's writes stand although the request is refused (a failed login is counted): the transaction
+    # seam commits instead of rolling back.
+    keeps_writes = False
 
     def __init__(
         self,

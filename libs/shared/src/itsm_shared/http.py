@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Protocol, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request, Response
 from fastapi.encoders import jsonable_encoder
@@ -45,9 +45,9 @@ def with_etag(response: Response, version: int) -> None:
 
 @dataclass
 class IdempotentRequest:
-    """The transaction seam of a create (CONTRACT §2 Idempotency-Key). `begin` replays the first response or
-    reserves the key in the open transaction; the use case then writes without committing; `complete` commits
-    the rows, their events and the response to replay, all at once."""
+    """Idempotency-Key of a create (CONTRACT §2). `begin` replays the first response or reserves the key in the
+    open transaction; the use case then writes; `complete` adds the response to replay, and the request's
+    transaction seam commits the rows, their events and that response together."""
 
     session: AsyncSession
     principal: str
@@ -83,13 +83,12 @@ class IdempotentRequest:
         return None
 
     async def complete(self, status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-        """Commit the create, its events and the remembered response together."""
+        """Remember the response for replays, in the create's transaction."""
         encoded = jsonable_encoder(body)
         if self.record is not None:
             self.record.status_code = status
             self.record.body = encoded
             self.session.add(self.record)
-        await self.session.commit()
         return JSONResponse(encoded, status_code=status, headers=headers)
 
     async def _load(self) -> IdempotencyRecord | None:
@@ -120,33 +119,33 @@ class IdempotentRequest:
         return JSONResponse(record.body, status_code=record.status_code, headers={"Idempotent-Replayed": "true"})
 
 
-class _Created(Protocol):
-    @property
-    def id(self) -> Any: ...
-
-    @property
-    def version(self) -> int: ...
+T = TypeVar("T")
 
 
-C = TypeVar("C", bound=_Created)
+def created_headers(created: Any, location: str | None, version: int | None) -> dict[str, str]:
+    headers = {}
+    if version is not None:
+        headers["ETag"] = etag(version)
+    if location is not None:
+        headers["Location"] = f"{location}/{created.id}"
+    return headers
 
 
 async def create_once(
     session: AsyncSession,
     principal: str,
     key: str | None,
-    body: Any,
-    create: Callable[[], Awaitable[C]],
+    request: Any,
+    create: Callable[[], Awaitable[T]],
     *,
-    location: str,
+    location: str | None = None,
+    version: Callable[[T], int | None] = lambda created: getattr(created, "version", None),
 ) -> JSONResponse:
-    """A `POST` that creates, as CONTRACT §2 wants it: 201 with ETag and Location, replayed for a repeated
-    Idempotency-Key. `create` writes without committing; the commit covers the record, its events and the
-    remembered response."""
-    idem = IdempotentRequest(session, principal, key, body)
+    """Every creating `POST` (CONTRACT §2): 201, with the ETag of `version(created)` and, given `location`, the
+    Location of the new resource; replayed for a repeated Idempotency-Key with the same `request`. `create`
+    writes; the request's transaction seam commits the record, its events and the remembered response."""
+    idem = IdempotentRequest(session, principal, key, request)
     if replay := await idem.begin():
         return replay
     created = await create()
-    return await idem.complete(
-        201, created, headers={"ETag": etag(created.version), "Location": f"{location}/{created.id}"}
-    )
+    return await idem.complete(201, created, headers=created_headers(created, location, version(created)))

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared.broker import event_queue, events_exchange
+from itsm_shared.db import transaction
 from itsm_shared.errors import Unavailable
 from itsm_shared.events import CloudEvent
 from itsm_shared.observability import correlation_id
@@ -61,13 +62,11 @@ async def handle_once(
     event: CloudEvent[Any],
     effect: Callable[[AsyncSession], Awaitable[None]],
 ) -> bool:
-    """Run `effect` for a new event and commit it with the inbox row; do nothing for a duplicate."""
-    async with sessions() as session:
+    """Run `effect` for a new event; the seam commits it with the inbox row. A duplicate does nothing."""
+    async with transaction(sessions) as session:
         if not await claim(session, consumer, event.id):
-            await session.rollback()
             return False
         await effect(session)
-        await session.commit()
         return True
 
 
