@@ -9,10 +9,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel
+from fastapi import Query
+from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, literal, tuple_
 
 from itsm_shared.errors import Invalid
@@ -131,3 +132,16 @@ def page_of(rows: Sequence[T], sort: Sort, limit: int, *, value_of: Any, id_of: 
 def listed(values: list[str] | None) -> list[str]:
     """A multi-valued filter, repeated or comma-separated: `?status=new&status=assessed` or `?status=new,assessed`."""
     return [v for value in values or [] for v in value.split(",") if v]
+
+
+def _split(value: Any) -> Any:
+    if value is None:
+        return None
+    return listed([str(v) for v in (value if isinstance(value, list) else [value])])
+
+
+# A typed multi-valued query parameter, repeated or comma-separated, validated by FastAPI (422 naming the value):
+# `status: Annotated[list[Status] | None, Query(), CommaSeparated] = None`.
+CommaSeparated = BeforeValidator(_split)
+# The page size every list takes.
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
