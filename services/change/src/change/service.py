@@ -10,7 +10,7 @@ from typing import Any
 
 from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
-from itsm_shared.changes import FieldChanges
+from itsm_shared.edits import FieldEdits
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
 from itsm_shared.pagination import Sort, keyset, page_of
 from sqlalchemy import Text, cast, func
@@ -214,7 +214,7 @@ async def _emit(
 async def _save(
     session: AsyncSession,
     change: ChangeRequest,
-    fields: FieldChanges,
+    fields: FieldEdits,
     actor: str,
     now: datetime,
     *,
@@ -253,7 +253,7 @@ async def _save(
         await _emit(session, "scheduled", change, actor, changed)
 
 
-def _set_risk(fields: FieldChanges, change: ChangeRequest) -> None:
+def _set_risk(fields: FieldEdits, change: ChangeRequest) -> None:
     """computed_risk from the questionnaire; risk = the override, else the computed one, else low for a
     standard change (pre-approved as low risk), else unknown until assessed."""
     computed = risk.assess(change.risk_assessment).risk if change.risk_assessment else None
@@ -305,7 +305,7 @@ async def raise_change(session: AsyncSession, data: ChangeCreate, actor: Princip
         created_at=now,
         updated_at=now,
     )
-    _set_risk(FieldChanges(change), change)
+    _set_risk(FieldEdits(change), change)
     session.add(change)
     await session.flush()
     await session.refresh(change)
@@ -327,7 +327,7 @@ async def update_change(
     if target is not None and target not in set(Status):
         raise _invalid("status", f"one of {sorted(Status)}")
     now = utcnow()
-    fields = FieldChanges(change)
+    fields = FieldEdits(change)
 
     if "type" in values and values["type"] != change.type:
         if change.status not in lifecycle.TYPE_EDITABLE:
@@ -381,7 +381,7 @@ async def update_change(
 
 
 def _apply_status(
-    fields: FieldChanges, change: ChangeRequest, target: str, values: dict[str, Any], now: datetime
+    fields: FieldEdits, change: ChangeRequest, target: str, values: dict[str, Any], now: datetime
 ) -> None:
     merged = {**change.model_dump(), **values}
     lifecycle.check_transition(change.type, change.status, target, change.approval, merged)
@@ -446,7 +446,7 @@ async def decide(
     )
     session.add(approval)
     await session.flush()
-    fields = FieldChanges(change)
+    fields = FieldEdits(change)
     approved = await session.exec(
         select(func.count())
         .select_from(ChangeApproval)
@@ -727,7 +727,7 @@ async def update_blackout(
     for name in ("name", "timezone", "start", "end"):
         if name in values and values[name] is None:
             raise _invalid(name, f"{name} cannot be null")
-    fields = FieldChanges(window)
+    fields = FieldEdits(window)
     for name in ("name", "description", "timezone", "rrule", "configuration_items"):
         if name in values:
             fields.set(name, values[name])

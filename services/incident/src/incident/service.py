@@ -10,7 +10,7 @@ from typing import Any
 
 from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
-from itsm_shared.changes import FieldChanges
+from itsm_shared.edits import FieldEdits
 from itsm_shared.errors import Conflict, Forbidden, Invalid, NotFound
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.priority import priority as derive_priority
@@ -248,7 +248,7 @@ async def put_policy(session: AsyncSession, priority: int, data: SlaPolicyWrite)
 # ---------------------------------------------------------------- writing
 
 
-class Change(FieldChanges):
+class Change(FieldEdits):
     """What one use case does to one incident: its field changes, and the clocks it touched."""
 
     def __init__(self, incident: Incident, clocks: dict[str, SlaClock], actor: str, now: datetime) -> None:

@@ -1,39 +1,28 @@
-"""The incident read model, from `incident.*` events, and automatic linking to known errors."""
+"""The incident read model and automatic linking, from `incident.*` events: a thin adapter over `links`."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from itsm_shared.app import Runtime
 from itsm_shared.events import CloudEvent
 from itsm_shared.inbox import handle_once, subscribe
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from problem import service
+from problem import links
 
-# note_added carries the note, not the incident: nothing for the read model.
-NOT_AN_INCIDENT = frozenset({"itsm.incident.note_added"})
+QUEUE = "problem.incidents"
 
 
 def register(rt: Runtime) -> list[str]:
     async def on_incident(event: CloudEvent[dict[str, Any]]) -> None:
-        if event.type in NOT_AN_INCIDENT or "id" not in event.data:
-            return
-
-        async def effect(session: AsyncSession) -> None:
-            incident = await service.record_incident(
-                session, event_type=event.type, data=event.data, sequence=event.sequence or 0
-            )
-            if incident is not None and event.type == "itsm.incident.created":
-                await service.auto_link(session, incident)
-
-        await handle_once(rt.sessions, "problem.incidents", event, effect)
+        await handle_once(rt.sessions, QUEUE, event, partial(links.on_incident_event, event=event))
 
     return [
         subscribe(
             rt.broker,
             rt.settings,
-            queue="problem.incidents",
+            queue=QUEUE,
             routing_key="incident.#",
             event_model=CloudEvent[dict[str, Any]],
             handler=on_incident,

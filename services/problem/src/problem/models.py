@@ -5,9 +5,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from itsm_shared.contracts import ProblemIncidentLinkData, ProblemResolvedData
 from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
-from sqlalchemy import BigInteger, Boolean, Column, Computed, Identity, Index, Integer, SmallInteger, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from itsm_shared.records import HistoryRow, Records
+from sqlalchemy import BigInteger, Boolean, Column, Computed, Index, Integer, SmallInteger, String, Text, text
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlmodel import Field, SQLModel
 
 __all__ = ["IdempotencyRecord", "InboxMessage", "OutboxMessage"]
@@ -114,17 +116,12 @@ class ProblemNote(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
 
 
-class ProblemHistory(SQLModel, table=True):
+class ProblemHistory(HistoryRow, table=True):
     __tablename__ = "problem_history"
     __table_args__ = (Index("ix_problem_history_problem", "problem_id", "id"),)
+    owner = "problem_id"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     problem_id: uuid.UUID = Field(foreign_key="problem.id")
-    at: datetime | None = Field(default=None, sa_column=utc_column())
-    actor_id: str = Field(sa_column=string_column(64, nullable=False))
-    field: str = Field(sa_column=string_column(50, nullable=False))
-    old: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
-    new: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
 
 class ProblemIncident(SQLModel, table=True):
@@ -156,3 +153,17 @@ class IncidentRef(SQLModel, table=True):
     deleted: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
     sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())
+
+
+PROBLEMS = Records(
+    service="problem",
+    entity="problem",
+    model=Problem,
+    history=ProblemHistory,
+    noun="problem",
+    contracts={
+        "incident_linked": ProblemIncidentLinkData,
+        "incident_unlinked": ProblemIncidentLinkData,
+        "resolved": ProblemResolvedData,
+    },
+)

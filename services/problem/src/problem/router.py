@@ -7,17 +7,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal
 from itsm_shared.db import SessionDep
-from itsm_shared.errors import Invalid
 from itsm_shared.http import (
     IdempotencyKey,
     check_if_match,
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import Page, listed, parse_sort
+from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
-from problem import service
+from problem import links, service
 from problem.models import Problem, Status
 from problem.schemas import (
     LinkCreate,
@@ -34,17 +33,16 @@ known_errors_router = APIRouter(prefix="/api/v1/known-errors", tags=["known-erro
 
 
 async def problem_by_ref(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Problem:
-    return await service.visible_problem(session, ref, principal)
+    return await service.visible(session, ref, principal)
+
+
+async def locked_problem(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Problem:
+    return await service.visible(session, ref, principal, for_update=True)
 
 
 ProblemDep = Annotated[Problem, Depends(problem_by_ref)]
-
-
-def _filters(status: list[str] | None, **values: object) -> dict[str, object]:
-    statuses = listed(status)
-    if any(s not in set(Status) for s in statuses):
-        raise Invalid("unknown status", errors=[{"loc": ["query", "status"], "msg": f"one of {sorted(Status)}"}])
-    return {"status": statuses, **values}
+LockedProblem = Annotated[Problem, Depends(locked_problem)]
+Statuses = Annotated[list[Status] | None, Query(), CommaSeparated]
 
 
 @router.post("", status_code=201, response_model=ProblemRead)
@@ -55,7 +53,7 @@ async def create_problem(
         session,
         principal.actor,
         key,
-        data.model_dump(),
+        data,
         lambda: service.open_problem(session, data, principal),
         location=router.prefix,
     )
@@ -65,11 +63,11 @@ async def create_problem(
 async def list_problems(
     session: SessionDep,
     principal: CurrentPrincipal,
-    limit: int = 50,
+    limit: Limit = 50,
     cursor: str | None = None,
     sort: str = "-created_at",
-    status: Annotated[list[str] | None, Query()] = None,
-    priority: int | None = None,
+    status: Statuses = None,
+    priority: Annotated[int | None, Query(ge=1, le=5)] = None,
     category: str | None = None,
     configuration_item: str | None = None,
     assignee_id: uuid.UUID | None = None,
@@ -77,16 +75,16 @@ async def list_problems(
     known_error: bool | None = None,
     q: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[ProblemRead]:
-    filters = _filters(
-        status,
-        priority=priority,
-        category=category,
-        configuration_item=configuration_item,
-        assignee_id=assignee_id,
-        assignment_group=assignment_group,
-        known_error=known_error,
-        q=q,
-    )
+    filters = {
+        "status": status,
+        "priority": priority,
+        "category": category,
+        "configuration_item": configuration_item,
+        "assignee_id": assignee_id,
+        "assignment_group": assignment_group,
+        "known_error": known_error,
+        "q": q,
+    }
     items, next_cursor = await service.list_problems(
         session, principal, sort=parse_sort(sort, service.SORTS), limit=limit, cursor=cursor, filters=filters
     )
@@ -102,13 +100,12 @@ async def get_problem(problem: ProblemDep, response: Response) -> ProblemRead:
 @router.patch("/{ref}", response_model=ProblemRead)
 async def update_problem(
     request: Request,
-    ref: str,
+    problem: LockedProblem,
     session: SessionDep,
     principal: CurrentPrincipal,
     data: ProblemUpdate,
     response: Response,
 ) -> ProblemRead:
-    problem = await service.visible_problem(session, ref, principal, for_update=True)
     check_if_match(request, problem.version)
     updated = await service.update_problem(session, problem, data, principal)
     with_etag(response, updated.version)
@@ -117,32 +114,42 @@ async def update_problem(
 
 @router.get("/{ref}/transitions", response_model=list[Transition])
 async def transitions(problem: ProblemDep, principal: CurrentPrincipal) -> list[Transition]:
-    return [Transition(**t) for t in service.transitions(problem, principal)]
+    return service.transitions(problem, principal)
 
 
 @router.get("/{ref}/incidents", response_model=list[LinkedIncident])
 async def linked_incidents(session: SessionDep, problem: ProblemDep) -> list[LinkedIncident]:
-    return await service.linked_incidents(session, problem)
+    return await links.linked_incidents(session, problem)
 
 
 @router.post("/{ref}/incidents", status_code=201, response_model=LinkedIncident)
-async def link_incident(ref: str, session: SessionDep, principal: CurrentPrincipal, data: LinkCreate) -> LinkedIncident:
-    problem = await service.visible_problem(session, ref, principal, for_update=True)
-    return await service.link_incident(session, problem, data.incident_id, principal)
+async def link_incident(
+    session: SessionDep, problem: LockedProblem, principal: CurrentPrincipal, data: LinkCreate
+) -> LinkedIncident:
+    return await links.link_incident(session, problem, data.incident_id, principal)
 
 
 @router.delete("/{ref}/incidents/{incident_id}", status_code=204)
 async def unlink_incident(
-    ref: str, incident_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal
+    incident_id: uuid.UUID, session: SessionDep, problem: LockedProblem, principal: CurrentPrincipal
 ) -> Response:
-    problem = await service.visible_problem(session, ref, principal, for_update=True)
-    await service.unlink_incident(session, problem, incident_id, principal)
+    await links.unlink_incident(session, problem, incident_id, principal)
     return Response(status_code=204)
 
 
 @router.post("/{ref}/notes", status_code=201, response_model=NoteRead)
-async def add_note(session: SessionDep, problem: ProblemDep, principal: CurrentPrincipal, data: NoteCreate) -> NoteRead:
-    return NoteRead.model_validate(await service.add_note(session, problem, data, principal), from_attributes=True)
+async def add_note(
+    ref: str,
+    session: SessionDep,
+    problem: ProblemDep,
+    principal: CurrentPrincipal,
+    data: NoteCreate,
+    key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def create() -> NoteRead:
+        return NoteRead.model_validate(await service.add_note(session, problem, data, principal), from_attributes=True)
+
+    return await create_once(session, principal.actor, key, {"ref": ref, **data.model_dump()}, create)
 
 
 @router.get("/{ref}/notes", response_model=list[NoteRead])
@@ -159,15 +166,15 @@ async def history(session: SessionDep, problem: ProblemDep) -> list[HistoryRead]
 async def known_errors(
     session: SessionDep,
     principal: CurrentPrincipal,
-    limit: int = 50,
+    limit: Limit = 50,
     cursor: str | None = None,
     sort: str = "-created_at",
     q: Annotated[str | None, Query(max_length=500)] = None,
     configuration_item: str | None = None,
     category: str | None = None,
-    status: Annotated[list[str] | None, Query()] = None,
+    status: Statuses = None,
 ) -> Page[ProblemRead]:
-    filters = _filters(status, configuration_item=configuration_item, category=category, q=q)
+    filters = {"status": status, "configuration_item": configuration_item, "category": category, "q": q}
     items, next_cursor = await service.list_problems(
         session,
         principal,

@@ -1,5 +1,5 @@
-"""Field-level change tracking: what a use case did to one record, as {field: [old, new]} ready for the
-history table and for the `changes` of an `*.updated` event."""
+"""Field edits: what a use case did to one record, as {field: [old, new]} ready for its history rows and for
+the `changes` of an `*.updated` event."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def json_value(value: Any) -> Any:
     return value
 
 
-class FieldChanges:
+class FieldEdits:
     """Set fields on `record`, remembering each field's first old value and latest new value."""
 
     def __init__(self, record: Any) -> None:

@@ -1,0 +1,147 @@
+"""The one write path of the records with a history (incidents, problems, changes; ARCHITECTURE.md rule 3).
+
+A service describes its record once (`Records`: its table, history table, event names) and then loads by id or
+number with `load`, and saves what a use case did with `record`: the version bumped, `updated_at` set, one
+history row per changed field and the CloudEvents appended to the outbox, all in the caller's transaction
+(the seam commits). Written once, so that it can be made fast once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, ColumnElement, DateTime, Identity, String, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from itsm_shared import outbox
+from itsm_shared.errors import NotFound
+
+
+class HistoryRow(SQLModel):
+    """The columns of every `<record>_history` table: `{at, actor_id, field, old, new}` per changed field. A table
+    adds the foreign key to its record and names it in `owner`."""
+
+    owner: ClassVar[str]
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger, sa_column_args=[Identity()])
+    at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+        sa_column_kwargs={"server_default": func.now(), "nullable": False},
+    )
+    actor_id: str = Field(sa_type=String(64))
+    field: str = Field(sa_type=String(50))
+    old: Any = Field(default=None, sa_type=JSONB, nullable=True)
+    new: Any = Field(default=None, sa_type=JSONB, nullable=True)
+
+
+class Versioned(Protocol):
+    id: uuid.UUID
+    version: int
+    updated_at: datetime | None
+
+
+R = TypeVar("R", bound=Versioned)
+Changes = Mapping[str, Sequence[Any]]  # field -> (old, new), JSON values
+
+
+@dataclass(frozen=True)
+class Event:
+    """One CloudEvent a use case publishes about its record: `<entity>.<action>`, with the record's data plus
+    `extra`, and the field changes it reports (`changes`)."""
+
+    action: str
+    changes: Changes | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Records(Generic[R]):
+    service: str  # the event source, /itsm/<service>
+    entity: str  # the event type's entity: itsm.<entity>.<action>
+    model: type[R]
+    history: type[HistoryRow]
+    noun: str  # for "no such <noun>"
+    # The data of events another service consumes goes through the one definition both sides share.
+    contracts: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+
+    async def load(
+        self,
+        session: AsyncSession,
+        ref: str | uuid.UUID,
+        *,
+        for_update: bool = False,
+        where: Sequence[ColumnElement[bool]] = (),
+    ) -> R:
+        """The record by id or by number (`INC0000001`, any case) that also meets `where`; else 404. Locked
+        (`FOR UPDATE`) when asked, and then re-read even if the session already holds it."""
+        table: Any = self.model
+        stmt = select(table).where(*where)
+        try:
+            stmt = stmt.where(table.id == (ref if isinstance(ref, uuid.UUID) else uuid.UUID(ref)))
+        except ValueError:
+            stmt = stmt.where(table.number == str(ref).upper())
+        if for_update:
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        found: R | None = (await session.exec(stmt)).first()
+        if found is None:
+            raise NotFound(f"no such {self.noun}")
+        return found
+
+    async def emit(
+        self,
+        session: AsyncSession,
+        row: R,
+        action: str,
+        data: Mapping[str, Any],
+        actor: str,
+        changes: Changes | None = None,
+    ) -> None:
+        """Append one `<entity>.<action>` event about `row` (sequence: its version) to the outbox."""
+        if (contract := self.contracts.get(action)) is not None:
+            data = contract.model_validate(data).model_dump(mode="json")
+        await outbox.emit(
+            session,
+            service=self.service,
+            type=f"{self.entity}.{action}",
+            subject=row.id,
+            data=dict(data),
+            actor=actor,
+            sequence=row.version,
+            changes=dict(changes) if changes is not None else None,
+        )
+
+    async def record(
+        self,
+        session: AsyncSession,
+        row: R,
+        *,
+        actor: str,
+        now: datetime,
+        fields: Changes,
+        events: Sequence[Event],
+        data: Callable[[R], Mapping[str, Any]],
+        bump: bool = True,
+    ) -> None:
+        """Save what one use case did to `row`: bump its version and `updated_at` (unless `bump` is false: a
+        create), write a history row per entry of `fields`, and append `events`, each with `data(row)` (taken
+        once, after the bump) plus the event's extra. The caller's transaction seam commits."""
+        if bump:
+            row.version += 1
+            row.updated_at = now
+        session.add(row)
+        for name, (old, new) in fields.items():
+            entry = self.history(actor_id=actor, field=name, old=old, new=new, at=now)
+            setattr(entry, self.history.owner, row.id)
+            session.add(entry)
+        if not events:
+            return
+        payload = data(row)
+        for event in events:
+            await self.emit(session, row, event.action, {**payload, **event.extra}, actor, event.changes)
