@@ -192,9 +192,9 @@ async def test_forged_tokens_are_401(client: httpx.AsyncClient) -> None:
 
 async def test_expired_and_wrong_audience_tokens_are_401(client: httpx.AsyncClient, app: FastAPI) -> None:
     async with app.state.sessions() as session:
-        from auth import service
+        from auth import keys
 
-        key = await service.signing_key(session)
+        key = await keys.signing_key(session)
     assert key is not None
     now = int(time.time())
     base = {"iss": "itsm-auth", "aud": "itsm", "sub": str(uuid.uuid4()), "iat": now, "jti": "x", "roles": ["admin"]}
@@ -316,3 +316,26 @@ async def test_asyncapi_documents_the_published_events(client: httpx.AsyncClient
     assert document["asyncapi"].startswith("3.")
     assert {"itsm.auth.user_created", "itsm.auth.login_failed", "itsm.auth.token_revoked"} <= set(document["channels"])
     assert (await client.get("/api/v1/auth/asyncapi.json")).json() == document
+
+
+async def test_creates_answer_201_with_their_headers_and_replay_them(client: httpx.AsyncClient) -> None:
+    token = await admin_token(client)
+    created = await client.post(
+        "/api/v1/auth/users",
+        headers=bearer(token),
+        json={"username": f"h{uuid.uuid4().hex[:10]}", "password": PASSWORD},
+    )
+    assert created.status_code == 201 and created.headers["etag"] == '"1"'
+    assert created.headers["location"] == f"/api/v1/auth/users/{created.json()['id']}"
+    assert "password_hash" not in created.json()
+    headers = {"Idempotency-Key": uuid.uuid4().hex, **bearer(token)}
+    body = {"name": "backup", "roles": ["auditor"]}
+    first = await client.post("/api/v1/auth/clients", headers=headers, json=body)
+    again = await client.post("/api/v1/auth/clients", headers=headers, json=body)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    for response in (first, again):  # the secret is in the body
+        assert response.headers["cache-control"] == "no-store" and response.headers["pragma"] == "no-cache"
+        assert "etag" not in response.headers and "location" not in response.headers
+    listed = (await client.get("/api/v1/auth/clients", headers=bearer(token))).json()
+    assert [c["client_id"] for c in listed].count(first.json()["client_id"]) == 1

@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 from incident import automation
 from incident.models import IncidentHistory
+from itsm_shared.db import transaction
 from itsm_shared.testing import EventProbe as Probe
 from itsm_shared.testing import TestIssuer, listening
 from sqlalchemy import text
@@ -503,7 +504,7 @@ async def test_each_list_filter(client: httpx.AsyncClient, app: FastAPI, agent: 
     )
     c = await reach(client, agent, "in_progress", category=category)
     d = await reach(client, agent, "on_hold", category=category)
-    async with app.state.sessions() as session:
+    async with transaction(app.state.sessions) as session:
         await automation.apply_problem_link(
             session, incident_id=uuid.UUID(c["id"]), problem_id=problem, sequence=1, linked=True, note=None
         )
@@ -515,7 +516,6 @@ async def test_each_list_filter(client: httpx.AsyncClient, app: FastAPI, agent: 
         await session.execute(
             text("UPDATE incident SET sla_breached = true WHERE id = :id"), {"id": uuid.UUID(d["id"])}
         )
-        await session.commit()
 
     async def ids(**params: Any) -> set[str]:
         found = await listed(client, agent, category=category, **params)

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 from incident import automation, scheduler
-from itsm_shared.db import asyncpg_dsn, make_engine, session_factory
+from itsm_shared.db import asyncpg_dsn, make_engine, session_factory, transaction
 from itsm_shared.testing import TestDatabase as Database
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -177,18 +177,18 @@ async def test_two_replicas_and_the_app_fire_each_threshold_exactly_once(
     await policies.put(5, 0.02, 0.05)  # response 1.2 s, resolution 3 s
     first, second = replica(), replica()
 
-    async def long_lived(sessions: async_sessionmaker[AsyncSession]) -> None:
-        # A replica that keeps one session across passes, as the scheduler does while a pass fires something.
-        async with sessions() as session:
-            while True:
+    async def small_passes(sessions: async_sessionmaker[AsyncSession]) -> None:
+        # A replica passing often, a few incidents per transaction of the seam.
+        while True:
+            async with transaction(sessions) as session:
                 await automation.fire_due_clocks(session, limit=7)
-                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)
 
     loops = (
         scheduler.sla_loop(types.SimpleNamespace(sessions=first)),  # type: ignore[arg-type]
         scheduler.sla_loop(types.SimpleNamespace(sessions=second)),  # type: ignore[arg-type]
-        long_lived(first),
-        long_lived(second),
+        small_passes(first),
+        small_passes(second),
     )
     async with running(*loops):
         subjects = [(await create(client, agent, **P5))["id"] for _ in range(40)]
@@ -218,9 +218,10 @@ async def test_fired_flags_survive_a_restart(
     assert sum(before.values()) == 8
     # A process started afresh (a new engine, nothing in memory) finds nothing left to fire for them.
     restarted = replica()
-    async with restarted() as session:
-        while await automation.fire_due_clocks(session) > 0:
-            pass
+    while True:
+        async with transaction(restarted) as session:
+            if await automation.fire_due_clocks(session) == 0:
+                break
     conn = await asyncpg.connect(asyncpg_dsn(database.admin_url))
     try:
         rows = await conn.fetch(
@@ -247,7 +248,7 @@ async def test_the_due_clock_query_uses_its_index(
         sent.append((statement, parameters))
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         await automation.fire_due_clocks(session)
     statement, parameters = next((s, p) for s, p in sent if "FROM sla_clock" in s and "next_fire_at <=" in s)
 

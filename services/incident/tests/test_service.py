@@ -11,10 +11,11 @@ from typing import Any
 import aio_pika
 import pytest
 from fastapi import FastAPI
-from incident import automation, service
+from incident import automation, queries, service
 from incident.models import Incident, IncidentHistory
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 from itsm_shared.auth import Principal
+from itsm_shared.db import transaction
 from itsm_shared.errors import Conflict, Invalid
 from itsm_shared.testing import EventProbe as Probe
 from itsm_shared.testing import listening
@@ -71,23 +72,22 @@ async def probe(
 
 
 async def open_(sessions: Sessions, who: Principal, **fields: Any) -> IncidentRead:
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         created = await service.open_incident(
             session, IncidentCreate(**{"title": "Mail is down", "impact": 2, "urgency": 2, **fields}), who
         )
-        await session.commit()
     return created
 
 
 async def patch(sessions: Sessions, ref: Any, who: Principal, **fields: Any) -> IncidentRead:
-    async with sessions() as session:
-        incident = await service.visible_incident(session, str(ref), who, for_update=True)
+    async with transaction(sessions) as session:
+        incident = await queries.visible(session, str(ref), who, for_update=True)
         return await service.update_incident(session, incident, IncidentUpdate(**fields), who)
 
 
 async def comment(sessions: Sessions, ref: Any, who: Principal, body: str, visibility: str = "public") -> None:
-    async with sessions() as session:
-        incident = await service.visible_incident(session, str(ref), who, for_update=True)
+    async with transaction(sessions) as session:
+        incident = await queries.visible(session, str(ref), who, for_update=True)
         await service.add_note(session, incident, NoteCreate(body=body, visibility=visibility), who)  # type: ignore[arg-type]
 
 
@@ -417,7 +417,7 @@ async def test_autoclose_closes_incidents_resolved_long_enough_ago(
                 {"at": now - timedelta(days=age), "id": incident.id},
             )
         await session.commit()
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         await automation.autoclose(session, 7)
     assert [(await row(sessions, i.id)).status for i in (old, middle, young, working)] == [
         "closed",
@@ -425,7 +425,7 @@ async def test_autoclose_closes_incidents_resolved_long_enough_ago(
         "resolved",
         "in_progress",
     ]
-    async with sessions() as session:
+    async with transaction(sessions) as session:
         await automation.autoclose(session, 2)
     assert [(await row(sessions, i.id)).status for i in (middle, young)] == ["closed", "resolved"]
     closed = await row(sessions, old.id)

@@ -60,7 +60,7 @@ async def handle_once(
     sessions: async_sessionmaker[AsyncSession],
     consumer: str,
     event: CloudEvent[Any],
-    effect: Callable[[AsyncSession], Awaitable[None]],
+    effect: Callable[[AsyncSession], Awaitable[object]],
 ) -> bool:
     """Run `effect` for a new event; the seam commits it with the inbox row. A duplicate does nothing."""
     async with transaction(sessions) as session:

@@ -4,6 +4,9 @@ from functools import lru_cache
 
 from itsm_shared.settings import ServiceSettings
 
+# The `source` of its events and the name it runs under.
+SERVICE = "auth"
+
 
 class AuthSettings(ServiceSettings):
     bootstrap_admin_password: str | None = None

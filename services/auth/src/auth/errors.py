@@ -8,13 +8,19 @@ class OAuthError(DomainError):
 
     status, title, type_slug = 400, "Invalid grant", "oauth-error"
 
-    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
+    def __init__(self, error: str, description: str, *, status: int = 400, keeps_writes: bool = False) -> None:
         headers = {"WWW-Authenticate": 'Basic realm="itsm"'} if status == 401 else None
         super().__init__(description, headers=headers, extra={"error": error, "error_description": description})
         self.status = status
         self.title = error
+        self.keeps_writes = keeps_writes
 
 
-def invalid_grant() -> OAuthError:
+def invalid_grant(*, keeps_writes: bool = False) -> OAuthError:
     # One message for unknown user, wrong password, locked or disabled account: no enumeration.
-    return OAuthError("invalid_grant", "the credentials are invalid")
+    # keeps_writes: the refusal itself is recorded (a failed login counted, a reused token's family revoked).
+    return OAuthError("invalid_grant", "the credentials are invalid", keeps_writes=keeps_writes)
+
+
+def invalid_request(parameter: str) -> OAuthError:
+    return OAuthError("invalid_request", f"missing parameter: {parameter}")

@@ -3,8 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from itsm_shared.app import Runtime, ServiceSpec, create_app
+from itsm_shared.db import transaction
 
-from auth import service
+from auth import keys, users
 from auth.config import get_settings
 from auth.keys import DatabaseKeySource
 from auth.router import router
@@ -12,12 +13,12 @@ from auth.schemas import UserRead
 
 
 async def prepare(rt: Runtime) -> None:
-    async with rt.sessions() as session:
-        await service.ensure_signing_key(session)
+    async with transaction(rt.sessions) as session:
+        await keys.ensure_signing_key(session)
     password = get_settings().bootstrap_admin_password
     if password:
-        async with rt.sessions() as session:
-            await service.bootstrap_admin(session, password)
+        async with transaction(rt.sessions) as session:
+            await users.bootstrap_admin(session, password)
 
 
 app = create_app(

@@ -81,6 +81,17 @@ class ClientCreated(ClientRead):
     client_secret: str = Field(description="shown once; store it now")
 
 
+class TokenRequest(BaseModel):
+    """The form of `POST /token` (RFC 6749 §4.3, §4.4, §6); which fields a grant needs is the service's rule."""
+
+    grant_type: str
+    username: str | None = None
+    password: str | None = None
+    refresh_token: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
 class TokenResponse(BaseModel):
     access_token: str
     token_type: str = "bearer"  # noqa: S105

@@ -1,5 +1,6 @@
 """Incident rules that run without a request: the SLA scheduler's thresholds, auto-close, and what the problem
-service's events do to incidents. Same transaction seam as the API's use cases in `service`."""
+service's events do to incidents. They write in the transaction their caller's seam opened (the scheduler
+loops, `handle_once`) and never commit."""
 
 from __future__ import annotations
 
@@ -7,20 +8,24 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
+from itsm_shared.contracts import ProblemIncidentLinkEvent, ProblemResolvedEvent
 from itsm_shared.events import SYSTEM_ACTOR
+from itsm_shared.records import Event
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from incident import sla
 from incident.models import OPEN_STATUSES, Incident, IncidentNote, ProblemLink, SlaClock, Status, Visibility
-from incident.service import Change, clocks_of, emit, note_added, record_change, transition, utcnow
+from incident.queries import utcnow
+from incident.service import edit, note_added, save, transition
 
 # ---------------------------------------------------------------- schedulers
 
 
 async def fire_due_clocks(session: AsyncSession, *, limit: int = 100) -> int:
-    """Fire the SLA warnings and breaches that are due, each once. Replicas share the work: an incident is
-    locked (SKIP LOCKED) while its clocks are examined, and the fired flags commit with the events."""
+    """Fire the SLA warnings and breaches that are due, each once, for up to `limit` incidents. Replicas share
+    the work: an incident is locked (SKIP LOCKED) while its clocks are examined, and the fired flags commit with
+    the events. Returns how many thresholds fired."""
     now = utcnow()
     due = (
         await session.exec(
@@ -42,32 +47,25 @@ async def fire_due_clocks(session: AsyncSession, *, limit: int = 100) -> int:
         ).first()
         if incident is None:
             continue
-        clocks = (await clocks_of(session, [incident_id], lock=True))[incident_id]
-        for clock in clocks.values():
+        edited = await edit(session, incident, SYSTEM_ACTOR, now)
+        for clock in edited.clocks.values():
             for threshold in sla.crossed(clock, now):
-                session.add(clock)
-                if threshold == "breached" and not incident.sla_breached:
+                breach = threshold == "breached" and not incident.sla_breached
+                if breach:
                     incident.sla_breached = True
-                    incident.version += 1
-                    incident.updated_at = now
-                    session.add(incident)
-                await emit(
-                    session,
-                    f"sla_{threshold}",
-                    incident,
-                    clocks,
-                    SYSTEM_ACTOR,
-                    clock=clock.kind,
-                    threshold=threshold,
-                    due_at=clock.due_at and clock.due_at.isoformat(),
-                )
+                extra = {
+                    "clock": clock.kind,
+                    "threshold": threshold,
+                    "due_at": clock.due_at and clock.due_at.isoformat(),
+                }
+                # The first breach is a new version of the incident (sla_breached); a warning is not.
+                await save(session, edited, [Event(f"sla_{threshold}", extra=extra)], fields={}, bump=breach)
                 fired += 1
-            session.add(clock)
-        await session.commit()
     return fired
 
 
 async def autoclose(session: AsyncSession, days: float, *, limit: int = 100) -> int:
+    """Close up to `limit` incidents resolved more than `days` ago."""
     cutoff = utcnow() - timedelta(days=days)
     rows = (
         await session.exec(
@@ -83,11 +81,30 @@ async def autoclose(session: AsyncSession, days: float, *, limit: int = 100) -> 
     ).all()
     for incident in rows:
         await transition(session, incident, Status.CLOSED, SYSTEM_ACTOR)
-    await session.commit()
     return len(rows)
 
 
 # ---------------------------------------------------------------- from the problem service's events
+
+
+def link_note(event: ProblemIncidentLinkEvent) -> str | None:
+    """The work note a link adds: the problem's workaround, when it has one."""
+    data = event.data
+    if not data.workaround:
+        return None
+    return f"Linked to problem {data.number or data.id}. Workaround: {data.workaround}"
+
+
+async def on_problem_link(session: AsyncSession, event: ProblemIncidentLinkEvent, *, linked: bool) -> None:
+    """problem.incident_linked / problem.incident_unlinked."""
+    await apply_problem_link(
+        session,
+        incident_id=event.data.incident_id,
+        problem_id=event.data.id,
+        sequence=event.sequence or 0,
+        linked=linked,
+        note=link_note(event) if linked else None,
+    )
 
 
 async def apply_problem_link(
@@ -99,8 +116,8 @@ async def apply_problem_link(
     linked: bool,
     note: str | None,
 ) -> None:
-    """Set or clear problem_id from problem.incident_linked / incident_unlinked, in sequence order per
-    (incident, problem): an older event arriving late changes nothing."""
+    """Set or clear problem_id, in sequence order per (incident, problem): an older event arriving late changes
+    nothing."""
     incident = (await session.exec(select(Incident).where(Incident.id == incident_id).with_for_update())).first()
     state = await session.get(ProblemLink, (incident_id, problem_id), with_for_update=True)
     if state is not None and state.sequence >= sequence:
@@ -111,25 +128,40 @@ async def apply_problem_link(
     session.add(state)
     if incident is None or incident.deleted_at is not None:
         return  # not ours (yet): the link state is kept, so a late incident.created changes nothing
-    now = utcnow()
-    clocks = (await clocks_of(session, [incident.id], lock=True))[incident.id]
-    change = Change(incident, clocks, SYSTEM_ACTOR, now)
+    edited = await edit(session, incident, SYSTEM_ACTOR, utcnow())
     if linked:
-        change.set("problem_id", problem_id)
+        edited.set("problem_id", problem_id)
     elif incident.problem_id == problem_id:
-        change.set("problem_id", None)
-    await record_change(session, change)
+        edited.set("problem_id", None)
+    await save(session, edited)
     if linked and note:
         work_note = IncidentNote(
             incident_id=incident.id,
             author_id=uuid.UUID(int=0),
             visibility=Visibility.INTERNAL,
             body=note,
-            created_at=now,
+            created_at=edited.now,
         )
         session.add(work_note)
         await session.flush()
         await note_added(session, incident, work_note, SYSTEM_ACTOR)
+
+
+def resolution_notes(event: ProblemResolvedEvent) -> str:
+    data = event.data
+    notes = f"Resolved by problem {data.number or data.id}."
+    if data.root_cause:
+        notes += f" Root cause: {data.root_cause}"
+    if data.fix:
+        notes += f" Fix: {data.fix}"
+    return notes
+
+
+async def on_problem_resolved(session: AsyncSession, event: ProblemResolvedEvent) -> int:
+    """problem.resolved: with `resolve_linked_incidents`, resolve the open incidents it lists."""
+    if not event.data.resolve_linked_incidents or not event.data.incident_ids:
+        return 0
+    return await resolve_by_problem(session, incident_ids=event.data.incident_ids, notes=resolution_notes(event))
 
 
 async def resolve_by_problem(session: AsyncSession, *, incident_ids: Sequence[uuid.UUID], notes: str) -> int:

@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
+from itsm_shared.records import HistoryRow, Records
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -13,7 +14,6 @@ from sqlalchemy import (
     Computed,
     Float,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     SmallInteger,
@@ -137,17 +137,12 @@ class IncidentNote(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
 
 
-class IncidentHistory(SQLModel, table=True):
+class IncidentHistory(HistoryRow, table=True):
     __tablename__ = "incident_history"
     __table_args__ = (Index("ix_incident_history_incident", "incident_id", "id"),)
+    owner = "incident_id"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     incident_id: uuid.UUID = Field(foreign_key="incident.id")
-    at: datetime | None = Field(default=None, sa_column=utc_column())
-    actor_id: str = Field(sa_column=string_column(64, nullable=False))
-    field: str = Field(sa_column=string_column(50, nullable=False))
-    old: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
-    new: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
 
 class SlaPolicy(SQLModel, table=True):
@@ -202,3 +197,6 @@ class ProblemLink(SQLModel, table=True):
     problem_id: uuid.UUID = Field(primary_key=True)
     sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
     linked: bool = Field(sa_column=Column(Boolean, nullable=False))
+
+
+INCIDENTS = Records(service="incident", entity="incident", model=Incident, history=IncidentHistory, noun="incident")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -13,11 +14,11 @@ from itsm_shared.http import (
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import Page, listed, parse_sort
+from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
-from incident import service
-from incident.models import Incident
+from incident import policies, queries, service
+from incident.models import Incident, Status
 from incident.schemas import (
     IncidentCreate,
     IncidentRead,
@@ -33,10 +34,15 @@ policies_router = APIRouter(prefix="/api/v1/sla-policies", tags=["sla-policies"]
 
 
 async def incident_by_ref(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Incident:
-    return await service.visible_incident(session, ref, principal)
+    return await queries.visible(session, ref, principal)
+
+
+async def locked_incident(ref: str, session: SessionDep, principal: CurrentPrincipal) -> Incident:
+    return await queries.visible(session, ref, principal, for_update=True)
 
 
 IncidentDep = Annotated[Incident, Depends(incident_by_ref)]
+LockedIncident = Annotated[Incident, Depends(locked_incident)]
 
 
 @router.post("", status_code=201, response_model=IncidentRead)
@@ -47,7 +53,7 @@ async def create_incident(
         session,
         principal.actor,
         key,
-        data.model_dump(),
+        data,
         lambda: service.open_incident(session, data, principal),
         location=router.prefix,
     )
@@ -57,24 +63,23 @@ async def create_incident(
 async def list_incidents(
     session: SessionDep,
     principal: CurrentPrincipal,
-    limit: int = 50,
+    limit: Limit = 50,
     cursor: str | None = None,
     sort: str = "-created_at",
-    status: Annotated[list[str] | None, Query()] = None,
-    priority: int | None = None,
-    assignee_id: str | None = None,
+    status: Annotated[list[Status] | None, Query(), CommaSeparated] = None,
+    priority: Annotated[int | None, Query(ge=1, le=5)] = None,
+    assignee_id: uuid.UUID | None = None,
     assignment_group: str | None = None,
     category: str | None = None,
-    caller_id: str | None = None,
-    problem_id: str | None = None,
+    caller_id: uuid.UUID | None = None,
+    problem_id: uuid.UUID | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     sla_breached: bool | None = None,
     q: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[IncidentRead]:
-    statuses = listed(status)
     filters = {
-        "status": statuses,
+        "status": status,
         "priority": priority,
         "assignee_id": assignee_id,
         "assignment_group": assignment_group,
@@ -86,13 +91,8 @@ async def list_incidents(
         "sla_breached": sla_breached,
         "q": q,
     }
-    items, next_cursor = await service.list_incidents(
-        session,
-        principal,
-        sort=parse_sort(sort, service.SORTS),
-        limit=limit,
-        cursor=cursor,
-        filters=service.validated_filters(filters),
+    items, next_cursor = await queries.list_incidents(
+        session, principal, sort=parse_sort(sort, queries.SORTS), limit=limit, cursor=cursor, filters=filters
     )
     return Page(items=items, next_cursor=next_cursor)
 
@@ -100,19 +100,18 @@ async def list_incidents(
 @router.get("/{ref}", response_model=IncidentRead)
 async def get_incident(session: SessionDep, incident: IncidentDep, response: Response) -> IncidentRead:
     with_etag(response, incident.version)
-    return await service.read(session, incident)
+    return await queries.read(session, incident)
 
 
 @router.patch("/{ref}", response_model=IncidentRead)
 async def update_incident(
     request: Request,
-    ref: str,
+    incident: LockedIncident,
     session: SessionDep,
     principal: CurrentPrincipal,
     data: IncidentUpdate,
     response: Response,
 ) -> IncidentRead:
-    incident = await service.visible_incident(session, ref, principal, for_update=True)
     check_if_match(request, incident.version)
     updated = await service.update_incident(session, incident, data, principal)
     with_etag(response, updated.version)
@@ -120,8 +119,9 @@ async def update_incident(
 
 
 @router.delete("/{ref}", status_code=204)
-async def delete_incident(request: Request, ref: str, session: SessionDep, principal: CurrentPrincipal) -> Response:
-    incident = await service.visible_incident(session, ref, principal, for_update=True)
+async def delete_incident(
+    request: Request, incident: LockedIncident, session: SessionDep, principal: CurrentPrincipal
+) -> Response:
     check_if_match(request, incident.version)
     await service.delete_incident(session, incident, principal)
     return Response(status_code=204)
@@ -129,24 +129,33 @@ async def delete_incident(request: Request, ref: str, session: SessionDep, princ
 
 @router.get("/{ref}/transitions", response_model=list[Transition])
 async def transitions(incident: IncidentDep, principal: CurrentPrincipal) -> list[Transition]:
-    return [Transition(**t) for t in service.transitions(incident, principal)]
+    return queries.transitions(incident, principal)
 
 
 @router.post("/{ref}/notes", status_code=201, response_model=NoteRead)
-async def add_note(ref: str, session: SessionDep, principal: CurrentPrincipal, data: NoteCreate) -> NoteRead:
-    incident = await service.visible_incident(session, ref, principal, for_update=True)
-    note = await service.add_note(session, incident, data, principal)
-    return NoteRead.model_validate(note, from_attributes=True)
+async def add_note(
+    ref: str,
+    session: SessionDep,
+    incident: LockedIncident,
+    principal: CurrentPrincipal,
+    data: NoteCreate,
+    key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def create() -> NoteRead:
+        note = await service.add_note(session, incident, data, principal)
+        return NoteRead.model_validate(note, from_attributes=True)
+
+    return await create_once(session, principal.actor, key, {"ref": ref, **data.model_dump()}, create)
 
 
 @router.get("/{ref}/notes", response_model=list[NoteRead])
 async def list_notes(session: SessionDep, incident: IncidentDep, principal: CurrentPrincipal) -> list[NoteRead]:
-    return [NoteRead.model_validate(n, from_attributes=True) for n in await service.notes(session, incident, principal)]
+    return [NoteRead.model_validate(n, from_attributes=True) for n in await queries.notes(session, incident, principal)]
 
 
 @router.get("/{ref}/history", response_model=list[HistoryRead])
 async def history(session: SessionDep, incident: IncidentDep) -> list[HistoryRead]:
-    return [HistoryRead.model_validate(h, from_attributes=True) for h in await service.history(session, incident)]
+    return [HistoryRead.model_validate(h, from_attributes=True) for h in await queries.history(session, incident)]
 
 
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
@@ -154,9 +163,9 @@ Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 
 @policies_router.get("", response_model=list[SlaPolicyRead])
 async def list_policies(session: SessionDep, _: CurrentPrincipal) -> list[SlaPolicyRead]:
-    return [SlaPolicyRead.model_validate(p, from_attributes=True) for p in await service.policies(session)]
+    return [SlaPolicyRead.model_validate(p, from_attributes=True) for p in await policies.policies(session)]
 
 
 @policies_router.put("/{priority}", response_model=SlaPolicyRead)
 async def put_policy(priority: int, session: SessionDep, _: Admin, data: SlaPolicyWrite) -> SlaPolicyRead:
-    return SlaPolicyRead.model_validate(await service.put_policy(session, priority, data), from_attributes=True)
+    return SlaPolicyRead.model_validate(await policies.put_policy(session, priority, data), from_attributes=True)

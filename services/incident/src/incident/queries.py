@@ -1,0 +1,154 @@
+"""Who sees which incident, and the incident as it is read: one, a page of a list, its notes and history."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from itsm_shared.auth import Principal, Role
+from itsm_shared.errors import Forbidden, NotFound
+from itsm_shared.pagination import Sort, keyset, page_of
+from itsm_shared.schemas import Transition
+from sqlalchemy import ColumnElement, func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from incident import sla
+from incident.lifecycle import MACHINE
+from incident.models import INCIDENTS, ClockKind, Incident, IncidentHistory, IncidentNote, SlaClock, Visibility
+from incident.schemas import ClockRead, IncidentRead, SlaRead
+
+WORKERS = frozenset({Role.AGENT, Role.ADMIN})
+READERS = WORKERS | {Role.AUDITOR, Role.PROBLEM_MANAGER, Role.CHANGE_MANAGER, Role.CAB_MEMBER}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------- access
+
+
+def is_requester_only(principal: Principal) -> bool:
+    return not principal.has(*READERS)
+
+
+def require_worker(principal: Principal) -> None:
+    if not principal.has(*WORKERS):
+        raise Forbidden("only agents and admins change incidents")
+
+
+def _visible_to(principal: Principal) -> list[ColumnElement[bool]]:
+    """What limits the incidents a principal sees: not deleted, and a requester's own."""
+    where: list[ColumnElement[bool]] = [col(Incident.deleted_at).is_(None)]
+    if is_requester_only(principal):
+        if not principal.has(Role.REQUESTER):
+            raise NotFound("no such incident")
+        where.append(col(Incident.caller_id) == principal.id)
+    return where
+
+
+async def visible(session: AsyncSession, ref: str, principal: Principal, *, for_update: bool = False) -> Incident:
+    """The incident by id or number, if this principal may see it; otherwise 404 (never 403: no leaks)."""
+    return await INCIDENTS.load(session, ref, for_update=for_update, where=_visible_to(principal))
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def clocks_of(
+    session: AsyncSession, ids: Sequence[uuid.UUID], *, lock: bool = False
+) -> dict[uuid.UUID, dict[str, SlaClock]]:
+    stmt = select(SlaClock).where(col(SlaClock.incident_id).in_(ids))
+    if lock:
+        # Re-read what the session may already hold: the lock is only worth the state it reads.
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    result: dict[uuid.UUID, dict[str, SlaClock]] = {i: {} for i in ids}
+    for clock in (await session.exec(stmt)).all():
+        result[clock.incident_id][clock.kind] = clock
+    return result
+
+
+def render(incident: Incident, clocks: dict[str, SlaClock], now: datetime | None = None) -> IncidentRead:
+    now = now or utcnow()
+    views = {kind: ClockRead(**sla.view(clock, now)) for kind, clock in clocks.items()}
+    response, resolution = views.get(ClockKind.RESPONSE), views.get(ClockKind.RESOLUTION)
+    return IncidentRead(
+        **incident.model_dump(exclude={"search", "deleted_at", "sla_breached"}),
+        sla=SlaRead(
+            response_due=response.due_at if response else None,
+            resolution_due=resolution.due_at if resolution else None,
+            breached=any(v.breached for v in views.values()),
+            response=response,
+            resolution=resolution,
+        ),
+    )
+
+
+async def read(session: AsyncSession, incident: Incident) -> IncidentRead:
+    return render(incident, (await clocks_of(session, [incident.id]))[incident.id])
+
+
+SORTS = {
+    "created_at": Incident.created_at,
+    "updated_at": Incident.updated_at,
+    "priority": Incident.priority,
+    "number": Incident.number,
+}
+EQUALITY_FILTERS = (
+    "priority",
+    "assignee_id",
+    "assignment_group",
+    "category",
+    "caller_id",
+    "problem_id",
+    "sla_breached",
+)
+
+
+async def list_incidents(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    sort: Sort,
+    limit: int,
+    cursor: str | None,
+    filters: dict[str, Any],
+) -> tuple[list[IncidentRead], str | None]:
+    if is_requester_only(principal) and not principal.has(Role.REQUESTER):
+        raise Forbidden("no role that reads incidents")
+    stmt = select(Incident).where(*_visible_to(principal))
+    for name in EQUALITY_FILTERS:
+        if filters.get(name) is not None:
+            stmt = stmt.where(getattr(Incident, name) == filters[name])
+    if filters.get("status"):
+        stmt = stmt.where(col(Incident.status).in_(filters["status"]))
+    if filters.get("created_after"):
+        stmt = stmt.where(col(Incident.created_at) >= filters["created_after"])
+    if filters.get("created_before"):
+        stmt = stmt.where(col(Incident.created_at) < filters["created_before"])
+    if filters.get("q"):
+        stmt = stmt.where(col(Incident.search).op("@@")(func.websearch_to_tsquery("english", filters["q"])))
+    rows = (await session.exec(keyset(stmt, sort, Incident.id, limit, cursor))).all()
+    items, next_cursor = page_of(rows, sort, limit, value_of=lambda i: getattr(i, sort.name), id_of=lambda i: i.id)
+    clocks = await clocks_of(session, [i.id for i in items])
+    now = utcnow()
+    return [render(i, clocks[i.id], now) for i in items], next_cursor
+
+
+async def notes(session: AsyncSession, incident: Incident, principal: Principal) -> Sequence[IncidentNote]:
+    stmt = select(IncidentNote).where(IncidentNote.incident_id == incident.id)
+    if is_requester_only(principal):
+        stmt = stmt.where(IncidentNote.visibility == Visibility.PUBLIC)
+    return (await session.exec(stmt.order_by(col(IncidentNote.created_at), col(IncidentNote.id)))).all()
+
+
+async def history(session: AsyncSession, incident: Incident) -> Sequence[IncidentHistory]:
+    stmt = select(IncidentHistory).where(IncidentHistory.incident_id == incident.id).order_by(col(IncidentHistory.id))
+    return (await session.exec(stmt)).all()
+
+
+def transitions(incident: Incident, principal: Principal) -> list[Transition]:
+    return MACHINE.next_states(incident.status, {}) if principal.has(*WORKERS) else []
