@@ -13,6 +13,8 @@ from itsm_shared.testing import parse_cloudevent
 
 from .conftest import admin_token, bearer, login
 
+PASSWORD = "a long enough password"
+
 
 async def collect(
     queue: aio_pika.abc.AbstractQueue, want: int, timeout: float = 10
@@ -72,4 +74,33 @@ async def test_a_failed_change_publishes_nothing(
     )
     assert taken.status_code == 409
     assert await collect(queue, 1, timeout=2) == []
+    await channel.close()
+
+
+async def test_refused_logins_and_token_reuse_keep_their_events(
+    client: httpx.AsyncClient, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
+) -> None:
+    """The request is refused, yet what it recorded stands: the lock, the revoked family and their events."""
+    token = await admin_token(client)
+    channel = await amqp.channel()
+    queue = await channel.declare_queue(exclusive=True)
+    exchange = await channel.get_exchange(names["exchange"])
+    for key in ("auth.account_locked", "auth.token_revoked"):
+        await queue.bind(exchange, key)
+    username = f"ev{uuid.uuid4().hex[:8]}"
+    created = await client.post(
+        "/api/v1/auth/users", headers=bearer(token), json={"username": username, "password": PASSWORD}
+    )
+    user_id = created.json()["id"]
+    first = (await login(client, username, PASSWORD)).json()["refresh_token"]
+    grant = {"grant_type": "refresh_token"}
+    assert (await client.post("/api/v1/auth/token", data={**grant, "refresh_token": first})).status_code == 200
+    assert (await client.post("/api/v1/auth/token", data={**grant, "refresh_token": first})).status_code == 400
+    for _ in range(5):
+        assert (await login(client, username, "wrong password here")).status_code == 400
+    events = [parse_cloudevent(m.body) for m in await collect(queue, 2, timeout=5)]
+    mine = {e["type"]: e["data"] for e in events if e["data"].get("user_id") == user_id}
+    assert mine["itsm.auth.token_revoked"]["reason"] == "refresh_token_reuse"
+    assert mine["itsm.auth.token_revoked"]["revoked"] == 2  # the spent token and its successor
+    assert mine["itsm.auth.account_locked"]["username"] == username
     await channel.close()
