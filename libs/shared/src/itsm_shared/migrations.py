@@ -60,53 +60,27 @@ def run_env(metadata: sa.MetaData) -> None:
 SHARED_TABLES = ("idempotency_key", "inbox", "outbox")
 
 
-def create_shared_tables() -> None:
-    """The tables of itsm_shared.models (outbox, inbox, idempotency keys): every service's first migration
-    creates them in its own schema by calling this."""
-    from alembic import op
-    from sqlalchemy.dialects import postgresql
+def _shared_tables() -> list[sa.Table]:
+    from sqlmodel import SQLModel
 
-    op.create_table(
-        "idempotency_key",
-        sa.Column("principal", sa.String(length=200), nullable=False),
-        sa.Column("key", sa.String(length=200), nullable=False),
-        sa.Column("request_hash", sa.String(length=64), nullable=False),
-        sa.Column("status_code", sa.Integer(), nullable=True),
-        sa.Column("body", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.PrimaryKeyConstraint("principal", "key"),
-    )
-    op.create_table(
-        "inbox",
-        sa.Column("consumer", sa.String(length=200), nullable=False),
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.PrimaryKeyConstraint("consumer", "event_id"),
-    )
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("routing_key", sa.String(length=200), nullable=False),
-        sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("last_error", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index(
-        "ix_outbox_pending",
-        "outbox",
-        ["next_attempt_at"],
-        unique=False,
-        postgresql_where=sa.text("published_at IS NULL"),
-    )
+    import itsm_shared.models  # noqa: F401  (defines the tables)
+
+    return [SQLModel.metadata.tables[name] for name in SHARED_TABLES]
+
+
+def create_shared_tables() -> None:
+    """Create the tables of itsm_shared.models (outbox, inbox, idempotency keys), with their indexes, from their
+    one definition: every service's first migration calls this in its own schema."""
+    from alembic import op
+
+    bind = op.get_bind()
+    for table in _shared_tables():
+        table.to_metadata(sa.MetaData()).create(bind)
 
 
 def drop_shared_tables() -> None:
     from alembic import op
 
-    op.drop_index("ix_outbox_pending", table_name="outbox", postgresql_where=sa.text("published_at IS NULL"))
-    for table in SHARED_TABLES:
-        op.drop_table(table)
+    bind = op.get_bind()
+    for table in reversed(_shared_tables()):
+        table.to_metadata(sa.MetaData()).drop(bind)
