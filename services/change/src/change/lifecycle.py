@@ -6,19 +6,22 @@ emergency: new -> authorize -> scheduled -> implement -> review -> closed
 
 `cancelled` from any state before implement. `authorize -> scheduled` opens only once the CAB approval has
 reached its quorum (usually it is taken by the approval itself); `authorize -> new` is taken only by a
-rejection, never by a PATCH. `closed` and `cancelled` are final."""
+rejection, never by a PATCH. `closed` and `cancelled` are final.
+
+Each type is one `ChangeMachine`: the shared state machine with the approval gate and change's own refusals."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from itsm_shared.errors import Conflict, Invalid
+from itsm_shared.errors import Conflict
+from itsm_shared.lifecycle import StateMachine
 
 from change.models import OCCUPYING_STATUSES, Approval, ChangeType, CloseCode, Status
 
 S = Status
-_AFTER_SCHEDULED: Mapping[Status, frozenset[Status]] = {
+_AFTER_SCHEDULED: Mapping[str, frozenset[str]] = {
     S.SCHEDULED: frozenset({S.IMPLEMENT, S.CANCELLED}),
     S.IMPLEMENT: frozenset({S.REVIEW}),
     S.REVIEW: frozenset({S.CLOSED}),
@@ -26,7 +29,7 @@ _AFTER_SCHEDULED: Mapping[Status, frozenset[Status]] = {
     S.CANCELLED: frozenset(),
 }
 
-PATHS: Mapping[ChangeType, Mapping[Status, frozenset[Status]]] = {
+PATHS: Mapping[ChangeType, Mapping[str, frozenset[str]]] = {
     ChangeType.STANDARD: {
         S.NEW: frozenset({S.SCHEDULED, S.CANCELLED}),
         **_AFTER_SCHEDULED,
@@ -49,7 +52,7 @@ SCHEDULE = ("planned_start", "planned_end", "configuration_items")
 
 # What moving to a state needs, in the same PATCH or already on the record. `risk_assessment` is also met by
 # a change manager's risk override.
-REQUIRED_FIELDS: Mapping[ChangeType, Mapping[Status, tuple[str, ...]]] = {
+REQUIRED_FIELDS: Mapping[ChangeType, Mapping[str, tuple[str, ...]]] = {
     ChangeType.STANDARD: {
         S.SCHEDULED: (*PLANS, *SCHEDULE),
         S.CLOSED: ("close_code", "close_notes"),
@@ -74,49 +77,38 @@ TYPE_EDITABLE = frozenset({S.NEW})
 HOLDING = frozenset(OCCUPYING_STATUSES)
 
 
-def edges(change_type: str, current: str, approval: str) -> frozenset[Status]:
-    goals = PATHS[ChangeType(change_type)][Status(current)]
-    if current == S.AUTHORIZE and approval != Approval.APPROVED:
-        goals = goals - {S.SCHEDULED}
-    return goals
+class ChangeMachine(StateMachine):
+    """The path of one change type, gated by the CAB: `values` carry the RFC's `approval`."""
+
+    def edges(self, current: str, values: Mapping[str, Any]) -> frozenset[str]:
+        goals = super().edges(current, values)
+        if current == S.AUTHORIZE and values.get("approval") != Approval.APPROVED:
+            goals = goals - {S.SCHEDULED}
+        return goals
+
+    def present(self, values: Mapping[str, Any], name: str) -> bool:
+        if name == "risk_assessment":
+            return bool(values.get("risk_assessment") or values.get("risk_override"))
+        return super().present(values, name)
+
+    def refusal(self, current: str, target: str, allowed: frozenset[str]) -> Conflict:
+        if current == S.AUTHORIZE and target == S.SCHEDULED:
+            return Conflict("the change is awaiting CAB approval; it is scheduled once the approvals reach quorum")
+        if current == S.AUTHORIZE and target == S.NEW:
+            return Conflict("a change returns to new only by a rejection (POST …/approvals)")
+        return super().refusal(current, target, allowed)
 
 
-def required(change_type: str, target: str) -> tuple[str, ...]:
-    return REQUIRED_FIELDS[ChangeType(change_type)].get(Status(target), ())
+MACHINES: Mapping[ChangeType, ChangeMachine] = {
+    kind: ChangeMachine(
+        noun=f"a {kind} change",
+        transitions=PATHS[kind],
+        required=REQUIRED_FIELDS[kind],
+        choices={"close_code": CloseCode},
+    )
+    for kind in ChangeType
+}
 
 
-def _present(values: Mapping[str, Any], field: str) -> bool:
-    if field == "risk_assessment":
-        return bool(values.get("risk_assessment") or values.get("risk_override"))
-    return bool(values.get(field))
-
-
-def check_transition(change_type: str, current: str, target: str, approval: str, values: Mapping[str, Any]) -> None:
-    """409 for an edge this type's path does not have (or not yet: authorize before quorum); 422 when the
-    target's required fields are missing."""
-    source, goal = Status(current), Status(target)
-    allowed = edges(change_type, source, approval)
-    if goal not in allowed:
-        if source == S.AUTHORIZE and goal == S.SCHEDULED:
-            raise Conflict("the change is awaiting CAB approval; it is scheduled once the approvals reach quorum")
-        if source == S.AUTHORIZE and goal == S.NEW:
-            raise Conflict("a change returns to new only by a rejection (POST …/approvals)")
-        names = ", ".join(sorted(allowed)) or "none: it is final"
-        raise Conflict(f"a {change_type} change cannot go from {source} to {goal} (allowed: {names})")
-    missing = [f for f in required(change_type, goal) if not _present(values, f)]
-    if missing:
-        raise Invalid(
-            f"moving to {goal} needs {', '.join(missing)}",
-            errors=[{"loc": ["body", f], "msg": f"required to move to {goal}"} for f in missing],
-        )
-    if goal == S.CLOSED and values.get("close_code") not in set(CloseCode):
-        raise Invalid(
-            "unknown close_code", errors=[{"loc": ["body", "close_code"], "msg": f"one of {sorted(CloseCode)}"}]
-        )
-
-
-def transitions_from(change_type: str, current: str, approval: str) -> list[dict[str, Any]]:
-    return [
-        {"status": str(goal), "required_fields": list(required(change_type, goal))}
-        for goal in sorted(edges(change_type, current, approval))
-    ]
+def machine(change_type: str) -> ChangeMachine:
+    return MACHINES[ChangeType(change_type)]

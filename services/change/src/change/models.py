@@ -6,14 +6,13 @@ from enum import StrEnum
 from typing import Any
 
 from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
+from itsm_shared.records import HistoryRow, Records
 from sqlalchemy import (
-    BigInteger,
     CheckConstraint,
     Column,
     Computed,
     DateTime,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     String,
@@ -89,6 +88,9 @@ def _uuid_array() -> Any:
 
 class ChangeRequest(SQLModel, table=True):
     __tablename__ = "change_request"
+    # Server defaults (the number) and the computed window come back with the INSERT or UPDATE, not with a
+    # second query.
+    __mapper_args__ = {"eager_defaults": True}
     __table_args__ = (
         CheckConstraint("planned_end > planned_start", name="ck_change_request_planned_order"),
         CheckConstraint("actual_end >= actual_start", name="ck_change_request_actual_order"),
@@ -197,17 +199,12 @@ class ChangeNote(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
 
 
-class ChangeHistory(SQLModel, table=True):
+class ChangeHistory(HistoryRow, table=True):
     __tablename__ = "change_history"
     __table_args__ = (Index("ix_change_history_change", "change_id", "id"),)
+    owner = "change_id"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     change_id: uuid.UUID = Field(sa_column=Column(ForeignKey("change_request.id"), nullable=False))
-    at: datetime | None = Field(default=None, sa_column=utc_column())
-    actor_id: str = Field(sa_column=string_column(64, nullable=False))
-    field: str = Field(sa_column=string_column(50, nullable=False))
-    old: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
-    new: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
 
 
 class BlackoutWindow(SQLModel, table=True):
@@ -234,3 +231,7 @@ class BlackoutWindow(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+
+
+# The one write path of RFCs (itsm_shared.records): load by id or number, and version, history and events.
+CHANGES = Records(service="change", entity="change", model=ChangeRequest, history=ChangeHistory, noun="change")
