@@ -9,6 +9,7 @@ import httpx
 import pytest
 from change import lifecycle, risk
 from change.models import ChangeType, Risk
+from itsm_shared.errors import Conflict
 
 from .conftest import HIGH, LOW, MODERATE, PLANS, Actor, at, create, decide, listen, move, patch, unique_ci, window
 
@@ -171,6 +172,19 @@ def test_every_type_has_a_path_to_closed_through_review() -> None:
         assert {"closed", "cancelled", "review", "implement"} <= reached
         assert lifecycle.PATHS[change_type]["implement"] == {"review"}
         assert lifecycle.PATHS[change_type]["review"] == {"closed"}
+
+
+def test_authorize_opens_to_scheduled_only_once_approved() -> None:
+    normal = lifecycle.machine("normal")
+    assert "scheduled" not in normal.edges("authorize", {"approval": "requested"})
+    assert "scheduled" in normal.edges("authorize", {"approval": "approved"})
+    with pytest.raises(Conflict, match="awaiting CAB approval"):
+        normal.check("authorize", "scheduled", {"approval": "requested"})
+    with pytest.raises(Conflict, match="only by a rejection"):
+        normal.check("authorize", "new", {"approval": "rejected"})
+    with pytest.raises(Conflict, match="a normal change cannot go from new to scheduled"):
+        normal.check("new", "scheduled", {})
+    assert normal.present({"risk_override": "high"}, "risk_assessment"), "an override stands in for the assessment"
 
 
 # ---------------------------------------------------------------- risk
