@@ -4,10 +4,10 @@ A scratch database gets the audit service's real migrations. N records are built
 chain functions (`audit.chain`: canonical JSON, SHA-256 over the previous hash) from CloudEvents shaped like
 the services' (an `incident.updated` with a compact incident in `data`), and copied in as the service's login
 role (COPY needs only INSERT, which is all it has besides SELECT). Then, with the service's code
-(`audit.service.verify`, chunked keyset reads, hashing off the event loop), as the service's role:
+(`audit.verify.verify_chain`, chunked keyset reads, hashing off the event loop), as the service's role:
 
-1. full: `verify(full=True)` re-hashes all N records and appends a checkpoint at the end;
-2. incremental, nothing new: `verify()` starts from that checkpoint and checks nothing;
+1. full: `verify_chain(full=True)` re-hashes all N records and appends a checkpoint at the end;
+2. incremental, nothing new: `verify_chain()` starts from that checkpoint and checks nothing;
 3. incremental after 1,000 new events stored through the real ingest path (`store_batch`, 4 batches).
 
 It prints time, records checked and records per second for each, and removes the scratch database at the
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from itsm_shared.db import asyncpg_dsn, make_engine, session_factory
+from itsm_shared.db import asyncpg_dsn, make_engine, session_factory, transaction
 from itsm_shared.events import new_event
 from itsm_shared.provision import app_url
 from itsm_shared.testing import create_database, drop_database, migrate
@@ -131,8 +131,9 @@ async def main() -> None:
         result = migrate("audit", db.admin_url)
         if result.returncode != 0:
             raise SystemExit(f"migration failed:\n{result.stderr}")
-        from audit import service
         from audit.config import AuditSettings
+        from audit.ingest import parse_incoming, store_batch
+        from audit.verify import verify_chain
 
         role_url = app_url(db.admin_url, "audit")
         chunk = AuditSettings().audit_verify_chunk
@@ -153,7 +154,7 @@ async def main() -> None:
 
             async def timed(label: str, full: bool) -> None:
                 began = time.perf_counter()
-                outcome = await service.verify(sessions, full=full, chunk=chunk)
+                outcome = await verify_chain(sessions, full=full, chunk=chunk)
                 seconds = time.perf_counter() - began
                 rate = f"{outcome.checked / seconds:>9,.0f} records/s" if outcome.checked else ""
                 print(
@@ -166,9 +167,9 @@ async def main() -> None:
             await timed("full walk", True)
             await timed("incremental, nothing new", False)
             for _ in range(4):
-                batch = [service.parse_incoming(json.dumps(an_event(n)).encode()) for n in range(250)]
-                async with sessions() as session:
-                    await service.store_batch(session, batch)
+                batch = [parse_incoming(json.dumps(an_event(n)).encode()) for n in range(250)]
+                async with transaction(sessions) as session:
+                    await store_batch(session, batch)
             await timed("incremental, 1,000 new records", False)
         finally:
             await engine.dispose()

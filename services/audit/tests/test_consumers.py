@@ -14,13 +14,14 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
-from audit import service
+from audit.batch import Acker
 from audit.config import get_settings
-from audit.consumers import Acker, Ingest
-from audit.service import Incoming, Outcome, Stored
+from audit.consumers import Ingest
+from audit.ingest import Incoming, Outcome, Stored, store_batch
+from audit.verify import verify_chain
 from fastapi import FastAPI
 from itsm_shared.broker import make_broker
-from itsm_shared.db import asyncpg_dsn
+from itsm_shared.db import asyncpg_dsn, transaction
 from itsm_shared.testing import TestDatabase as Database
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -120,8 +121,8 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
     second_stored: list[int] = []
 
     async def store(batch: Sequence[Incoming]) -> list[Outcome]:
-        async with sessions() as session:
-            outcomes = await service.store_batch(session, batch)
+        async with transaction(sessions) as session:
+            outcomes = await store_batch(session, batch)
         second_stored.extend(o.seq for o in outcomes if isinstance(o, Stored))
         return outcomes
 
@@ -144,7 +145,7 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
         await broker.stop()
     assert 0 < len(second_stored) < len(ids), "both consumers should have stored some"
     await assert_chain_is_gap_free(superuser)
-    assert (await service.verify(sessions, full=True, chunk=1000)).ok
+    assert (await verify_chain(sessions, full=True, chunk=1000)).ok
 
 
 async def test_poison_is_parked_with_its_reason_and_the_stream_goes_on(
@@ -265,7 +266,7 @@ async def test_a_postgresql_outage_loses_nothing_and_parks_nothing(
     finally:
         await conn.close()
     assert not [m for m in await parked(amqp, ingest_queue) if m.message_id in set(published)]
-    assert (await service.verify(sessions, full=True, chunk=5000)).ok
+    assert (await verify_chain(sessions, full=True, chunk=5000)).ok
 
 
 async def _count(items: list[str], at_least: int) -> bool:

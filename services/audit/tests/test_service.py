@@ -11,22 +11,25 @@ from typing import Any
 
 import asyncpg
 import pytest
-from audit import service
+from audit import ingest, queries
 from audit.chain import GENESIS, canonical_json, format_received_at, record_hash
-from audit.service import Duplicate, InvalidEvent, Stored, Unstorable
+from audit.errors import InvalidEvent
+from audit.ingest import Duplicate, Stored, Unstorable
+from audit.verify import verify_chain
+from itsm_shared.db import transaction
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from .conftest import assert_chain_is_gap_free, event
 
 
-def incoming(e: dict[str, Any] | str) -> service.Incoming:
-    return service.parse_incoming((e if isinstance(e, str) else json.dumps(e)).encode())
+def incoming(e: dict[str, Any] | str) -> ingest.Incoming:
+    return ingest.parse_incoming((e if isinstance(e, str) else json.dumps(e)).encode())
 
 
 async def store(sessions: async_sessionmaker[AsyncSession], *events: dict[str, Any] | str) -> list[Any]:
-    async with sessions() as session:
-        return await service.store_batch(session, [incoming(e) for e in events])
+    async with transaction(sessions) as session:
+        return await ingest.store_batch(session, [incoming(e) for e in events])
 
 
 def third_party_hash(prev_hash: str, record: dict[str, Any]) -> str:
@@ -69,7 +72,7 @@ def test_received_at_has_one_text_form() -> None:
 )
 def test_what_is_not_a_cloudevent_is_refused_with_a_reason(body: bytes, why: str) -> None:
     with pytest.raises(InvalidEvent, match=why):
-        service.parse_incoming(body)
+        ingest.parse_incoming(body)
 
 
 def test_an_event_keeps_every_attribute_it_came_with() -> None:
@@ -165,7 +168,7 @@ async def test_numbers_jsonb_rewrites_still_verify(sessions: async_sessionmaker[
     raw = json.dumps(event()).replace('"n": 1', '"n": [1e2, 1.50, 1e16, -0.0, 12345678901234567890, 0.1]')
     outcomes = await store(sessions, raw)
     assert isinstance(outcomes[0], Stored)
-    result = await service.verify(sessions, full=True, chunk=1000)
+    result = await verify_chain(sessions, full=True, chunk=1000)
     assert result.ok, result
 
 
@@ -174,12 +177,12 @@ async def test_numbers_jsonb_rewrites_still_verify(sessions: async_sessionmaker[
 
 async def test_verify_walks_everything_then_only_what_is_new(sessions: async_sessionmaker[AsyncSession]) -> None:
     await store(sessions, *[event() for _ in range(3)])
-    full = await service.verify(sessions, full=True, chunk=2)
+    full = await verify_chain(sessions, full=True, chunk=2)
     assert full.ok and full.first_bad_seq is None and full.from_seq == 1 and full.checked == full.last_seq
-    nothing_new = await service.verify(sessions, full=False, chunk=2)
+    nothing_new = await verify_chain(sessions, full=False, chunk=2)
     assert nothing_new.ok and nothing_new.checked == 0
     await store(sessions, *[event() for _ in range(4)])
-    incremental = await service.verify(sessions, full=False, chunk=2)
+    incremental = await verify_chain(sessions, full=False, chunk=2)
     assert incremental.ok and incremental.checked == 4 and incremental.from_seq == full.last_seq + 1
 
 
@@ -188,7 +191,7 @@ async def test_a_changed_event_is_found_and_named_by_its_seq(
 ) -> None:
     outcomes = await store(sessions, *[event() for _ in range(3)])
     target = outcomes[1].seq
-    assert (await service.verify(sessions, full=True, chunk=1000)).ok
+    assert (await verify_chain(sessions, full=True, chunk=1000)).ok
     original = await superuser.fetchval("SELECT event::text FROM audit_event WHERE seq = $1", target)
     try:
         # A superuser can switch the append-only triggers off; the chain still tells.
@@ -197,13 +200,13 @@ async def test_a_changed_event_is_found_and_named_by_its_seq(
             await superuser.execute(
                 "UPDATE audit_event SET event = jsonb_set(event, '{data,n}', '2') WHERE seq = $1", target
             )
-        result = await service.verify(sessions, full=True, chunk=2)  # stops early, with the next chunk in flight
+        result = await verify_chain(sessions, full=True, chunk=2)  # stops early, with the next chunk in flight
         assert not result.ok and result.first_bad_seq == target and result.reason == "hash does not match the record"
     finally:
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
-    assert (await service.verify(sessions, full=True, chunk=1000)).ok
+    assert (await verify_chain(sessions, full=True, chunk=1000)).ok
 
 
 async def test_a_rewritten_hash_breaks_the_link_to_the_next_record(
@@ -216,7 +219,7 @@ async def test_a_rewritten_hash_breaks_the_link_to_the_next_record(
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", target, "f" * 64)
-        result = await service.verify(sessions, full=True, chunk=1000)
+        result = await verify_chain(sessions, full=True, chunk=1000)
         assert not result.ok and result.first_bad_seq == target
     finally:
         async with superuser.transaction():
@@ -235,7 +238,7 @@ async def test_a_deleted_record_is_named_as_missing(
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("DELETE FROM audit_event WHERE seq = $1", target)
-        result = await service.verify(sessions, full=True, chunk=1000)
+        result = await verify_chain(sessions, full=True, chunk=1000)
         assert not result.ok and result.first_bad_seq == target and result.reason == "record missing"
     finally:
         columns = list(row.keys())
@@ -243,13 +246,13 @@ async def test_a_deleted_record_is_named_as_missing(
         await superuser.execute(
             f"INSERT INTO audit_event ({', '.join(columns)}) VALUES ({placeholders})", *row.values()
         )
-    assert (await service.verify(sessions, full=True, chunk=1000)).ok
+    assert (await verify_chain(sessions, full=True, chunk=1000)).ok
 
 
 async def test_tampering_after_the_last_checkpoint_is_found_without_a_full_walk(
     sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection
 ) -> None:
-    assert (await service.verify(sessions, full=False, chunk=1000)).ok  # checkpoint at the current end
+    assert (await verify_chain(sessions, full=False, chunk=1000)).ok  # checkpoint at the current end
     outcomes = await store(sessions, *[event() for _ in range(2)])
     target = outcomes[0].seq
     original = await superuser.fetchval("SELECT event::text FROM audit_event WHERE seq = $1", target)
@@ -257,26 +260,26 @@ async def test_tampering_after_the_last_checkpoint_is_found_without_a_full_walk(
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET subject = 'x', event = '{}'::jsonb WHERE seq = $1", target)
-        result = await service.verify(sessions, full=False, chunk=1000)
+        result = await verify_chain(sessions, full=False, chunk=1000)
         assert not result.ok and result.first_bad_seq == target and result.checked == 1
     finally:
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
-    assert (await service.verify(sessions, full=False, chunk=1000)).ok
+    assert (await verify_chain(sessions, full=False, chunk=1000)).ok
 
 
 async def test_a_changed_checkpointed_record_fails_the_incremental_walk(
     sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection
 ) -> None:
     await store(sessions, event())
-    last = (await service.verify(sessions, full=False, chunk=1000)).last_seq  # a checkpoint at `last`
+    last = (await verify_chain(sessions, full=False, chunk=1000)).last_seq  # a checkpoint at `last`
     original = await superuser.fetchval("SELECT hash FROM audit_event WHERE seq = $1", last)
     try:
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", last, "0" * 64)
-        result = await service.verify(sessions, full=False, chunk=1000)
+        result = await verify_chain(sessions, full=False, chunk=1000)
         assert (
             not result.ok and result.first_bad_seq == last and result.reason == "record at the last checkpoint changed"
         )
@@ -284,7 +287,7 @@ async def test_a_changed_checkpointed_record_fails_the_incremental_walk(
         async with superuser.transaction():
             await superuser.execute("SET LOCAL session_replication_role = replica")
             await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", last, original)
-    assert (await service.verify(sessions, full=False, chunk=1000)).ok
+    assert (await verify_chain(sessions, full=False, chunk=1000)).ok
 
 
 # ---------------------------------------------------------------- least privilege
@@ -345,7 +348,7 @@ async def test_even_the_owner_cannot_update_while_the_triggers_stand(
     ],
 )
 def test_type_patterns(pattern: str, parsed: Any) -> None:
-    assert service.parse_type_pattern(pattern) == parsed
+    assert queries.parse_type_pattern(pattern) == parsed
 
 
 @pytest.mark.parametrize("pattern", ["incident.%", "Incident.created", "incident.*.x", "", "incident created"])
@@ -353,4 +356,4 @@ def test_malformed_type_patterns_are_refused(pattern: str) -> None:
     from itsm_shared.errors import Invalid
 
     with pytest.raises(Invalid):
-        service.parse_type_pattern(pattern)
+        queries.parse_type_pattern(pattern)

@@ -2,8 +2,9 @@
 
 Both tables are append-only: the service's role may SELECT and INSERT them, nothing else (granted in the
 migration), and triggers refuse UPDATE, DELETE and TRUNCATE to every role short of one that switches triggers
-off. Deliberately no shared outbox/inbox tables here: the audit service publishes nothing and needs no inbox,
-its own table is the record of what it has seen."""
+off. Deliberately no shared outbox/inbox tables here: the audit service emits no events of its own (it publishes
+only what it parks and what an admin replays, both outside any transaction of its own) and needs no inbox, its
+own table is the record of what it has seen."""
 
 from __future__ import annotations
 

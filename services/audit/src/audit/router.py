@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from itsm_shared.app import Runtime
 from itsm_shared.auth import Principal, Role, require_roles
 from itsm_shared.db import SessionDep
-from itsm_shared.errors import Invalid, NotFound
-from itsm_shared.pagination import Page, parse_sort
-from pydantic import AwareDatetime
+from itsm_shared.pagination import Limit, Page
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from audit import service
+from audit import queries
 from audit.config import get_settings
-from audit.schemas import AuditRecord, ReplayRequest, ReplayResult, VerifyResult
+from audit.replay import replay_events
+from audit.schemas import AuditRecord, EventFilter, ReplayRequest, ReplayResult, SortOrder, TimeRange, VerifyResult
+from audit.verify import verify_chain
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 Reader = Annotated[Principal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
@@ -40,41 +39,24 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-def _check_range(since: datetime | None, until: datetime | None, where: str = "query") -> None:
-    if since is not None and until is not None and since >= until:
-        raise Invalid("since must be before until", errors=[{"loc": [where, "until"], "msg": "must be after since"}])
-
-
 @router.get("/events", response_model=Page[AuditRecord], summary="The log, newest first")
 async def list_events(
     session: SessionDep,
     _: Reader,
-    limit: int = 50,
+    limit: Limit = 50,
     cursor: str | None = None,
-    sort: str = "-seq",
-    type: str | None = None,
-    subject: str | None = None,
-    actor: str | None = None,
-    correlation_id: str | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
-) -> Page[Any]:
+    sort: SortOrder = "-seq",
+    *,
+    filters: Annotated[EventFilter, Query()],
+) -> Page[dict[str, Any]]:
     """Filters combine with AND. `type` is an event type (`itsm.incident.created` or `incident.created`) or a
     prefix (`incident.*`); `since` (inclusive) and `until` (exclusive) bound `received_at`."""
-    _check_range(since, until)
-    filters = service.EventFilter(type, subject, actor, correlation_id, since, until)
-    rows, next_cursor = await service.list_events(
-        session, filters=filters, sort=parse_sort(sort, service.SORTS), limit=limit, cursor=cursor
-    )
-    return Page(items=[service.record_view(r) for r in rows], next_cursor=next_cursor)
+    return await queries.list_events(session, filters=filters, sort=sort, limit=limit, cursor=cursor)
 
 
 @router.get("/events/{event_id}", response_model=AuditRecord, summary="One record, by event id")
 async def get_event(session: SessionDep, _: Reader, event_id: uuid.UUID) -> dict[str, Any]:
-    row = await service.get_event(session, event_id)
-    if row is None:
-        raise NotFound("no such event in the audit log")
-    return service.record_view(row)
+    return await queries.get_event(session, event_id)
 
 
 @router.get(
@@ -83,14 +65,11 @@ async def get_event(session: SessionDep, _: Reader, event_id: uuid.UUID) -> dict
     response_class=StreamingResponse,
     responses={200: {"content": {NDJSON: {}}, "description": "one record per line, in seq order"}},
 )
-async def export(
-    sessions: Sessions, _: Reader, since: AwareDatetime | None = None, until: AwareDatetime | None = None
-) -> StreamingResponse:
+async def export(sessions: Sessions, _: Reader, period: Annotated[TimeRange, Query()]) -> StreamingResponse:
     """Records received in [since, until), oldest first, one JSON object per line:
     `{seq, event_id, received_at, prev_hash, hash, event}`, exactly what the hash covers (README, Audit), so
     the export verifies on its own. Streamed in chunks: the range is never held in memory."""
-    _check_range(since, until)
-    chunks = service.export(sessions, since=since, until=until, chunk=get_settings().audit_export_chunk)
+    chunks = queries.export(sessions, since=period.since, until=period.until, chunk=get_settings().audit_export_chunk)
     return StreamingResponse(
         chunks, media_type=NDJSON, headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'}
     )
@@ -100,8 +79,7 @@ async def export(
 async def verify(sessions: Sessions, _: Reader, full: bool = False) -> VerifyResult:
     """From the last checkpoint (a prefix an earlier walk found intact) to the newest record, or with
     `full=true` from the first record. An intact walk appends a checkpoint at its end."""
-    result = await service.verify(sessions, full=full, chunk=get_settings().audit_verify_chunk)
-    return VerifyResult.model_validate(result, from_attributes=True)
+    return await verify_chain(sessions, full=full, chunk=get_settings().audit_verify_chunk)
 
 
 @router.post("/replay", response_model=ReplayResult, summary="Republish stored events to a queue")
@@ -112,17 +90,10 @@ async def replay(
     the existing queue `queue` through the default exchange, in log order, persistent, each with its event id
     as message id: a new subscriber or a rebuilt read model catches up, idempotent consumers skip what they
     have. 422 if the queue does not exist."""
-    _check_range(body.since, body.until, "body")
-    if body.type is not None:
-        service.parse_type_pattern(body.type)  # 422 on a malformed pattern, before anything is published
-    await service.ensure_queue_exists(runtime.settings.amqp_url, body.queue)
-    published, first, last = await service.replay(
+    return await replay_events(
         sessions,
         runtime.broker,
-        queue=body.queue,
-        since=body.since,
-        until=body.until,
-        type_pattern=body.type,
+        amqp_url=runtime.settings.amqp_url,
+        request=body,
         chunk=get_settings().audit_replay_chunk,
     )
-    return ReplayResult(queue=body.queue, published=published, first_seq=first, last_seq=last)

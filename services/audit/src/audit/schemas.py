@@ -1,8 +1,66 @@
 from __future__ import annotations
 
-from typing import Any
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+# An event type (`incident.created`, `itsm.incident.created`), a prefix (`incident.*`), or `*`.
+TYPE_PATTERN = r"^(?:\*|[a-z_]+(?:\.[a-z_]+)*(?:\.\*)?)$"
+TYPE_MATCH = re.compile(TYPE_PATTERN)
+
+
+def _type_pattern(value: str) -> str:
+    if not TYPE_MATCH.match(value):
+        raise PydanticCustomError("type_pattern", "an event type, or a prefix ending in .* (incident.*)")
+    return value
+
+
+TypePattern = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True),
+    AfterValidator(_type_pattern),
+    WithJsonSchema({"type": "string", "pattern": TYPE_PATTERN}),
+]
+SortOrder = Literal["-seq", "seq", "+seq"]
+
+
+def _after_since(until: datetime | None, info: ValidationInfo) -> datetime | None:
+    since = info.data.get("since")
+    if until is not None and since is not None and since >= until:
+        raise PydanticCustomError("time_range", "must be after since")
+    return until
+
+
+# `since` (inclusive) and `until` (exclusive) bound `received_at`; declared after `since`, so it sees it.
+Until = Annotated[AwareDatetime | None, AfterValidator(_after_since)]
+
+
+class TimeRange(BaseModel):
+    since: AwareDatetime | None = None
+    until: Until = None
+
+
+class EventFilter(BaseModel):
+    """The list's filters, combined with AND."""
+
+    type: TypePattern | None = None
+    subject: str | None = None
+    actor: str | None = None
+    correlation_id: str | None = None
+    since: AwareDatetime | None = None
+    until: Until = None
 
 
 class AuditRecord(BaseModel):
@@ -43,8 +101,8 @@ class ReplayRequest(BaseModel):
 
     queue: str = Field(min_length=1, max_length=255, description="an existing queue; events go to it directly")
     since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
-    type: str | None = Field(default=None, description="an event type, or a prefix such as incident.*")
+    until: Until = None
+    type: TypePattern | None = Field(default=None, description="an event type, or a prefix such as incident.*")
 
 
 class ReplayResult(BaseModel):

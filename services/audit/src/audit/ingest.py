@@ -1,0 +1,243 @@
+"""Storing events on the chain: what counts as an event, and appending a batch of them, in order, each event id
+once, in the caller's transaction (the batch writer's, `audit.batch`)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from itsm_shared.events import CloudEvent
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from audit.chain import GENESIS, canonical_json, format_received_at, record_hash
+from audit.errors import InvalidEvent
+
+# Every writer of the chain, in any process, takes this transaction-scoped lock before reading the tail.
+CHAIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext('itsm.audit.chain'))"
+
+
+# ---------------------------------------------------------------- what arrives
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message that parsed as a CloudEvent: `document` is its JSON text as received, `value` the parsed
+    event. `exact` when the event holds no number with a fraction or an exponent: then what jsonb stores
+    reads back as the same values, and the canonical form can be taken from `value` directly."""
+
+    event_id: uuid.UUID
+    type: str
+    source: str
+    subject: str | None
+    actor: str | None
+    correlation_id: str | None
+    time: datetime
+    document: str
+    value: dict[str, Any]
+    exact: bool
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _Floats:
+    """json.loads' parse_float hook that remembers it was called."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, text: str) -> float:
+        self.seen = True
+        return float(text)
+
+
+def parse_incoming(body: bytes) -> Incoming:
+    floats = _Floats()
+    try:
+        document = body.decode("utf-8")
+        raw = json.loads(document, parse_constant=_no_constants, parse_float=floats)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InvalidEvent(f"not JSON: {str(exc)[:200]}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidEvent("not a valid event: not a JSON object")
+    try:
+        event = CloudEvent[Any].model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidEvent(f"not a valid event: {details}") from exc
+    if event.time.tzinfo is None:
+        raise InvalidEvent("not a valid event: time: needs a UTC offset (RFC 3339)")
+    return Incoming(
+        event_id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        actor=event.actorid,
+        correlation_id=event.correlationid,
+        time=event.time,
+        document=document,
+        value=raw,
+        exact=not floats.seen,
+    )
+
+
+# ---------------------------------------------------------------- storing a batch
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Already on the chain (a redelivery, or a replay reaching us again), or earlier in the same batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unstorable:
+    reason: str
+
+
+Outcome = Stored | Duplicate | Unstorable
+Form = tuple[str, str]  # (the document to store, the canonical JSON its stored value reads back as)
+
+_NORMALIZE = text(
+    "SELECT CAST(d.doc AS jsonb)::text FROM unnest(CAST(:docs AS text[])) WITH ORDINALITY AS d(doc, n) ORDER BY d.n"
+)
+_NORMALIZE_ONE = text("SELECT CAST(CAST(:doc AS text) AS jsonb)::text")
+_TAIL = text(
+    """
+    SELECT t.seq, t.hash, t.received_at, clock_timestamp() AS now,
+           ARRAY(SELECT event_id FROM audit_event WHERE event_id = ANY(CAST(:ids AS uuid[]))) AS existing
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (SELECT seq, hash, received_at FROM audit_event ORDER BY seq DESC LIMIT 1) AS t ON true
+    """
+)
+_INSERT = text(
+    """
+    INSERT INTO audit_event
+        (seq, event_id, type, source, subject, actor, correlation_id, time, received_at, event, prev_hash, hash)
+    SELECT r.seq, r.event_id, r.type, r.source, r.subject, r.actor, r.correlation_id, r.time, :received_at,
+           CAST(r.event AS jsonb), r.prev_hash, r.hash
+    FROM unnest(CAST(:seq AS bigint[]), CAST(:event_id AS uuid[]), CAST(:type AS text[]), CAST(:source AS text[]),
+                CAST(:subject AS text[]), CAST(:actor AS text[]), CAST(:correlation_id AS text[]),
+                CAST(:time AS timestamptz[]), CAST(:event AS text[]), CAST(:prev_hash AS text[]),
+                CAST(:hash AS text[]))
+         AS r(seq, event_id, type, source, subject, actor, correlation_id, time, event, prev_hash, hash)
+    """
+)
+
+
+def _is_data_exception(exc: DBAPIError) -> bool:
+    """SQLSTATE class 22: the value itself is wrong (jsonb refuses \u0000, a lone surrogate, a number too big)."""
+    return str(getattr(exc.orig, "sqlstate", "") or "").startswith("22")
+
+
+def _canonical(stored_text: str) -> Form | Unstorable:
+    try:
+        return stored_text, canonical_json(json.loads(stored_text))
+    except (ValueError, RecursionError) as exc:
+        return Unstorable(f"not storable as JSON: {str(exc)[:300]}")
+
+
+async def _one_by_one(session: AsyncSession, documents: list[str]) -> list[Form | Unstorable]:
+    """Each document through jsonb on its own, to tell the ones it refuses from the rest. Only after a batch
+    failed on one, so rare; each in a savepoint of its own."""
+    out: list[Form | Unstorable] = []
+    for document in documents:
+        try:
+            async with session.begin_nested():
+                stored = (await session.execute(_NORMALIZE_ONE, {"doc": document})).scalar_one()
+        except DBAPIError as exc:
+            if not _is_data_exception(exc):
+                raise
+            out.append(Unstorable(f"not storable as JSON: {str(exc.orig)[:300]}"))
+            continue
+        out.append(_canonical(stored))
+    return out
+
+
+async def _forms(session: AsyncSession, batch: Sequence[Incoming]) -> list[Form | Unstorable]:
+    """What to store and hash for each event. The chain hashes what verification will read back, so an event
+    with fractions or exponents goes through jsonb first (jsonb writes 1e2 as 100, 1.0e16 as an integer)."""
+    forms: list[Form | Unstorable | None] = [
+        (item.document, canonical_json(item.value)) if item.exact else None for item in batch
+    ]
+    inexact = [i for i, form in enumerate(forms) if form is None]
+    if inexact:
+        documents = [batch[i].document for i in inexact]
+        try:
+            async with session.begin_nested():
+                stored = (await session.execute(_NORMALIZE, {"docs": documents})).scalars().all()
+            texts: list[Form | Unstorable] = [_canonical(t) for t in stored]
+        except DBAPIError as exc:
+            if not _is_data_exception(exc):
+                raise
+            texts = await _one_by_one(session, documents)
+        for i, form in zip(inexact, texts, strict=True):
+            forms[i] = form
+    return [form for form in forms if form is not None]
+
+
+async def store_batch(session: AsyncSession, batch: Sequence[Incoming]) -> list[Outcome]:
+    """Append the batch to the chain, in order, each event id once, in the caller's transaction: the caller
+    commits it (`audit.batch.committing`) and acknowledges the messages only after that commit. A refused
+    document costs a savepoint, never the caller's transaction."""
+    forms = await _forms(session, batch)
+    try:
+        # The savepoint is two round trips a batch; without it a refused document would abort the transaction.
+        async with session.begin_nested():
+            return await _append(session, batch, forms)
+    except DBAPIError as exc:
+        if not _is_data_exception(exc):
+            raise
+    # jsonb refused a document that parsed as JSON (\u0000, a lone surrogate): find it, store the others.
+    plain = [i for i, form in enumerate(forms) if not isinstance(form, Unstorable)]
+    for i, checked in zip(plain, await _one_by_one(session, [batch[i].document for i in plain]), strict=True):
+        if isinstance(checked, Unstorable):
+            forms[i] = checked
+    return await _append(session, batch, forms)
+
+
+async def _append(session: AsyncSession, batch: Sequence[Incoming], forms: list[Form | Unstorable]) -> list[Outcome]:
+    outcomes: list[Outcome] = [form if isinstance(form, Unstorable) else Duplicate() for form in forms]
+    candidates = [i for i, form in enumerate(forms) if not isinstance(form, Unstorable)]
+    await session.execute(text(CHAIN_LOCK))
+    tail = (await session.execute(_TAIL, {"ids": [batch[i].event_id for i in candidates]})).one()
+    seq: int = tail.seq or 0
+    prev: str = tail.hash or GENESIS
+    received_at: datetime = tail.now if tail.received_at is None else max(tail.now, tail.received_at)
+    received = format_received_at(received_at)
+    seen: set[uuid.UUID] = set(tail.existing or ())
+    columns = ("seq", "event_id", "type", "source", "subject", "actor", "correlation_id", "time", "event")
+    rows: dict[str, list[Any]] = {k: [] for k in (*columns, "prev_hash", "hash")}
+    for i in candidates:
+        item, form = batch[i], forms[i]
+        assert not isinstance(form, Unstorable)
+        document, canonical = form
+        if item.event_id in seen:
+            continue  # stays a Duplicate
+        seen.add(item.event_id)
+        seq += 1
+        digest = record_hash(prev, seq, str(item.event_id), received, canonical)
+        values = (seq, item.event_id, item.type, item.source, item.subject, item.actor, item.correlation_id)
+        for key, value in zip(columns, (*values, item.time, document), strict=True):
+            rows[key].append(value)
+        rows["prev_hash"].append(prev)
+        rows["hash"].append(digest)
+        outcomes[i] = Stored(seq)
+        prev = digest
+    if rows["seq"]:
+        await session.execute(_INSERT, {**rows, "received_at": received_at})
+    return outcomes
