@@ -1,7 +1,7 @@
-# make run | test | lint | types | fmt | migration SERVICE=<name> MSG="..." | bench | asyncapi
+# make run | test | lint | types | fmt | migration SERVICE=<name> MSG="..." | bench | asyncapi | config
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint types fmt migration bench asyncapi
+.PHONY: help install run test lint types fmt migration bench asyncapi config
 
 # uv from PATH, else where `pip install --user uv` puts it.
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
@@ -9,25 +9,27 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 # uvicorn and by its own test suite. The recipes then run in that environment without re-syncing.
 SYNC_FLAGS ?= --all-packages
 RUN := $(UV) run --no-sync
-SERVICES := $(notdir $(patsubst %/,%,$(dir $(wildcard services/*/pyproject.toml))))
+# The table of services (deploy/services.toml), read with the standard library only.
+SERVICES := $(shell python3 deploy/services.py names)
 
 help:
 	@echo "make run        start PostgreSQL/RabbitMQ-backed services and the gateway locally (Ctrl-C stops)"
 	@echo "make test       every test suite, each service in its own pytest process"
 	@echo "make lint       ruff check + ruff format --check"
-	@echo "make types      mypy (strict) over libs/, services/ and deploy/stack.py"
+	@echo "make types      mypy (strict) over libs/, services/ and deploy/"
 	@echo "make fmt        ruff format + ruff check --fix"
 	@echo "make migration  SERVICE=<name> MSG='...': autogenerate an alembic revision"
 	@echo "make bench      run bench/*.py"
 	@echo "make asyncapi   fetch each running service's /asyncapi.json into build/asyncapi/"
+	@echo "make config     rewrite the parts of dynamic.yml and docker-compose.yml made from deploy/services.toml"
 
 install:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user uv || python3 -m pip install --user --break-system-packages uv
 	$(UV) sync $(SYNC_FLAGS)
 
-# Without ITSM_BOOTSTRAP_ADMIN_PASSWORD, deploy/stack.py generates one (kept in .run/) and prints it.
+# Without ITSM_BOOTSTRAP_ADMIN_PASSWORD, deploy/run.py generates one (kept in .run/) and prints it.
 run: install
-	$(RUN) python deploy/stack.py
+	$(RUN) python deploy/run.py
 
 # One pytest process per suite: the SQLModel metadata of two services must never share a process.
 # A suite that does not exist yet is skipped, one with no tests (pytest exit 5) is not a failure.
@@ -48,8 +50,9 @@ lint: install
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 
+# deploy/ modules import each other by their plain names (deploy/ is put on sys.path), hence MYPYPATH.
 types: install
-	$(RUN) mypy libs/shared/src $(wildcard services/*/src) deploy/stack.py
+	MYPYPATH=deploy $(RUN) mypy libs/shared/src $(wildcard services/*/src) $(wildcard deploy/*.py)
 
 fmt: install
 	$(RUN) ruff format .
@@ -65,11 +68,14 @@ bench: install
 	if [ $${#benches[@]} -eq 0 ]; then echo "no benchmarks in bench/"; exit 0; fi; \
 	for b in "$${benches[@]}"; do echo "== $$b"; $(RUN) python "$$b" || exit 1; done
 
-# Needs the stack running (make run in another terminal); ports as in the README.
+# Needs the stack running (make run in another terminal) on the ports of deploy/services.toml.
 asyncapi:
 	@mkdir -p build/asyncapi; \
-	port=8101; for name in auth incident problem change audit; do \
+	python3 deploy/services.py ports | while read -r name port; do \
 		if curl -fsS "http://127.0.0.1:$$port/asyncapi.json" -o "build/asyncapi/$$name.json"; then \
 			echo "build/asyncapi/$$name.json"; else echo "$$name: not running on $$port"; fi; \
-		port=$$((port + 1)); \
 	done
+
+# After editing deploy/services.toml; tests/deploy fails while these files differ from the table.
+config: install
+	$(RUN) python deploy/configs.py

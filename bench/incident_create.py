@@ -53,7 +53,9 @@ from benchlib.common import (
     load_average,
     ms,
     percentile,
+    processes,
     remove_stack_topology,
+    services,
     signals_as_interrupt,
     stack_module,
     uvicorn_process,
@@ -167,7 +169,7 @@ async def run_load(
         str(config_path),
         str(result_path),
         stdout=asyncio.subprocess.PIPE,
-        preexec_fn=stack_module._die_with_parent,  # no orphan load generator if this process is killed
+        preexec_fn=processes._die_with_parent,  # no orphan load generator if this process is killed
     )
     meter.pids["load generator"] = [process.pid]
     snapshots: dict[str, CpuSnapshot] = {}
@@ -258,12 +260,12 @@ async def benchmark(
     assert s.bootstrap_admin_password
     access, _ = await agent_token(s.gateway_url, s.bootstrap_admin_password)
     headers = {"Authorization": f"Bearer {access}"}
-    processes = {name: stack.processes.get(name) for name in (stack_module.GATEWAY, "incident", "auth")}
+    watched = {name: stack.processes.get(name) for name in (stack_module.GATEWAY, "incident", "auth")}
     meter = CpuMeter(
-        pids={name: [p.pid] for name, p in processes.items() if p is not None and p.pid is not None}
+        pids={name: [p.pid] for name, p in watched.items() if p is not None and p.pid is not None}
         | {"bare app": [bare_pid], "subscriber": [os.getpid()]},
-        admin_dsn=asyncpg_dsn(stack_module.with_database(s.admin_database_url, "postgres")),
-        databases=(stack_module.database_of(s.database_url), bare_database),
+        admin_dsn=asyncpg_dsn(processes.with_database(s.admin_database_url, "postgres")),
+        databases=(processes.database_of(s.database_url), bare_database),
     )
     subscriber = EventSubscriber()
     await subscriber.start(s.amqp_url, s.exchange)
@@ -271,7 +273,7 @@ async def benchmark(
     runs: list[Run] = []
     drains: dict[str, float] = {}
     try:
-        path = stack_module.ROUTE_PREFIXES["incident"][0]
+        path = services.get("incident").api_prefix
         plan = [
             ("incident via gateway", f"{s.gateway_url}{path}", headers, True),
             ("incident direct (no gateway)", f"{s.service_url('incident')}{path}", headers, True),
@@ -371,7 +373,7 @@ def main() -> int:
     )
     stack = stack_module.Stack(settings)
     bare_db: Any = None
-    bare: stack_module.ManagedProcess | None = None
+    bare: processes.ManagedProcess | None = None
     failed = True
     with signals_as_interrupt():
         try:
@@ -383,7 +385,7 @@ def main() -> int:
             bare_db = asyncio.run(create_database(settings.admin_database_url, "itsm_bench_bare"))
             dsn = asyncpg_dsn(bare_db.admin_url)
             asyncio.run(bare_app.create_schema(dsn))
-            port = stack_module.free_port()
+            port = processes.free_port()
             bare = uvicorn_process(
                 "bare",
                 "benchlib.bare_app:app",
@@ -394,8 +396,8 @@ def main() -> int:
             )
             bare.start()
             bare_url = f"http://127.0.0.1:{port}"
-            stack_module.wait_until(
-                lambda: stack_module.http_status(f"{bare_url}/healthz") == 200,
+            processes.wait_until(
+                lambda: processes.http_status(f"{bare_url}/healthz") == 200,
                 timeout=60,
                 process=bare,
                 what="the bare app",

@@ -20,7 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO_ROOT / "bench"
 sys.path.insert(0, str(REPO_ROOT / "deploy"))
 
-import stack as stack_module  # noqa: E402  (deploy/stack.py, as tests/e2e imports it)
+import processes  # noqa: E402  (deploy/*.py, as tests/e2e imports them)
+import stack as stack_module  # noqa: E402
+
+import services  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
@@ -195,7 +198,7 @@ def cleanup(steps: Sequence[tuple[str, Callable[[], object]]], *, attempts: int 
 
 def uvicorn_process(
     name: str, app: str, port: int, env: dict[str, str], log: Path, *, app_dir: Path
-) -> stack_module.ManagedProcess:
+) -> processes.ManagedProcess:
     """A uvicorn server started like deploy/stack.py starts the services (same flags), dying with us."""
     argv = [
         sys.executable,
@@ -212,7 +215,7 @@ def uvicorn_process(
         "--timeout-graceful-shutdown",
         "5",
     ]
-    return stack_module.ManagedProcess(name, argv, {**os.environ, **env}, log, die_with_parent=True)
+    return processes.ManagedProcess(name, argv, {**os.environ, **env}, log, die_with_parent=True)
 
 
 def queues_with_prefix(prefix: str) -> list[str]:
@@ -239,9 +242,8 @@ async def remove_stack_topology(settings: stack_module.StackSettings, known_queu
     await remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange, tuple(sorted(queues)))
 
 
-# The incident service's consumer queues (services/incident/src/incident/consumers.py), in case rabbitmqctl
-# cannot list them.
-INCIDENT_QUEUES = ("incident.problem-linked", "incident.problem-unlinked", "incident.problem-resolved")
+# The incident service's consumer queues (deploy/services.toml), in case rabbitmqctl cannot list them.
+INCIDENT_QUEUES = services.get("incident").queues
 
 
 # ---------------------------------------------------------------- auth

@@ -1,4 +1,5 @@
-"""Deploy tests import the runner as the e2e tests do: deploy/ on sys.path, `import stack`."""
+"""Deploy tests import the harness, the runner and the table as the e2e tests do: deploy/ on sys.path
+(`import stack`, `import gateway`, `import services`, ...)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """docker-compose.yml checked offline (no Docker engine here): valid against the Compose
-Specification, and describing the same stack as the local runner (deploy/stack.py).
+Specification, made from the table of services (deploy/services.toml) and describing the same stack as
+the local runner (deploy/stack.py, deploy/run.py).
 
 The Compose Specification JSON schema comes from the check-jsonschema package (a dev dependency),
 which ships it among its vendored SchemaStore schemas; tests download nothing.
@@ -14,10 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import configs
+import gateway
 import jsonschema
 import pytest
 import stack
 import yaml
+
+import services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
@@ -31,7 +36,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def traefik_static() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(stack.TRAEFIK_STATIC.read_text())
+    loaded: dict[str, Any] = yaml.safe_load(gateway.TRAEFIK_STATIC.read_text())
     return loaded
 
 
@@ -63,11 +68,12 @@ def test_schema_catches_mistakes(compose: dict[str, Any]) -> None:
     assert not list(jsonschema.validators.validator_for(schema)(schema).iter_errors(compose))
 
 
-def test_every_service_of_the_runner_is_in_compose_with_its_migration_job(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    assert set(stack.discover_services()) <= set(stack.SERVICES)
-    for name in stack.SERVICES:
-        app, job = services[name], services[f"migrate-{name}"]
+def test_every_service_of_the_table_is_in_compose_with_its_migration_job(compose: dict[str, Any]) -> None:
+    entries = compose["services"]
+    apps = {name for name in entries if f"migrate-{name}" in entries}
+    assert apps == set(services.names()), "compose runs exactly the services of the table"
+    for name in services.names():
+        app, job = entries[name], entries[f"migrate-{name}"]
         for entry in (app, job):
             assert entry["build"]["context"] == "."
             assert entry["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -82,10 +88,10 @@ def test_every_service_of_the_runner_is_in_compose_with_its_migration_job(compos
             assert app["depends_on"]["auth"]["condition"] == "service_healthy"
 
 
-def test_services_listen_on_the_runner_ports_with_readyz_healthchecks(compose: dict[str, Any]) -> None:
-    for name in stack.SERVICES:
-        app = compose["services"][name]
-        port = stack.DEFAULT_PORTS[name]
+def test_services_listen_on_the_table_ports_with_readyz_healthchecks(compose: dict[str, Any]) -> None:
+    for service in services.table():
+        app = compose["services"][service.name]
+        port = service.port
         assert env_of(app)["PORT"] == str(port)
         assert app["expose"] == [str(port)]
         assert "ports" not in app, "services are reached through the gateway only"
@@ -101,14 +107,14 @@ def test_service_environment_names_match_the_runner(
             monkeypatch.delenv(key)
     settings = stack.StackSettings(services=(), run_dir=tmp_path, bootstrap_admin_password="x" * 12)
     runner = stack.Stack(settings)
-    for name in stack.SERVICES:
+    for name in services.names():
         by_runner = {k for k in runner.service_env(name) if k.startswith("ITSM_")}
         in_compose = {k for k in env_of(compose["services"][name]) if k.startswith("ITSM_")}
         assert in_compose == by_runner, name
         url = env_of(compose["services"][name])["ITSM_DATABASE_URL"]
         assert url.startswith(f"postgresql://{name}_app:"), "the app role, as itsm_shared.provision.app_url"
         assert env_of(compose["services"][name])["ITSM_JWKS_URL"] == (
-            f"http://auth:{stack.DEFAULT_PORTS['auth']}{stack.JWKS_PATH}"
+            f"http://{services.ISSUER}:{services.get(services.ISSUER).port}{services.JWKS_PATH}"
         )
         job_env = env_of(compose["services"][f"migrate-{name}"])
         assert job_env["ITSM_DATABASE_URL"].startswith("postgresql://postgres:"), "the job needs the superuser"
@@ -126,27 +132,28 @@ def test_gateway_uses_the_same_traefik_files_and_environment(
     # container port that compose publishes as ITSM_GATEWAY_PORT.
     assert traefik_static["providers"]["file"]["filename"] == "/etc/traefik/dynamic.yml"
     container_port = traefik_static["entryPoints"]["web"]["address"].rsplit(":", 1)[1]
-    assert traefik["ports"] == [f"${{ITSM_GATEWAY_PORT:-{stack.DEFAULT_GATEWAY_PORT}}}:{container_port}"]
+    assert traefik["ports"] == [f"${{ITSM_GATEWAY_PORT:-{gateway.DEFAULT_GATEWAY_PORT}}}:{container_port}"]
     # Same variables as the runner gives its Traefik process.
-    upstreams = {name: f"http://{name}:{stack.DEFAULT_PORTS[name]}" for name in stack.SERVICES}
-    by_runner = stack.gateway_env(upstreams, api_rate_limit=50, login_rate_limit=10, base={})
+    upstreams = {s.name: f"http://{s.name}:{s.port}" for s in services.table()}
+    by_runner = gateway.gateway_env(upstreams, api_rate_limit=50, login_rate_limit=10, base={})
     env = env_of(traefik)
     assert set(env) == set(by_runner)
-    for name in stack.SERVICES:
-        assert env[stack.upstream_env_name(name)] == upstreams[name]
-    assert env["ITSM_API_RATE_LIMIT"] == f"${{ITSM_API_RATE_LIMIT:-{stack.DEFAULT_API_RATE_LIMIT}}}"
-    assert env["ITSM_LOGIN_RATE_LIMIT"] == f"${{ITSM_LOGIN_RATE_LIMIT:-{stack.DEFAULT_LOGIN_RATE_LIMIT}}}"
+    for service in services.table():
+        assert env[service.upstream_env] == upstreams[service.name]
+    assert env["ITSM_API_RATE_LIMIT"] == f"${{ITSM_API_RATE_LIMIT:-{gateway.DEFAULT_API_RATE_LIMIT}}}"
+    assert env["ITSM_LOGIN_RATE_LIMIT"] == f"${{ITSM_LOGIN_RATE_LIMIT:-{gateway.DEFAULT_LOGIN_RATE_LIMIT}}}"
+    assert set(traefik["depends_on"]) == set(services.names())
 
 
 def test_dynamic_config_reads_every_variable_compose_and_runner_set() -> None:
-    template = stack.TRAEFIK_DYNAMIC.read_text()
+    template = configs.TRAEFIK_DYNAMIC.read_text()
     read = set(re.findall(r'env "([A-Z_]+)"', template))
     assert {"ITSM_API_RATE_LIMIT", "ITSM_LOGIN_RATE_LIMIT", "ITSM_API_MAX_INFLIGHT"} <= read
     # Upstream names are built in the template: ITSM_<SERVICE>_UPSTREAM over the service list.
     assert 'printf "ITSM_%s_UPSTREAM" (upper $name)' in template
     listed = re.search(r"\$services := list (.+)", template)
     assert listed is not None
-    assert tuple(re.findall(r'"(\w+)"', listed.group(1))) == stack.SERVICES
+    assert tuple(re.findall(r'"(\w+)"', listed.group(1))) == services.names()
 
 
 def test_infrastructure_images_and_mounted_files(compose: dict[str, Any]) -> None:

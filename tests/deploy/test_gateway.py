@@ -1,5 +1,5 @@
-"""The real Traefik binary with deploy/traefik, started by the runner's own code (stack.start_gateway),
-in front of stub backends on free ports.
+"""The real Traefik binary with deploy/traefik, started by the harness's own code (deploy/gateway.py), in
+front of stub backends on free ports.
 
 Two gateways: `gateway` with the production defaults except a generous API limit, and `strict` with
 ITSM_API_RATE_LIMIT=5, ITSM_LOGIN_RATE_LIMIT=10 and an in-flight cap of 2, where one service's
@@ -20,20 +20,24 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import stack
+from gateway import start_gateway
 from gateway_stubs import StubServer, stub_backend
+from processes import ManagedProcess, free_port, http_status
+
+import services
 
 pytestmark = pytest.mark.timeout(120)
 
 MIB = 1024 * 1024
-LIVE = ("auth", "incident", "problem", "change")  # audit is "not built": no upstream at all
+# Every service of the table but audit, which plays "not built": no upstream at all.
+LIVE = tuple(name for name in services.names() if name != "audit")
 
 
 @dataclass
 class Gateway:
     url: str
     run_dir: Path
-    process: stack.ManagedProcess
+    process: ManagedProcess
     stubs: dict[str, StubServer]
 
     def client(self, source: str = "127.0.0.1") -> httpx.Client:
@@ -54,8 +58,8 @@ def _start(
     login_rate_limit: int = 10,
     extra_env: dict[str, str] | None = None,
 ) -> Gateway:
-    port = stack.free_port()
-    process = stack.start_gateway(
+    port = free_port()
+    process = start_gateway(
         run_dir,
         port=port,
         upstreams=upstreams,
@@ -88,7 +92,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, stubs: dict[str, StubServe
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory, stubs: dict[str, StubServer]) -> Iterator[Gateway]:
-    closed = stack.free_port()  # nothing listens there: a service that was started once and died
+    closed = free_port()  # nothing listens there: a service that was started once and died
     upstreams: dict[str, str | None] = {
         "auth": stubs["auth"].url,
         "incident": stubs["incident"].url,
@@ -135,7 +139,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @pytest.mark.parametrize(
     ("service", "prefix"),
-    [(name, prefix) for name in LIVE for prefix in stack.ROUTE_PREFIXES[name]],
+    [(name, prefix) for name in LIVE for prefix in services.get(name).prefixes],
 )
 def test_every_prefix_reaches_its_service_unchanged(gateway: Gateway, service: str, prefix: str) -> None:
     with gateway.client() as client:
@@ -156,7 +160,7 @@ def test_token_endpoint_and_docs_reach_auth(gateway: Gateway) -> None:
         assert token.json()["service"] == "auth"
         assert token.json()["method"] == "POST"
         for name in LIVE:
-            docs = client.get(f"{stack.ROUTE_PREFIXES[name][0]}/docs")
+            docs = client.get(services.get(name).docs_path)
             assert docs.status_code == 200
             assert docs.headers["content-type"].startswith("text/html")
 
@@ -424,4 +428,4 @@ def test_gateway_stops_on_request(tmp_path: Path, stubs: dict[str, StubServer]) 
     gw = _start(tmp_path, stubs, {"auth": stubs["auth"].url})
     gw.process.stop(grace=5)
     assert not gw.process.running()
-    assert stack.http_status(f"{gw.url}/ping", timeout=1) is None
+    assert http_status(f"{gw.url}/ping", timeout=1) is None

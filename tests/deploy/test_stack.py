@@ -1,5 +1,6 @@
-"""The local runner (deploy/stack.py): probes, process groups, settings, and one real run of the
-auth service behind the gateway with a fault point, the way the e2e tests drive it."""
+"""The harness and the runner (deploy/stack.py, deploy/processes.py, deploy/gateway.py, deploy/run.py): probes,
+process groups, settings, and one real run of the auth service behind the gateway with a fault point, the way
+the e2e tests drive it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import configs
+import gateway
 import httpx
+import processes
 import pytest
+import run
 import stack
 import yaml
+
+import services
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,23 +48,23 @@ def wait_for(condition: object, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 def closed_port() -> int:
-    return stack.free_port()
+    return processes.free_port()
 
 
 # ------------------------------------------------------------------------------------------ probes
 
 
 def test_unreachable_dependencies_say_where_and_how_to_start_them(closed_port: int) -> None:
-    with pytest.raises(stack.DependencyUnavailable) as caught:
-        stack.check_dependencies(
+    with pytest.raises(processes.DependencyUnavailable) as caught:
+        processes.check_dependencies(
             f"postgresql://postgres:secret@127.0.0.1:{closed_port}/itsm",
             f"amqp://guest:guest@127.0.0.1:{closed_port}/",
         )
     message = str(caught.value)
     assert f"PostgreSQL is not reachable at 127.0.0.1:{closed_port}" in message
-    assert stack.PG_START_HINT in message
+    assert processes.PG_START_HINT in message
     assert f"RabbitMQ is not reachable at 127.0.0.1:{closed_port}" in message
-    assert stack.RABBIT_START_HINT in message
+    assert processes.RABBIT_START_HINT in message
     assert "secret" not in message
 
 
@@ -76,37 +83,40 @@ def test_probes_tell_a_server_of_another_kind() -> None:
 
         thread = threading.Thread(target=greet, daemon=True)
         thread.start()
-        assert "unexpected answer" in (stack.probe_postgres(f"postgresql://127.0.0.1:{port}/itsm") or "")
-        assert "unexpected answer" in (stack.probe_rabbitmq(f"amqp://127.0.0.1:{port}/") or "")
+        assert "unexpected answer" in (processes.probe_postgres(f"postgresql://127.0.0.1:{port}/itsm") or "")
+        assert "unexpected answer" in (processes.probe_rabbitmq(f"amqp://127.0.0.1:{port}/") or "")
         thread.join(timeout=5)
 
 
 def test_probes_accept_the_local_servers() -> None:
     database = os.environ.get("ITSM_TEST_DATABASE_URL") or stack.DEFAULT_DATABASE_URL
     broker = os.environ.get("ITSM_TEST_AMQP_URL") or stack.DEFAULT_AMQP_URL
-    if stack.probe_postgres(database) or stack.probe_rabbitmq(broker):
+    if processes.probe_postgres(database) or processes.probe_rabbitmq(broker):
         pytest.skip("no local PostgreSQL/RabbitMQ")
-    stack.check_dependencies(database, broker)
+    processes.check_dependencies(database, broker)
 
 
 def test_urls() -> None:
     url = "postgresql+asyncpg://postgres:pw@db:5433/itsm?sslmode=disable"
     assert (
-        stack.with_database(url, "itsm_e2e_1") == "postgresql+asyncpg://postgres:pw@db:5433/itsm_e2e_1?sslmode=disable"
+        processes.with_database(url, "itsm_e2e_1")
+        == "postgresql+asyncpg://postgres:pw@db:5433/itsm_e2e_1?sslmode=disable"
     )
-    assert stack.database_of(url) == "itsm"
-    assert stack.redact(url) == "postgresql+asyncpg://postgres:***@db:5433/itsm?sslmode=disable"
-    assert stack.redact("amqp://localhost/") == "amqp://localhost/"
+    assert processes.database_of(url) == "itsm"
+    assert processes.redact(url) == "postgresql+asyncpg://postgres:***@db:5433/itsm?sslmode=disable"
+    assert processes.redact("amqp://localhost/") == "amqp://localhost/"
 
 
 # ------------------------------------------------------------------------------------------ config
 
 
 def test_rendered_static_config_differs_only_in_the_local_values(tmp_path: Path) -> None:
-    rendered = yaml.safe_load(stack.render_traefik_static(tmp_path, host="127.0.0.1", port=18555).read_text())
-    original = yaml.safe_load(stack.TRAEFIK_STATIC.read_text())
+    rendered = yaml.safe_load(gateway.render_traefik_config(tmp_path, host="127.0.0.1", port=18555).read_text())
+    original = yaml.safe_load(gateway.TRAEFIK_STATIC.read_text())
     assert rendered["entryPoints"]["web"]["address"] == "127.0.0.1:18555"
-    assert rendered["providers"]["file"]["filename"] == str(stack.TRAEFIK_DYNAMIC.resolve())
+    # The dynamic file beside it is made from the table, as the committed one is.
+    assert rendered["providers"]["file"]["filename"] == str(tmp_path / "dynamic.yml")
+    assert (tmp_path / "dynamic.yml").read_text() == configs.render_dynamic()
     assert rendered["accessLog"]["filePath"] == str(tmp_path / "gateway-access.log")
     for config in (rendered, original):
         del config["entryPoints"]["web"]["address"]
@@ -117,7 +127,7 @@ def test_rendered_static_config_differs_only_in_the_local_values(tmp_path: Path)
 
 def test_gateway_env_has_no_upstream_for_absent_services() -> None:
     inherited = {"PATH": "/bin", "ITSM_AUDIT_UPSTREAM": "http://stale:1"}
-    env = stack.gateway_env(
+    env = gateway.gateway_env(
         {"auth": "http://127.0.0.1:1", "audit": None}, api_rate_limit=7, login_rate_limit=3, base=inherited
     )
     assert env["ITSM_AUTH_UPSTREAM"] == "http://127.0.0.1:1"
@@ -134,16 +144,16 @@ def test_settings_from_env_and_isolated(tmp_path: Path) -> None:
     assert settings.gateway_url == "http://127.0.0.1:9000"
     assert settings.api_rate_limit == 7
     assert settings.port("incident") == 9102
-    assert settings.port("auth") == stack.DEFAULT_PORTS["auth"]
+    assert settings.port("auth") == services.get("auth").port
 
     one, two = stack.StackSettings.isolated(tmp_path), stack.StackSettings.isolated(tmp_path)
     assert one.database_name != two.database_name
     assert one.database_name is not None and one.database_name.startswith("itsm_e2e_")
-    assert stack.database_of(one.database_url) == one.database_name
+    assert processes.database_of(one.database_url) == one.database_name
     assert one.exchange != two.exchange != stack.DEFAULT_EXCHANGE
     ports = [one.gateway_port, *one.service_ports.values()]
     assert len(set(ports)) == len(ports)
-    assert not set(ports) & {stack.DEFAULT_GATEWAY_PORT, *stack.DEFAULT_PORTS.values()}
+    assert not set(ports) & {gateway.DEFAULT_GATEWAY_PORT, *(s.port for s in services.table())}
 
 
 def test_service_env_follows_the_interfaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -153,7 +163,7 @@ def test_service_env_follows_the_interfaces(monkeypatch: pytest.MonkeyPatch, tmp
     runner = stack.Stack(settings)
     env = runner.service_env("incident")
     assert env["ITSM_DATABASE_URL"].startswith("postgresql://incident_app")
-    assert stack.database_of(env["ITSM_DATABASE_URL"]) == settings.database_name
+    assert processes.database_of(env["ITSM_DATABASE_URL"]) == settings.database_name
     assert env["ITSM_AMQP_URL"] == settings.amqp_url
     assert env["ITSM_EXCHANGE"] == settings.exchange
     assert env["ITSM_JWKS_URL"] == f"http://127.0.0.1:{settings.port('auth')}/api/v1/auth/jwks.json"
@@ -167,16 +177,32 @@ def test_service_env_follows_the_interfaces(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_bootstrap_password_is_generated_once(tmp_path: Path) -> None:
-    first, origin = stack.bootstrap_password(tmp_path, {})
+    first, origin = run.bootstrap_password(tmp_path, {})
     assert len(first) >= 12
     assert "generated now" in origin
     stored = tmp_path / "bootstrap-admin-password"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o600
-    again, origin = stack.bootstrap_password(tmp_path, {})
+    again, origin = run.bootstrap_password(tmp_path, {})
     assert again == first
     assert "generated earlier" in origin
-    given, _ = stack.bootstrap_password(tmp_path, {"ITSM_BOOTSTRAP_ADMIN_PASSWORD": "from-the-env-123"})
+    given, _ = run.bootstrap_password(tmp_path, {"ITSM_BOOTSTRAP_ADMIN_PASSWORD": "from-the-env-123"})
     assert given == "from-the-env-123"
+
+
+def test_banner_says_where_everything_is_and_how_to_log_in(tmp_path: Path) -> None:
+    settings = stack.StackSettings(
+        services=("auth", "incident"), run_dir=tmp_path, gateway_port=18000, bootstrap_admin_password="x" * 12
+    )
+    text = run.banner(stack.Stack(settings), "pass word-123", "generated now")
+    assert "  gateway   http://127.0.0.1:18000" in text
+    assert f"  incident  http://127.0.0.1:{services.get('incident').port}  (direct, for debugging)" in text
+    assert "http://127.0.0.1:18000/api/v1/incidents/docs" in text
+    assert "not built yet: problem, change, audit" in text
+    assert (
+        "curl -s -X POST http://127.0.0.1:18000/api/v1/auth/token -d grant_type=password -d username=admin "
+        "--data-urlencode 'password=pass word-123'"
+    ) in text
+    assert "Ctrl-C stops everything." in text
 
 
 def test_busy_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
@@ -185,9 +211,9 @@ def test_busy_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         settings = stack.StackSettings.isolated(tmp_path, services=(), gateway_port=port)
-        if stack.probe_postgres(settings.database_url) or stack.probe_rabbitmq(settings.amqp_url):
+        if processes.probe_postgres(settings.database_url) or processes.probe_rabbitmq(settings.amqp_url):
             pytest.skip("no local PostgreSQL/RabbitMQ")
-        with pytest.raises(stack.StackError, match=f"traefik port {port}"):
+        with pytest.raises(processes.StackError, match=f"traefik port {port}"):
             stack.Stack(settings).start()
 
 
@@ -195,35 +221,35 @@ def test_busy_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def stubborn(tmp_path: Path) -> Iterator[tuple[stack.ManagedProcess, Path]]:
+def stubborn(tmp_path: Path) -> Iterator[tuple[processes.ManagedProcess, Path]]:
     """A shell ignoring SIGTERM with a child of its own (the ignore is inherited)."""
     pid_file = tmp_path / "child.pid"
     script = f"trap '' TERM; sleep 300 & echo $! > {pid_file}; wait"
-    process = stack.ManagedProcess("stubborn", ["sh", "-c", script], dict(os.environ), tmp_path / "stubborn.log")
+    process = processes.ManagedProcess("stubborn", ["sh", "-c", script], dict(os.environ), tmp_path / "stubborn.log")
     process.start()
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
     yield process, pid_file
     process.signal_group(signal.SIGKILL)
 
 
-def test_stop_escalates_to_sigkill_for_the_whole_group(stubborn: tuple[stack.ManagedProcess, Path]) -> None:
+def test_stop_escalates_to_sigkill_for_the_whole_group(stubborn: tuple[processes.ManagedProcess, Path]) -> None:
     process, pid_file = stubborn
     child = int(pid_file.read_text())
     assert alive(child)
     started = time.monotonic()
-    stack.stop_all([process], grace=0.5)
+    processes.stop_all([process], grace=0.5)
     assert time.monotonic() - started < 5
     assert process.returncode() == -signal.SIGKILL
     wait_for(lambda: not alive(child), timeout=5)
 
 
 def test_wait_until_fails_fast_with_the_log_of_a_dead_process(tmp_path: Path) -> None:
-    process = stack.ManagedProcess(
+    process = processes.ManagedProcess(
         "crasher", ["sh", "-c", "echo boom-42; exit 3"], dict(os.environ), tmp_path / "c.log"
     )
     process.start()
-    with pytest.raises(stack.ProcessFailed, match="exited with code 3") as caught:
-        stack.wait_until(lambda: False, timeout=30, process=process, what="never")
+    with pytest.raises(processes.ProcessFailed, match="exited with code 3") as caught:
+        processes.wait_until(lambda: False, timeout=30, process=process, what="never")
     assert "boom-42" in str(caught.value)
 
 
@@ -255,7 +281,7 @@ def test_real_auth_behind_the_gateway_dies_at_a_fault_point_and_restarts(tmp_pat
     if "auth" not in stack.discover_services():
         pytest.skip("the auth service does not exist yet")
     settings = stack.StackSettings.isolated(tmp_path, services=("auth",), ready_timeout=60)
-    if stack.probe_postgres(settings.database_url) or stack.probe_rabbitmq(settings.amqp_url):
+    if processes.probe_postgres(settings.database_url) or processes.probe_rabbitmq(settings.amqp_url):
         pytest.skip("no local PostgreSQL/RabbitMQ")
     runner = stack.Stack(settings)
     form = {"grant_type": "password", "username": "admin", "password": settings.bootstrap_admin_password or ""}
@@ -273,7 +299,7 @@ def test_real_auth_behind_the_gateway_dies_at_a_fault_point_and_restarts(tmp_pat
             auth = runner.processes["auth"]
 
             def died() -> bool:
-                if auth.running() and stack.http_status(f"{settings.service_url('auth')}/readyz") == 200:
+                if auth.running() and processes.http_status(f"{settings.service_url('auth')}/readyz") == 200:
                     client.post("/api/v1/auth/token", data=form)
                 return not auth.running()
 

@@ -1,13 +1,12 @@
 """The whole stack as real processes, started the way `make run` starts it (deploy/stack.py), on free ports
-with its own database and exchange. Tests talk to it only through the gateway and the broker."""
+with its own database and exchange. Tests talk to it only through the gateway and the broker. The services,
+their routes and their queues are those of the table (deploy/services.toml)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,37 +21,23 @@ sys.path.insert(0, str(REPO_ROOT / "deploy"))
 
 import stack as stack_module  # noqa: E402
 
+import services  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Stack]:
     settings = stack_module.StackSettings.isolated(tmp_path_factory.mktemp("e2e-run"), die_with_parent=True)
     running = stack_module.Stack(settings)
-    running.start()
-    queues: tuple[str, ...] = ()
     try:
-        queues = consumer_queues(running)
+        running.start()
         yield running
     finally:
         running.stop()
         running.drop_database()
+        # The consumer queues of the table (test_service_table.py checks the services declare exactly
+        # those) under this stack's prefix, with their dead-letter queues, off the shared broker too.
+        queues = tuple(settings.queue_prefix + q for name in running.services for q in services.get(name).queues)
         asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange, queues))
-
-
-def consumer_queues(running: stack_module.Stack) -> tuple[str, ...]:
-    """The queues the services consume from, read from their AsyncAPI documents while they run, so the
-    teardown removes them (and their dead-letter queues) from the shared broker too. Only names under this
-    stack's own prefix."""
-    prefix = running.settings.queue_prefix
-    found: set[str] = set()
-    for name in running.services:
-        url = f"{running.settings.service_url(name)}/asyncapi.json"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            document = json.load(response)
-        for channel in document.get("channels", {}).values():
-            queue = channel.get("bindings", {}).get("amqp", {}).get("queue", {}).get("name")
-            if prefix and isinstance(queue, str) and queue.startswith(prefix):
-                found.add(queue)
-    return tuple(sorted(found))
 
 
 @pytest.fixture(scope="session")

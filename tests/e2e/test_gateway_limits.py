@@ -4,22 +4,27 @@ the shared e2e gateway runs with lifted limits so the other tests are not thrott
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import stack as stack_module
+from gateway import start_gateway
+from processes import free_port
+
+import services
 
 from .test_auth import assert_security_headers
 
 
 @pytest.fixture
-def strict_gateway(stack: stack_module.Stack, tmp_path: Path) -> object:
-    port = stack_module.free_port()
-    process = stack_module.start_gateway(
+def strict_gateway(stack: stack_module.Stack, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = start_gateway(
         tmp_path,
         port=port,
-        upstreams={"auth": stack.settings.service_url("auth")},
+        upstreams={services.ISSUER: stack.settings.service_url(services.ISSUER)},
         api_rate_limit=5,
         login_rate_limit=10,
         die_with_parent=True,
