@@ -129,19 +129,15 @@ def page_of(rows: Sequence[T], sort: Sort, limit: int, *, value_of: Any, id_of: 
     return items, None
 
 
-def listed(values: list[str] | None) -> list[str]:
-    """A multi-valued filter, repeated or comma-separated: `?status=new&status=assessed` or `?status=new,assessed`."""
-    return [v for value in values or [] for v in value.split(",") if v]
-
-
 def _split(value: Any) -> Any:
     if value is None:
         return None
-    return listed([str(v) for v in (value if isinstance(value, list) else [value])])
+    return [v for item in (value if isinstance(value, list) else [value]) for v in str(item).split(",") if v]
 
 
-# A typed multi-valued query parameter, repeated or comma-separated, validated by FastAPI (422 naming the value):
-# `status: Annotated[list[Status] | None, Query(), CommaSeparated] = None`.
+# A multi-valued filter, repeated or comma-separated (`?status=new&status=assessed` or `?status=new,assessed`),
+# typed and validated by FastAPI (422 naming the value): `status: Annotated[list[Status] | None, Query(),
+# CommaSeparated] = None`.
 CommaSeparated = BeforeValidator(_split)
 # The page size every list takes.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]

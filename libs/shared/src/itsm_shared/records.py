@@ -66,7 +66,7 @@ class Records(Generic[R]):
     service: str  # the event source, /itsm/<service>
     entity: str  # the event type's entity: itsm.<entity>.<action>
     model: type[R]
-    history: type[HistoryRow]
+    history: type[HistoryRow] | None  # None: versioned and published, without history rows
     noun: str  # for "no such <noun>"
     # The data of events another service consumes goes through the one definition both sides share.
     contracts: Mapping[str, type[BaseModel]] = field(default_factory=dict)
@@ -86,6 +86,8 @@ class Records(Generic[R]):
         try:
             stmt = stmt.where(table.id == (ref if isinstance(ref, uuid.UUID) else uuid.UUID(ref)))
         except ValueError:
+            if not hasattr(table, "number"):
+                raise NotFound(f"no such {self.noun}") from None
             stmt = stmt.where(table.number == str(ref).upper())
         if for_update:
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
@@ -136,10 +138,11 @@ class Records(Generic[R]):
             row.version += 1
             row.updated_at = now
         session.add(row)
-        for name, (old, new) in fields.items():
-            entry = self.history(actor_id=actor, field=name, old=old, new=new, at=now)
-            setattr(entry, self.history.owner, row.id)
-            session.add(entry)
+        if self.history is not None:
+            for name, (old, new) in fields.items():
+                entry = self.history(actor_id=actor, field=name, old=old, new=new, at=now)
+                setattr(entry, self.history.owner, row.id)
+                session.add(entry)
         if not events:
             return
         payload = data(row)

@@ -1,6 +1,6 @@
 """Blackout windows: periods no change may be scheduled into (emergency changes excepted), written by change
-managers. A window has a version and events but no number and no history table, so it is not a `Records`: its
-use cases append their events to the outbox themselves (`_emit`), in the caller's transaction."""
+managers. A window is versioned and published through the shared write path (`BLACKOUTS`), without history rows
+and without a number."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import uuid
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
 from itsm_shared.edits import FieldEdits
-from itsm_shared.errors import Forbidden, NotFound
+from itsm_shared.errors import Forbidden
 from itsm_shared.pagination import Sort, keyset, page_of
+from itsm_shared.records import Event
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from change import scheduling
-from change.models import BlackoutWindow
+from change.models import BLACKOUTS, BlackoutWindow
 from change.schemas import BlackoutWindowCreate, BlackoutWindowRead, BlackoutWindowUpdate
 from change.service import invalid, utcnow
 
@@ -57,27 +57,12 @@ def _check(window: BlackoutWindow) -> None:
             raise invalid("rrule", str(exc)) from exc
 
 
-async def _emit(session: AsyncSession, action: str, window: BlackoutWindow, actor: str, **kw: Any) -> None:
-    await outbox.emit(
-        session,
-        service="change",
-        type=f"blackout_window.{action}",
-        subject=window.id,
-        data=render(window).model_dump(mode="json"),
-        actor=actor,
-        sequence=window.version,
-        **kw,
-    )
+def _data(window: BlackoutWindow) -> dict[str, Any]:
+    return render(window).model_dump(mode="json")
 
 
 async def get_blackout(session: AsyncSession, window_id: uuid.UUID, *, for_update: bool = False) -> BlackoutWindow:
-    stmt = select(BlackoutWindow).where(BlackoutWindow.id == window_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    window = (await session.exec(stmt)).first()
-    if window is None:
-        raise NotFound("no such blackout window")
-    return window
+    return await BLACKOUTS.load(session, window_id, for_update=for_update)
 
 
 async def list_blackouts(
@@ -107,7 +92,10 @@ async def create_blackout(session: AsyncSession, body: BlackoutWindowCreate, act
     _check(window)
     session.add(window)
     await session.flush()
-    await _emit(session, "created", window, actor.actor)
+    created = [Event("created")]
+    await BLACKOUTS.record(
+        session, window, actor=actor.actor, now=now, fields={}, events=created, data=_data, bump=False
+    )
     return render(window)
 
 
@@ -130,15 +118,13 @@ async def update_blackout(
             edits.set(column, scheduling.wall_clock(values[name], tz))
     _check(window)
     if edits:
-        window.version += 1
-        window.updated_at = utcnow()
-        session.add(window)
-        await _emit(session, "updated", window, actor.actor, changes=edits.fields)
+        updated = [Event("updated", edits.fields)]
+        await BLACKOUTS.record(session, window, actor=actor.actor, now=utcnow(), fields={}, events=updated, data=_data)
     return render(window)
 
 
 async def delete_blackout(session: AsyncSession, window: BlackoutWindow, actor: Principal) -> None:
     require_change_manager(actor)
-    window.version += 1
-    await _emit(session, "deleted", window, actor.actor)
+    deleted = [Event("deleted")]
+    await BLACKOUTS.record(session, window, actor=actor.actor, now=utcnow(), fields={}, events=deleted, data=_data)
     await session.delete(window)

@@ -235,3 +235,6 @@ class BlackoutWindow(SQLModel, table=True):
 
 # The one write path of RFCs (itsm_shared.records): load by id or number, and version, history and events.
 CHANGES = Records(service="change", entity="change", model=ChangeRequest, history=ChangeHistory, noun="change")
+BLACKOUTS = Records(
+    service="change", entity="blackout_window", model=BlackoutWindow, history=None, noun="blackout window"
+)
