@@ -238,7 +238,8 @@ def test_stop_escalates_to_sigkill_for_the_whole_group(stubborn: tuple[processes
     assert alive(child)
     started = time.monotonic()
     processes.stop_all([process], grace=0.5)
-    assert time.monotonic() - started < 5
+    # Not waiting for the 300 s the child would live; how fast exactly is not the point.
+    assert time.monotonic() - started < 60
     assert process.returncode() == -signal.SIGKILL
     wait_for(lambda: not alive(child), timeout=5)
 
