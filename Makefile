@@ -10,7 +10,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 SYNC_FLAGS ?= --all-packages
 RUN := $(UV) run --no-sync
 # The table of services (deploy/services.toml), read with the standard library only.
-SERVICES := $(shell python3 deploy/services.py names)
+SERVICES := $(shell python3 deploy/service_table.py names)
 
 help:
 	@echo "make run        start PostgreSQL/RabbitMQ-backed services and the gateway locally (Ctrl-C stops)"
@@ -71,7 +71,7 @@ bench: install
 # Needs the stack running (make run in another terminal) on the ports of deploy/services.toml.
 asyncapi:
 	@mkdir -p build/asyncapi; \
-	python3 deploy/services.py ports | while read -r name port; do \
+	python3 deploy/service_table.py ports | while read -r name port; do \
 		if curl -fsS "http://127.0.0.1:$$port/asyncapi.json" -o "build/asyncapi/$$name.json"; then \
 			echo "build/asyncapi/$$name.json"; else echo "$$name: not running on $$port"; fi; \
 	done

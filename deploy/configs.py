@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import services
+import service_table as services
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAEFIK_DYNAMIC = REPO_ROOT / "deploy" / "traefik" / "dynamic.yml"

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import configs
+import service_table as services
 import yaml
 from processes import REPO_ROOT, ManagedProcess, StackError, http_status, wait_until
-
-import services
 
 TRAEFIK_DIR = REPO_ROOT / "deploy" / "traefik"
 TRAEFIK_STATIC = TRAEFIK_DIR / "traefik.yml"

@@ -28,11 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+import service_table as services
 from gateway import GATEWAY
 from processes import DependencyUnavailable, StackError, database_of
 from stack import Stack, StackSettings
-
-import services
 
 
 def bootstrap_password(run_dir: Path, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:

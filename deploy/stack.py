@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import service_table as services
 from gateway import DEFAULT_API_RATE_LIMIT, DEFAULT_GATEWAY_PORT, DEFAULT_LOGIN_RATE_LIMIT, GATEWAY, start_gateway
 from processes import (
     REPO_ROOT,
@@ -34,8 +35,6 @@ from processes import (
     wait_until,
     with_database,
 )
-
-import services
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/itsm"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

@@ -21,9 +21,8 @@ BENCH_DIR = REPO_ROOT / "bench"
 sys.path.insert(0, str(REPO_ROOT / "deploy"))
 
 import processes  # noqa: E402  (deploy/*.py, as tests/e2e imports them)
+import service_table as services  # noqa: E402
 import stack as stack_module  # noqa: E402
-
-import services  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1

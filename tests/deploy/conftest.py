@@ -1,5 +1,5 @@
 """Deploy tests import the harness, the runner and the table as the e2e tests do: deploy/ on sys.path
-(`import stack`, `import gateway`, `import services`, ...)."""
+(`import stack`, `import gateway`, `import service_table as services`, ...)."""
 
 from __future__ import annotations
 

@@ -19,10 +19,9 @@ import configs
 import gateway
 import jsonschema
 import pytest
+import service_table as services
 import stack
 import yaml
-
-import services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"

@@ -25,11 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import service_table as services
 from gateway import start_gateway
 from gateway_stubs import StubServer, stub_backend
 from processes import ManagedProcess, free_port, http_status
-
-import services
 
 pytestmark = pytest.mark.timeout(120)
 

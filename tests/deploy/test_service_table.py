@@ -10,9 +10,8 @@ from pathlib import Path
 
 import configs
 import pytest
+import service_table as services
 import yaml
-
-import services
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,7 +112,10 @@ def test_duplicates_are_refused() -> None:
 def test_the_makefile_reads_the_table_with_plain_python() -> None:
     def run(*args: str) -> str:
         result = subprocess.run(
-            ["python3", str(REPO_ROOT / "deploy" / "services.py"), *args], capture_output=True, text=True, check=True
+            ["python3", str(REPO_ROOT / "deploy" / "service_table.py"), *args],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return result.stdout
 

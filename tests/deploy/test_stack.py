@@ -21,10 +21,9 @@ import httpx
 import processes
 import pytest
 import run
+import service_table as services
 import stack
 import yaml
-
-import services
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -19,9 +19,8 @@ from itsm_shared.testing import remove_topology
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "deploy"))
 
+import service_table as services  # noqa: E402
 import stack as stack_module  # noqa: E402
-
-import services  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,10 @@ import uuid
 
 import httpx
 import jwt
+import service_table as services
 import stack as stack_module
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
-
-import services
 
 from .conftest import bearer, token
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import service_table as services
 import stack as stack_module
 from gateway import start_gateway
 from processes import free_port
-
-import services
 
 from .test_auth import assert_security_headers
 

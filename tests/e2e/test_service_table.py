@@ -5,9 +5,8 @@ gateway."""
 from __future__ import annotations
 
 import httpx
+import service_table as services
 import stack as stack_module
-
-import services
 
 
 def declared_queues(stack: stack_module.Stack, name: str) -> set[str]:

@@ -1,8 +1,8 @@
 """Reads deploy/services.toml, the one table of services (name, port, gateway prefixes, queues).
 
-Imported with deploy/ on sys.path (`import services`) by the runner, the test harness, the config
+Imported with deploy/ on sys.path (`import service_table as services`) by the runner, the test harness, the config
 generator and the tests. Standard library only, so the Makefile can run it with any Python 3.11:
-`python3 deploy/services.py names` prints the names, `... ports` one `name port` line each.
+`python3 deploy/service_table.py names` prints the names, `... ports` one `name port` line each.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main(argv: Sequence[str]) -> int:
         for service in table():
             print(service.name, service.port)
     else:
-        print("usage: python3 deploy/services.py names|ports", file=sys.stderr)
+        print("usage: python3 deploy/service_table.py names|ports", file=sys.stderr)
         return 2
     return 0
 
