@@ -3,7 +3,8 @@
 The session gets a database of its own, built by the auth service's real migrations (they carry exactly the
 shared tables, outbox / inbox / idempotency_key, plus auth's own), and is used through the `auth_app` login role
 as a running service would. Exchanges and queues carry this session's own names and are deleted at the end.
-Nothing waits by sleeping: `eventually` polls a condition until a deadline.
+Nothing waits by sleeping: `eventually` (itsm_shared.testing) polls a condition until a deadline, and `listen`
+(the `itsm` pytest plugin) opens `EventProbe`s on the session's exchange.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import SERVICE, Handler, Probe
+from .support import SERVICE, Handler
 
 # SQLModel nags on every AsyncSession.execute(); here it runs Core statements and text(), which is what it is for.
 SQLMODEL_EXECUTE_NOTICE = r"ignore:\s*\W*\s*You probably want to use `session.exec\(\)`:DeprecationWarning"
@@ -124,23 +125,9 @@ async def broker(settings: ServiceSettings, amqp: AbstractRobustConnection) -> A
 
 
 @pytest.fixture
-async def probe(
-    channel: AbstractChannel, settings: ServiceSettings, broker: RabbitBroker
-) -> AsyncIterator[Callable[..., Awaitable[Probe]]]:
-    made: list[Probe] = []
-
-    async def make(*routing_keys: str) -> Probe:
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        for key in routing_keys:
-            await queue.bind(settings.exchange, routing_key=key)
-        p = Probe(queue)
-        await queue.consume(p._on_message, no_ack=True)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        await channel.queue_delete(p.queue.name)
+def events_exchange(settings: ServiceSettings, broker: RabbitBroker) -> str:
+    """The session's exchange, declared by `broker`: the plugin's `listen` opens its probes there."""
+    return settings.exchange
 
 
 # ---------------------------------------------------------------- outbox

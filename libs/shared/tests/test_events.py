@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,10 +15,11 @@ from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, new_event, 
 from itsm_shared.observability import correlation_id
 from itsm_shared.outbox import OutboxRelay
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.testing import Listen
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import SERVICE, Probe, append_committed
+from .support import SERVICE, append_committed
 
 CONTRACT_ATTRIBUTES = {
     "specversion",
@@ -87,11 +88,11 @@ def test_new_event_defaults() -> None:
 async def test_relay_publishes_a_cloudevent_the_official_sdk_parses(
     clean_outbox: None,
     sessions: async_sessionmaker[AsyncSession],
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
     settings: ServiceSettings,
 ) -> None:
-    listener = await probe("envelope.*")
+    listener = await listen("envelope.*")
     entity, actor = uuid.uuid4(), uuid.uuid4()
     event = new_event(
         service=SERVICE,
@@ -105,7 +106,8 @@ async def test_relay_publishes_a_cloudevent_the_official_sdk_parses(
     await append_committed(sessions, event)
     relays()
 
-    (message,) = await listener.wait_for(1)
+    await listener.wait(count=1)
+    (message,) = listener.messages
     body = message.body
 
     # The legacy v1 API of the official SDK.

@@ -14,11 +14,12 @@ from faststream.rabbit import RabbitBroker
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, new_event
 from itsm_shared.inbox import PermanentError, claim, handle_once
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.testing import eventually
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import Handler, eventually
+from .support import Handler
 
 Start = Callable[[list[tuple[str, str, Handler]]], Awaitable[RabbitBroker]]
 Event = CloudEvent[dict[str, Any]]

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,12 +17,13 @@ from itsm_shared.events import new_event
 from itsm_shared.models import OutboxMessage
 from itsm_shared.outbox import OutboxRelay, append, channel_for
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.testing import EventProbe, Listen, eventually
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import SERVICE, Probe, append_committed, eventually
+from .support import SERVICE, append_committed
 
 pytestmark = pytest.mark.usefixtures("clean_outbox")
 
@@ -44,6 +45,11 @@ async def all_published(sessions: async_sessionmaker[AsyncSession], *ids: str) -
     return len(found) == len(ids) and all(r.published_at is not None for r in found)
 
 
+def message_ids(probe: EventProbe) -> list[str]:
+    """The AMQP message ids the probe received (the relay sets each to its event's id)."""
+    return [m.message_id or "" for m in probe.messages]
+
+
 def count_publishes(relay: OutboxRelay) -> list[str]:
     """Instrument one relay (not the broker): the ids it published and had confirmed."""
     done: list[str] = []
@@ -59,10 +65,10 @@ def count_publishes(relay: OutboxRelay) -> list[str]:
 
 async def test_rolled_back_append_leaves_no_row_and_no_message(
     sessions: async_sessionmaker[AsyncSession],
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await probe("rollback.*")
+    listener = await listen("rollback.*")
     relays()
     doomed = event("rollback.created", n=1)
     async with sessions() as session:
@@ -74,9 +80,9 @@ async def test_rolled_back_append_leaves_no_row_and_no_message(
     # A committed marker afterwards: once it is out, the relay has had every chance to publish the doomed one.
     marker = event("rollback.marker")
     await append_committed(sessions, marker)
-    await listener.wait_for(1)
+    await listener.wait(count=1)
     assert await rows(sessions, doomed["id"]) == []
-    assert listener.ids() == [marker["id"]]
+    assert message_ids(listener) == [marker["id"]]
 
 
 async def test_appends_flushed_together_commit(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -95,19 +101,19 @@ async def test_appends_flushed_together_commit(sessions: async_sessionmaker[Asyn
 
 async def test_committed_append_is_published_once_and_marked(
     sessions: async_sessionmaker[AsyncSession],
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await probe("committed.*")
+    listener = await listen("committed.*")
     relay = relays()
     first, second = event("committed.created", n=1), event("committed.updated", n=2)
     await append_committed(sessions, first, second)
     await eventually(lambda: all_published(sessions, first["id"], second["id"]), what="rows marked published")
-    await listener.wait_for(2)
+    await listener.wait(count=2)
     # More relay passes must not publish a marked row again.
     for _ in range(3):
         assert await relay.publish_batch() == 0
-    assert sorted(listener.ids()) == sorted([first["id"], second["id"]])
+    assert sorted(message_ids(listener)) == sorted([first["id"], second["id"]])
     for row in await rows(sessions, first["id"], second["id"]):
         assert row.attempts == 0
         assert row.last_error is None
@@ -119,10 +125,10 @@ async def test_committed_append_is_published_once_and_marked(
 async def test_notify_wakes_the_relay_without_waiting_for_the_sweep(
     sessions: async_sessionmaker[AsyncSession],
     settings: ServiceSettings,
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await probe("notified.*")
+    listener = await listen("notified.*")
     relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
 
     await eventually(lambda: relay_listeners(sessions), what="the relay's LISTEN connection")
@@ -130,7 +136,7 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_sweep(
     # since the next sweep is 30 s away and each must arrive within 5 s.
     for n in range(1, 4):
         await append_committed(sessions, event("notified.created", n=n))
-        await listener.wait_for(n, timeout=5.0)
+        await listener.wait(count=n, timeout=5.0)
 
 
 async def relay_listeners(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
@@ -145,10 +151,10 @@ async def relay_listeners(sessions: async_sessionmaker[AsyncSession]) -> list[in
 async def test_relay_listens_again_after_losing_its_connection(
     sessions: async_sessionmaker[AsyncSession],
     settings: ServiceSettings,
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await probe("relisten.*")
+    listener = await listen("relisten.*")
     relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
     (first,) = await eventually(lambda: relay_listeners(sessions), what="the relay's LISTEN connection")
     async with sessions() as session:
@@ -160,16 +166,16 @@ async def test_relay_listens_again_after_losing_its_connection(
     await eventually(new_listener, what="a new LISTEN connection")
     for n in range(1, 3):
         await append_committed(sessions, event("relisten.created", n=n))
-        await listener.wait_for(n, timeout=5.0)
+        await listener.wait(count=n, timeout=5.0)
 
 
 async def test_two_relays_publish_every_row_exactly_once(
     sessions: async_sessionmaker[AsyncSession],
     settings: ServiceSettings,
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await probe("replicated.*")
+    listener = await listen("replicated.*")
     events = [event("replicated.created", n=n) for n in range(300)]
     for start in range(0, 300, 100):
         await append_committed(sessions, *events[start : start + 100])
@@ -184,10 +190,10 @@ async def test_two_relays_publish_every_row_exactly_once(
         published = [count_publishes(relay) for relay in pair]
         ids = [e["id"] for e in events]
         await eventually(lambda: all_published(sessions, *ids), timeout=30, what="all 300 rows published")
-        await listener.wait_for(300, timeout=10)
+        await listener.wait(count=300, timeout=10)
         # Give a late duplicate the chance to show up before counting.
         await asyncio.sleep(0.5)
-        seen = Counter(listener.ids())
+        seen = Counter(message_ids(listener))
         assert set(seen) == set(ids)
         assert [i for i, n in seen.items() if n != 1] == []
         assert len(listener.messages) == 300
@@ -200,10 +206,10 @@ async def test_two_relays_publish_every_row_exactly_once(
 async def test_unreachable_broker_keeps_rows_and_a_working_relay_publishes_them_later(
     sessions: async_sessionmaker[AsyncSession],
     settings: ServiceSettings,
-    probe: Callable[..., Awaitable[Probe]],
+    listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await probe("stranded.*")
+    listener = await listen("stranded.*")
     dead_settings = settings.model_copy(update={"amqp_url": "amqp://guest:guest@127.0.0.1:1/"})
     dead_broker = make_broker(dead_settings)
     # As in app.py: the broker keeps trying to connect in the background while the relay already runs.
@@ -237,8 +243,8 @@ async def test_unreachable_broker_keeps_rows_and_a_working_relay_publishes_them_
 
     relays()  # a relay with a working broker, e.g. after the broker came back
     await eventually(lambda: all_published(sessions, *ids), timeout=20, what="stranded rows published")
-    await listener.wait_for(3)
-    assert sorted(listener.ids()) == sorted(ids)
+    await listener.wait(count=3)
+    assert sorted(message_ids(listener)) == sorted(ids)
 
 
 async def test_event_nobody_listens_to_lands_in_the_unrouted_queue(

@@ -1,15 +1,13 @@
-"""Audit tests: the shared fixtures (itsm_shared.testing_fixtures) for the audit service, plus what the log's
-own tests need: direct database connections (as the service's role, and as a superuser who can tamper), a
-publisher onto the session's exchange, and polling with a deadline."""
+"""Audit tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the audit
+service, plus what the log's own tests need: direct database connections (as the service's role, and as a
+superuser who can tamper) and a publisher onto the session's exchange."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -17,13 +15,10 @@ import pytest
 from fastapi import FastAPI
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event
-from itsm_shared.testing import TestDatabase
-from itsm_shared.testing_fixtures import *  # noqa: F403
+from itsm_shared.testing import TestDatabase, eventually
 from itsm_shared.testing_fixtures import Actor
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
-
-T = TypeVar("T")
 
 # SQLModel nags on every AsyncSession.execute(); the log runs text() and Core statements, which is what it is for.
 SQLMODEL_EXECUTE_NOTICE = r"ignore:\s*\W*\s*You probably want to use `session.exec\(\)`:DeprecationWarning"
@@ -85,19 +80,6 @@ async def as_service_role(database: TestDatabase) -> AsyncIterator[asyncpg.Conne
     conn = await asyncpg.connect(asyncpg_dsn(database.app_url("audit")))
     yield conn
     await conn.close()
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s; last value: {value!r}")
-        await asyncio.sleep(interval)
 
 
 def event(type: str = "incident.created", subject: Any = None, **data: Any) -> dict[str, Any]:

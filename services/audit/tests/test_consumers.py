@@ -23,11 +23,12 @@ from fastapi import FastAPI
 from itsm_shared.broker import make_broker
 from itsm_shared.db import asyncpg_dsn, transaction
 from itsm_shared.testing import TestDatabase as Database
+from itsm_shared.testing import eventually
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .conftest import assert_chain_is_gap_free, event, eventually, publish, stored, wait_stored
+from .conftest import assert_chain_is_gap_free, event, publish, stored, wait_stored
 
 OUTAGE_SECONDS = 30
 
@@ -168,7 +169,7 @@ async def test_poison_is_parked_with_its_reason_and_the_stream_goes_on(
         return got if len(got) >= 4 else []
 
     got: list[aio_pika.abc.AbstractIncomingMessage] = []
-    dead = await eventually(four_parked, what="4 parked messages")
+    dead = await eventually(four_parked, timeout=15, what="4 parked messages")
     bodies = {m.body: header(m, "x-itsm-error") for m in dead}
     assert bodies[b"{this is not json"].startswith("not JSON")
     assert "specversion" in bodies[not_a_cloudevent]
@@ -242,7 +243,7 @@ async def test_a_postgresql_outage_loses_nothing_and_parks_nothing(
 
     producer = asyncio.create_task(produce())
     try:
-        await eventually(lambda: _count(published, 20), what="events flowing")
+        await eventually(lambda: _count(published, 20), timeout=15, what="events flowing")
         await asyncio.to_thread(_pg_ctl, cluster, "stop")
         try:
             assert not await _accepts_connections(database.admin_url)

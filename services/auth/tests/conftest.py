@@ -1,11 +1,10 @@
-"""Auth tests: the shared fixtures (itsm_shared.testing_fixtures), with the auth service's own keys (no test
-issuer) and its bootstrap admin."""
+"""Auth tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the auth
+service, with its own keys (no test issuer) and its bootstrap admin."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
-from itsm_shared.testing_fixtures import *  # noqa: F403
 
 ADMIN_PASSWORD = "bootstrap-admin-password"
 

@@ -1,18 +1,16 @@
-"""Change tests: the shared fixtures (itsm_shared.testing_fixtures) for the change service, actors by role,
-and helpers that raise and move RFCs through the HTTP API."""
+"""Change tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the change
+service, actors by role, and helpers that raise and move RFCs through the HTTP API."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from itsm_shared.testing import EventProbe, listening
-from itsm_shared.testing_fixtures import *  # noqa: F403
+from itsm_shared.testing import EventProbe, Listen
 from itsm_shared.testing_fixtures import Actor
 
 # SQLModel nags on every AsyncSession.execute(); the scheduling queries select columns, which is what it is for.
@@ -44,10 +42,10 @@ def cab2(actor: Callable[..., Actor]) -> Actor:
     return actor("cab_member")
 
 
-def listen(amqp: Any, names: dict[str, Any]) -> AbstractAsyncContextManager[EventProbe]:
-    """Every event on the session's exchange (change.* and blackout_window.*); short types mean change.*."""
-    probe: AbstractAsyncContextManager[EventProbe] = listening(amqp, names["exchange"], "change", "#")
-    return probe
+@pytest.fixture
+async def probe(listen: Listen) -> EventProbe:
+    """The service's events on the session's exchange (change.* and blackout_window.*); short types mean change.*."""
+    return await listen("change.#", "blackout_window.#")
 
 
 # ---------------------------------------------------------------- helpers

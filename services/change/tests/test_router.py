@@ -6,12 +6,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
-from itsm_shared.testing import migrate
+from itsm_shared.testing import EventProbe, migrate
 
-from .conftest import LOW, PLANS, Actor, at, create, decide, iso, listen, move, patch, unique_ci, window
+from .conftest import LOW, PLANS, Actor, at, create, decide, iso, move, patch, unique_ci, window
 
 
 async def test_requests_without_a_valid_token_are_401(client: httpx.AsyncClient) -> None:
@@ -173,16 +172,14 @@ async def test_notes(
     client: httpx.AsyncClient,
     agent: Actor,
     cab: Actor,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    names: dict[str, Any],
+    probe: EventProbe,
 ) -> None:
     change = await create(client, agent)
-    async with listen(amqp, names) as probe:
-        url = f"/api/v1/changes/{change['id']}/notes"
-        first = await client.post(url, headers=agent.headers, json={"body": "vendor confirmed the window"})
-        second = await client.post(url, headers=cab.headers, json={"body": "CAB: fine"})
-        assert first.status_code == second.status_code == 201
-        await probe.expect(change["id"], "note_added", "note_added")
+    url = f"/api/v1/changes/{change['id']}/notes"
+    first = await client.post(url, headers=agent.headers, json={"body": "vendor confirmed the window"})
+    second = await client.post(url, headers=cab.headers, json={"body": "CAB: fine"})
+    assert first.status_code == second.status_code == 201
+    await probe.expect(change["id"], "note_added", "note_added")
     notes = (await client.get(url, headers=agent.headers)).json()
     assert [(n["body"], n["author_id"]) for n in notes] == [
         ("vendor confirmed the window", str(agent.id)),
@@ -243,37 +240,35 @@ async def test_blackout_windows_are_written_by_change_managers(
     manager: Actor,
     agent: Actor,
     actor: Any,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    names: dict[str, Any],
+    probe: EventProbe,
 ) -> None:
     body = {**FRIDAY_EVENING, "configuration_items": [unique_ci()]}
     for who in (agent, actor("admin"), actor("cab_member")):
         assert (await client.post("/api/v1/blackout-windows", headers=who.headers, json=body)).status_code == 403
-    async with listen(amqp, names) as probe:
-        created = await client.post("/api/v1/blackout-windows", headers=manager.headers, json=body)
-        assert created.status_code == 201, created.text
-        window_ = created.json()
-        assert window_["start"] == "2031-01-10T18:00:00+01:00" and window_["end"] == "2031-01-13T06:00:00+01:00"
-        assert window_["recurring"] is True and created.headers["etag"] == '"1"'
-        url = f"/api/v1/blackout-windows/{window_['id']}"
-        assert (await client.get(url, headers=agent.headers)).json() == window_
-        stale = await client.patch(url, headers={**manager.headers, "If-Match": '"9"'}, json={"name": "x"})
-        assert stale.status_code == 412
-        renamed = await client.patch(url, headers={**manager.headers, "If-Match": '"1"'}, json={"name": "freeze"})
-        assert renamed.status_code == 200 and renamed.json()["version"] == 2
-        assert (await client.patch(url, headers=agent.headers, json={"name": "mine"})).status_code == 403
-        # an offset-bearing time is converted to the window's own zone
-        moved = await client.patch(url, headers=manager.headers, json={"start": "2031-01-10T16:00:00Z"})
-        assert moved.json()["start"] == "2031-01-10T17:00:00+01:00"
-        assert (await client.delete(url, headers=agent.headers)).status_code == 403
-        assert (await client.delete(url, headers=manager.headers)).status_code == 204
-        assert (await client.get(url, headers=agent.headers)).status_code == 404
-        events = await probe.expect(
-            window_["id"],
-            "itsm.blackout_window.created",
-            "itsm.blackout_window.updated",
-            "itsm.blackout_window.deleted",
-        )
+    created = await client.post("/api/v1/blackout-windows", headers=manager.headers, json=body)
+    assert created.status_code == 201, created.text
+    window_ = created.json()
+    assert window_["start"] == "2031-01-10T18:00:00+01:00" and window_["end"] == "2031-01-13T06:00:00+01:00"
+    assert window_["recurring"] is True and created.headers["etag"] == '"1"'
+    url = f"/api/v1/blackout-windows/{window_['id']}"
+    assert (await client.get(url, headers=agent.headers)).json() == window_
+    stale = await client.patch(url, headers={**manager.headers, "If-Match": '"9"'}, json={"name": "x"})
+    assert stale.status_code == 412
+    renamed = await client.patch(url, headers={**manager.headers, "If-Match": '"1"'}, json={"name": "freeze"})
+    assert renamed.status_code == 200 and renamed.json()["version"] == 2
+    assert (await client.patch(url, headers=agent.headers, json={"name": "mine"})).status_code == 403
+    # an offset-bearing time is converted to the window's own zone
+    moved = await client.patch(url, headers=manager.headers, json={"start": "2031-01-10T16:00:00Z"})
+    assert moved.json()["start"] == "2031-01-10T17:00:00+01:00"
+    assert (await client.delete(url, headers=agent.headers)).status_code == 403
+    assert (await client.delete(url, headers=manager.headers)).status_code == 204
+    assert (await client.get(url, headers=agent.headers)).status_code == 404
+    events = await probe.expect(
+        window_["id"],
+        "itsm.blackout_window.created",
+        "itsm.blackout_window.updated",
+        "itsm.blackout_window.deleted",
+    )
     update = next(e for e in events if e["type"] == "itsm.blackout_window.updated")
     assert update["data"]["changes"] == {"name": ["weekend freeze", "freeze"]}
 
@@ -319,15 +314,13 @@ async def test_scheduled_events_carry_the_window(
     client: httpx.AsyncClient,
     agent: Actor,
     cab: Actor,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    names: dict[str, Any],
+    probe: EventProbe,
 ) -> None:
-    async with listen(amqp, names) as probe:
-        change = await create(client, agent, **PLANS, risk_assessment=LOW, **window(at(12), 2, unique_ci()))
-        change = await move(client, agent, change, "assess")
-        change = await move(client, agent, change, "authorize")
-        await decide(client, cab, change, "approve")
-        events = await probe.expect(change["id"], "scheduled")
+    change = await create(client, agent, **PLANS, risk_assessment=LOW, **window(at(12), 2, unique_ci()))
+    change = await move(client, agent, change, "assess")
+    change = await move(client, agent, change, "authorize")
+    await decide(client, cab, change, "approve")
+    events = await probe.expect(change["id"], "scheduled")
     scheduled = next(e for e in events if e["type"] == "itsm.change.scheduled")
     assert scheduled["data"]["planned_start"].startswith("2031-01-18T00:00:00")
     assert scheduled["data"]["status"] == "scheduled"

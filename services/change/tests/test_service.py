@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
 from change import lifecycle, risk
 from change.models import ChangeType, Risk
 from itsm_shared.errors import Conflict
+from itsm_shared.testing import EventProbe
 
-from .conftest import HIGH, LOW, MODERATE, PLANS, Actor, at, create, decide, listen, move, patch, unique_ci, window
+from .conftest import HIGH, LOW, MODERATE, PLANS, Actor, at, create, decide, move, patch, unique_ci, window
 
 CLOSE = {"close_code": "successful", "close_notes": "done, monitored for an hour"}
 
@@ -33,34 +33,29 @@ async def expect_status(
 # ---------------------------------------------------------------- paths per type
 
 
-async def test_standard_path_is_preapproved(
-    client: httpx.AsyncClient, agent: Actor, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
-) -> None:
-    async with listen(amqp, names) as probe:
-        change = await create(client, agent, type="standard", **PLANS, **window(at(1), 2, unique_ci()))
-        assert change["status"] == "new" and change["approval"] == "not_required" and change["risk"] == "low"
-        assert await transitions(client, agent, change) == ["cancelled", "scheduled"]
-        for illegal in ("assess", "authorize", "implement", "review", "closed"):
-            await expect_status(client, agent, change, illegal, 409)
-        change = await move(client, agent, change, "scheduled")
-        assert await transitions(client, agent, change) == ["cancelled", "implement"]
-        await expect_status(client, agent, change, "closed", 409, **CLOSE)
-        change = await move(client, agent, change, "implement")
-        assert change["actual_start"] is not None
-        assert await transitions(client, agent, change) == ["review"]
-        await expect_status(client, agent, change, "cancelled", 409)
-        await expect_status(client, agent, change, "closed", 409, **CLOSE)
-        change = await move(client, agent, change, "review")
-        assert change["actual_end"] is not None and change["actual_end"] >= change["actual_start"]
-        await expect_status(client, agent, change, "closed", 422)  # close_code and close_notes
-        change = await move(client, agent, change, "closed", **CLOSE)
-        assert change["closed_at"] and change["close_code"] == "successful"
-        assert await transitions(client, agent, change) == []
-        await expect_status(client, agent, change, "review", 409)
-        assert (await patch(client, agent, change, title="renamed")).status_code == 409
-        events = await probe.expect(
-            change["id"], "created", "scheduled", "implemented", "closed", *["status_changed"] * 4
-        )
+async def test_standard_path_is_preapproved(client: httpx.AsyncClient, agent: Actor, probe: EventProbe) -> None:
+    change = await create(client, agent, type="standard", **PLANS, **window(at(1), 2, unique_ci()))
+    assert change["status"] == "new" and change["approval"] == "not_required" and change["risk"] == "low"
+    assert await transitions(client, agent, change) == ["cancelled", "scheduled"]
+    for illegal in ("assess", "authorize", "implement", "review", "closed"):
+        await expect_status(client, agent, change, illegal, 409)
+    change = await move(client, agent, change, "scheduled")
+    assert await transitions(client, agent, change) == ["cancelled", "implement"]
+    await expect_status(client, agent, change, "closed", 409, **CLOSE)
+    change = await move(client, agent, change, "implement")
+    assert change["actual_start"] is not None
+    assert await transitions(client, agent, change) == ["review"]
+    await expect_status(client, agent, change, "cancelled", 409)
+    await expect_status(client, agent, change, "closed", 409, **CLOSE)
+    change = await move(client, agent, change, "review")
+    assert change["actual_end"] is not None and change["actual_end"] >= change["actual_start"]
+    await expect_status(client, agent, change, "closed", 422)  # close_code and close_notes
+    change = await move(client, agent, change, "closed", **CLOSE)
+    assert change["closed_at"] and change["close_code"] == "successful"
+    assert await transitions(client, agent, change) == []
+    await expect_status(client, agent, change, "review", 409)
+    assert (await patch(client, agent, change, title="renamed")).status_code == 409
+    events = await probe.expect(change["id"], "created", "scheduled", "implemented", "closed", *["status_changed"] * 4)
     statuses = [e["data"]["changes"]["status"] for e in events if e["type"] == "itsm.change.status_changed"]
     assert statuses == [["new", "scheduled"], ["scheduled", "implement"], ["implement", "review"], ["review", "closed"]]
     # sequence is the RFC's version, rising with each change
@@ -72,33 +67,31 @@ async def test_normal_path_through_assess_and_cab(
     client: httpx.AsyncClient,
     agent: Actor,
     cab: Actor,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    names: dict[str, Any],
+    probe: EventProbe,
 ) -> None:
-    async with listen(amqp, names) as probe:
-        change = await create(client, agent, risk_assessment=MODERATE, **window(at(2), 2, unique_ci()))
-        assert change["risk"] == "moderate" and change["approval"] == "not_requested"
-        assert await transitions(client, agent, change) == ["assess", "cancelled"]
-        for illegal in ("scheduled", "authorize", "implement", "review"):
-            await expect_status(client, agent, change, illegal, 409)
-        missing = await expect_status(client, agent, change, "assess", 422)
-        assert {e["loc"][-1] for e in missing["errors"]} == {"implementation_plan", "backout_plan", "test_plan"}
-        change = await move(client, agent, change, "assess", **PLANS)
-        await expect_status(client, agent, change, "scheduled", 409)
-        change = await move(client, agent, change, "authorize")
-        assert change["approval"] == "requested" and change["approval_round"] == 1
-        assert await transitions(client, agent, change) == ["cancelled"]
-        conflict = await expect_status(client, agent, change, "scheduled", 409)
-        assert "approval" in conflict["detail"]
-        await expect_status(client, agent, change, "new", 409)
-        decided = await decide(client, cab, change, "approve", "looks safe")
-        assert decided.status_code == 201, decided.text
-        change = decided.json()["change"]
-        assert change["status"] == "scheduled" and change["approval"] == "approved"
-        change = await move(client, agent, change, "implement")
-        change = await move(client, agent, change, "review")
-        change = await move(client, agent, change, "closed", **CLOSE)
-        await probe.expect(change["id"], "created", "approved", "scheduled", "implemented", "closed")
+    change = await create(client, agent, risk_assessment=MODERATE, **window(at(2), 2, unique_ci()))
+    assert change["risk"] == "moderate" and change["approval"] == "not_requested"
+    assert await transitions(client, agent, change) == ["assess", "cancelled"]
+    for illegal in ("scheduled", "authorize", "implement", "review"):
+        await expect_status(client, agent, change, illegal, 409)
+    missing = await expect_status(client, agent, change, "assess", 422)
+    assert {e["loc"][-1] for e in missing["errors"]} == {"implementation_plan", "backout_plan", "test_plan"}
+    change = await move(client, agent, change, "assess", **PLANS)
+    await expect_status(client, agent, change, "scheduled", 409)
+    change = await move(client, agent, change, "authorize")
+    assert change["approval"] == "requested" and change["approval_round"] == 1
+    assert await transitions(client, agent, change) == ["cancelled"]
+    conflict = await expect_status(client, agent, change, "scheduled", 409)
+    assert "approval" in conflict["detail"]
+    await expect_status(client, agent, change, "new", 409)
+    decided = await decide(client, cab, change, "approve", "looks safe")
+    assert decided.status_code == 201, decided.text
+    change = decided.json()["change"]
+    assert change["status"] == "scheduled" and change["approval"] == "approved"
+    change = await move(client, agent, change, "implement")
+    change = await move(client, agent, change, "review")
+    change = await move(client, agent, change, "closed", **CLOSE)
+    await probe.expect(change["id"], "created", "approved", "scheduled", "implemented", "closed")
 
 
 async def test_emergency_path_is_authorized_by_a_change_manager(
@@ -319,23 +312,21 @@ async def test_high_risk_needs_two_approvals_from_different_people(
     agent: Actor,
     cab: Actor,
     cab2: Actor,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    names: dict[str, Any],
+    probe: EventProbe,
 ) -> None:
-    async with listen(amqp, names) as probe:
-        change = await authorize(client, agent, HIGH, **window(at(5, 3), 1, unique_ci()))
-        first = await decide(client, cab, change, "approve", "fine by networks")
-        assert first.status_code == 201
-        assert first.json()["change"]["status"] == "authorize"
-        assert first.json()["change"]["approval"] == "requested"
-        again = await decide(client, cab, change, "approve", "still fine")
-        assert again.status_code == 409, "the same person cannot make up the quorum"
-        second = await decide(client, cab2, change, "approve", "fine by storage")
-        assert second.status_code == 201
-        assert second.json()["change"]["status"] == "scheduled"
-        late = await decide(client, cab2, change, "reject", "too late")
-        assert late.status_code == 409
-        events = await probe.expect(change["id"], "approved", "approved", "scheduled")
+    change = await authorize(client, agent, HIGH, **window(at(5, 3), 1, unique_ci()))
+    first = await decide(client, cab, change, "approve", "fine by networks")
+    assert first.status_code == 201
+    assert first.json()["change"]["status"] == "authorize"
+    assert first.json()["change"]["approval"] == "requested"
+    again = await decide(client, cab, change, "approve", "still fine")
+    assert again.status_code == 409, "the same person cannot make up the quorum"
+    second = await decide(client, cab2, change, "approve", "fine by storage")
+    assert second.status_code == 201
+    assert second.json()["change"]["status"] == "scheduled"
+    late = await decide(client, cab2, change, "reject", "too late")
+    assert late.status_code == 409
+    events = await probe.expect(change["id"], "approved", "approved", "scheduled")
     approvals = [e["data"]["approval_decision"] for e in events if e["type"] == "itsm.change.approved"]
     assert [(a["approvals"], a["required"], a["quorum_reached"]) for a in approvals] == [(1, 2, False), (2, 2, True)]
     assert [a["comment"] for a in approvals] == ["fine by networks", "fine by storage"]
@@ -376,19 +367,17 @@ async def test_one_rejection_returns_the_change_to_new(
     cab: Actor,
     cab2: Actor,
     actor: Any,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    names: dict[str, Any],
+    probe: EventProbe,
 ) -> None:
-    async with listen(amqp, names) as probe:
-        change = await authorize(client, agent, HIGH)
-        assert (await decide(client, cab, change, "approve", "ok")).status_code == 201
-        no_comment = await decide(client, cab2, change, "reject", None)
-        assert no_comment.status_code == 422, "a rejection says why"
-        rejected = await decide(client, cab2, change, "reject", "no backout for the schema migration")
-        assert rejected.status_code == 201
-        change = rejected.json()["change"]
-        assert change["status"] == "new" and change["approval"] == "rejected"
-        events = await probe.expect(change["id"], "rejected")
+    change = await authorize(client, agent, HIGH)
+    assert (await decide(client, cab, change, "approve", "ok")).status_code == 201
+    no_comment = await decide(client, cab2, change, "reject", None)
+    assert no_comment.status_code == 422, "a rejection says why"
+    rejected = await decide(client, cab2, change, "reject", "no backout for the schema migration")
+    assert rejected.status_code == 201
+    change = rejected.json()["change"]
+    assert change["status"] == "new" and change["approval"] == "rejected"
+    events = await probe.expect(change["id"], "rejected")
     event = next(e for e in events if e["type"] == "itsm.change.rejected")
     assert event["data"]["approval_decision"]["comment"] == "no backout for the schema migration"
     assert event["data"]["status"] == "new" and event["actorid"] == str(cab2.id)
@@ -440,17 +429,16 @@ async def test_approved_into_a_conflict_waits_in_authorize(client: httpx.AsyncCl
 
 
 async def test_field_level_history_and_update_events(
-    client: httpx.AsyncClient, agent: Actor, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
+    client: httpx.AsyncClient, agent: Actor, probe: EventProbe
 ) -> None:
-    async with listen(amqp, names) as probe:
-        change = await create(client, agent, title="Old title")
-        ci = unique_ci()
-        updated = await patch(client, agent, change, title="New title", configuration_items=[ci, ci, " x "])
-        assert updated.status_code == 200
-        assert updated.json()["configuration_items"] == [ci, "x"] and updated.json()["version"] == 2
-        same = await patch(client, agent, updated.json(), title="New title")
-        assert same.json()["version"] == 2, "a PATCH that changes nothing is no new version"
-        events = await probe.expect(change["id"], "created", "updated")
+    change = await create(client, agent, title="Old title")
+    ci = unique_ci()
+    updated = await patch(client, agent, change, title="New title", configuration_items=[ci, ci, " x "])
+    assert updated.status_code == 200
+    assert updated.json()["configuration_items"] == [ci, "x"] and updated.json()["version"] == 2
+    same = await patch(client, agent, updated.json(), title="New title")
+    assert same.json()["version"] == 2, "a PATCH that changes nothing is no new version"
+    events = await probe.expect(change["id"], "created", "updated")
     update = next(e for e in events if e["type"] == "itsm.change.updated")
     assert update["data"]["changes"] == {"title": ["Old title", "New title"], "configuration_items": [[], [ci, "x"]]}
     assert update["sequence"] == 2 and update["actorid"] == str(agent.id) and update["source"] == "/itsm/change"

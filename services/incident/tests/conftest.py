@@ -1,4 +1,5 @@
-"""Incident tests: the shared fixtures (itsm_shared.testing_fixtures) for the incident service."""
+"""Incident tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the
+incident service, and a probe on its events."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from itsm_shared.testing_fixtures import *  # noqa: F403
+from itsm_shared.testing import EventProbe, Listen
 from itsm_shared.testing_fixtures import Actor
 
 
@@ -23,6 +24,12 @@ def consumer_queues() -> tuple[str, ...]:
 @pytest.fixture(scope="session")
 def extra_env() -> dict[str, str]:
     return {"ITSM_SLA_TICK_SECONDS": "0.1"}
+
+
+@pytest.fixture
+async def probe(listen: Listen) -> EventProbe:
+    """Everything the incident service publishes (incident.*); short types mean incident.*."""
+    return await listen("incident.#")
 
 
 async def create(client: httpx.AsyncClient, who: Actor, **fields: Any) -> dict[str, Any]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import asyncpg
@@ -23,7 +22,7 @@ from itsm_shared.contracts import ProblemIncidentLinkEvent
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
 from itsm_shared.inbox import handle_once
-from itsm_shared.testing import parse_cloudevent
+from itsm_shared.testing import EventProbe, eventually
 
 from .conftest import Actor, create
 
@@ -35,22 +34,8 @@ LINK_CONSUMER = "incident.problem-links"  # the inbox name of the link/unlink ha
 RESOLVE_CONSUMER = "incident.problem-resolved"
 SYSTEM = "system"
 
-T = TypeVar("T")
-
 
 # ---------------------------------------------------------------- helpers
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, timeout: float = 10.0) -> T:
-    """Poll `probe` until `check` holds on its value; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not reached within {timeout}s; last value: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 class Problems:
@@ -126,37 +111,10 @@ async def problems(channel: aio_pika.abc.AbstractChannel, names: dict[str, Any])
 
 
 @pytest.fixture
-async def incident_events(channel: aio_pika.abc.AbstractChannel, names: dict[str, Any]) -> aio_pika.abc.AbstractQueue:
-    """A plain subscriber to everything the incident service publishes."""
-    queue = await channel.declare_queue(exclusive=True)
-    await queue.bind(names["exchange"], "incident.#")
-    return queue
-
-
-@pytest.fixture
 async def db(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(asyncpg_dsn(database.admin_url))
     yield conn
     await conn.close()
-
-
-class Received:
-    """What the subscriber has seen so far, parsed with the CloudEvents SDK."""
-
-    def __init__(self, queue: aio_pika.abc.AbstractQueue) -> None:
-        self.queue = queue
-        self.events: list[dict[str, Any]] = []
-        self.messages: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def poll(self) -> list[dict[str, Any]]:
-        while (message := await self.queue.get(fail=False, timeout=5)) is not None:
-            await message.ack()
-            self.messages.append(message)
-            self.events.append(parse_cloudevent(message.body))
-        return self.events
-
-    def of(self, subject: str, type_: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["subject"] == subject and (type_ is None or e["type"] == type_)]
 
 
 async def inbox_has(db: asyncpg.Connection, consumer: str, *events: dict[str, Any]) -> bool:
@@ -220,13 +178,12 @@ async def test_link_sets_problem_and_workaround_note_unlink_clears_with_history_
     agent: Actor,
     actor: Any,
     problems: Problems,
-    incident_events: aio_pika.abc.AbstractQueue,
+    probe: EventProbe,
     db: asyncpg.Connection,
 ) -> None:
     requester: Actor = actor("requester")
     incident = await create(client, agent, caller_id=str(requester.id), title="VPN drops every hour")
     problem = uuid.uuid4()
-    received = Received(incident_events)
 
     link = problems.link(problem, incident["id"], sequence=3, workaround="Reconnect with the legacy profile")
     link["correlationid"] = "corr-" + uuid.uuid4().hex
@@ -244,8 +201,7 @@ async def test_link_sets_problem_and_workaround_note_unlink_clears_with_history_
     [entry] = await history_of(client, agent, incident["id"], "problem_id")
     assert entry["old"] is None and entry["new"] == str(problem) and entry["actor_id"] == SYSTEM
 
-    await eventually(received.poll, lambda _: bool(received.of(incident["id"], "itsm.incident.updated")))
-    [updated] = received.of(incident["id"], "itsm.incident.updated")
+    [updated] = await probe.wait(incident["id"], "updated")
     assert updated["data"]["changes"] == {"problem_id": [None, str(problem)]}
     assert updated["data"]["problem_id"] == str(problem)
     assert updated["sequence"] == linked["version"] and updated["actorid"] == SYSTEM
@@ -260,8 +216,9 @@ async def test_link_sets_problem_and_workaround_note_unlink_clears_with_history_
     entries = await history_of(client, agent, incident["id"], "problem_id")
     assert [(h["old"], h["new"]) for h in entries] == [(None, str(problem)), (str(problem), None)]
 
-    await eventually(received.poll, lambda _: len(received.of(incident["id"], "itsm.incident.updated")) == 2)
-    second = received.of(incident["id"], "itsm.incident.updated")[1]
+    updates = await probe.wait(incident["id"], "updated", count=2)
+    assert len(updates) == 2
+    second = updates[1]
     assert second["data"]["changes"] == {"problem_id": [str(problem), None]}
     assert second["sequence"] == unlinked["version"]
 
@@ -271,8 +228,8 @@ async def test_link_sets_problem_and_workaround_note_unlink_clears_with_history_
     listed = await client.get(f"/api/v1/incidents?problem_id={problem}", headers=agent.headers)
     assert [i["id"] for i in listed.json()["items"]] == [incident["id"]]
     # Every note added through a link is announced like any other note (no change without its event).
-    await eventually(received.poll, lambda _: len(received.of(incident["id"], "itsm.incident.note_added")) == 2)
-    assert {e["data"]["visibility"] for e in received.of(incident["id"], "itsm.incident.note_added")} == {"internal"}
+    noted = await probe.wait(incident["id"], "note_added", count=2)
+    assert len(noted) == 2 and {e["data"]["visibility"] for e in noted} == {"internal"}
 
 
 async def test_duplicate_deliveries_have_one_effect(
@@ -282,10 +239,9 @@ async def test_duplicate_deliveries_have_one_effect(
     problems: Problems,
     channel: aio_pika.abc.AbstractChannel,
     names: dict[str, Any],
-    incident_events: aio_pika.abc.AbstractQueue,
+    probe: EventProbe,
     db: asyncpg.Connection,
 ) -> None:
-    received = Received(incident_events)
     queue = names["queue_prefix"] + "incident.problem-linked"
     one = await create(client, agent, title="Printer offline on floor 3")
     two = await create(client, agent, title="Printer offline on floor 4")
@@ -326,12 +282,11 @@ async def test_duplicate_deliveries_have_one_effect(
     assert (await get(client, agent, three["id"]))["version"] == three["version"] + 1
 
     # One incident.updated per incident, whatever the number of deliveries.
-    await eventually(received.poll, lambda _: all(received.of(i["id"], "itsm.incident.updated") for i in (one, two)))
+    await probe.until(lambda p: all(p.of(i["id"], "updated") for i in (one, two)))
     await asyncio.sleep(0.3)  # a duplicate still in flight would show by now
-    await received.poll()
     for incident in (one, two, three):
-        assert len(received.of(incident["id"], "itsm.incident.updated")) == 1
-        assert len(received.of(incident["id"], "itsm.incident.note_added")) == 1
+        assert len(probe.of(incident["id"], "updated")) == 1
+        assert len(probe.of(incident["id"], "note_added")) == 1
     for incident, event in ((one, again), (two, at_once)):
         after = await get(client, agent, incident["id"])
         assert after["problem_id"] == event["data"]["id"] and after["version"] == incident["version"] + 1
@@ -345,10 +300,9 @@ async def test_out_of_order_and_foreign_unlinks(
     client: httpx.AsyncClient,
     agent: Actor,
     problems: Problems,
-    incident_events: aio_pika.abc.AbstractQueue,
+    probe: EventProbe,
     db: asyncpg.Connection,
 ) -> None:
-    received = Received(incident_events)
     late = await create(client, agent, title="Disk full on build agent")
     first, second = uuid.uuid4(), uuid.uuid4()
 
@@ -383,9 +337,9 @@ async def test_out_of_order_and_foreign_unlinks(
     assert unchanged["problem_id"] == str(second) and unchanged["version"] == replaced["version"]
     assert len(await history_of(client, agent, moved["id"], "problem_id")) == 2
 
-    await received.poll()
-    assert received.of(late["id"], "itsm.incident.updated") == []
-    assert [e["sequence"] for e in received.of(moved["id"], "itsm.incident.updated")] == [
+    moves = await probe.wait(moved["id"], "updated", count=2)
+    assert probe.of(late["id"], "updated") == []
+    assert [e["sequence"] for e in moves] == [
         moved["version"] + 1,
         moved["version"] + 2,
     ]
@@ -398,10 +352,9 @@ async def test_problem_resolved_resolves_open_linked_incidents_only(
     client: httpx.AsyncClient,
     agent: Actor,
     problems: Problems,
-    incident_events: aio_pika.abc.AbstractQueue,
+    probe: EventProbe,
     db: asyncpg.Connection,
 ) -> None:
-    received = Received(incident_events)
     problem = uuid.uuid4()
     new = await create(client, agent, title="Payroll export fails (new)")
     working = await create(client, agent, title="Payroll export fails (in progress)")
@@ -471,14 +424,10 @@ async def test_problem_resolved_resolves_open_linked_incidents_only(
         assert after["status"] == status and after["version"] == before[incident["id"]]["version"]
         assert after["resolution_code"] == before[incident["id"]]["resolution_code"]
 
-    await eventually(
-        received.poll, lambda _: all(received.of(i["id"], "itsm.incident.status_changed") for i in (new, held))
-    )
+    await probe.until(lambda p: all(p.of(i["id"], "status_changed") for i in (new, held)))
     for incident in (new, working, held):
         changed = [
-            e
-            for e in received.of(incident["id"], "itsm.incident.status_changed")
-            if e["data"]["changes"]["status"][1] == "resolved"
+            e for e in probe.of(incident["id"], "status_changed") if e["data"]["changes"]["status"][1] == "resolved"
         ]
         assert len(changed) == 1 and changed[0]["data"]["resolution_code"] == "solved_by_problem"
         assert changed[0]["actorid"] == SYSTEM

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +15,7 @@ from fastapi import FastAPI
 from incident import automation
 from incident.models import IncidentHistory
 from itsm_shared.db import transaction
-from itsm_shared.testing import EventProbe as Probe
-from itsm_shared.testing import TestIssuer, listening
+from itsm_shared.testing import EventProbe, TestIssuer
 from sqlalchemy import text
 from sqlmodel import select
 
@@ -45,14 +43,6 @@ PATH: dict[str, list[dict[str, Any]]] = {
     "closed": [{"status": "resolved", **RESOLUTION}, {"status": "closed"}],
     "cancelled": [{"status": "cancelled"}],
 }
-
-
-@pytest.fixture
-async def probe(
-    app: FastAPI, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
-) -> AsyncIterator[Probe]:
-    async with listening(amqp, names["exchange"], "incident") as p:
-        yield p
 
 
 def unique(prefix: str = "cat") -> str:
@@ -318,7 +308,7 @@ async def test_an_auditor_reads_everything_and_writes_nothing(
 
 
 async def test_only_an_admin_soft_deletes(
-    client: httpx.AsyncClient, app: FastAPI, agent: Actor, admin: Actor, probe: Probe
+    client: httpx.AsyncClient, app: FastAPI, agent: Actor, admin: Actor, probe: EventProbe
 ) -> None:
     category = unique()
     incident = await create(client, agent, category=category)
@@ -452,7 +442,7 @@ async def test_history_records_each_changed_field(client: httpx.AsyncClient, age
 
 
 async def test_a_caller_comment_over_http_returns_the_incident_to_work(
-    client: httpx.AsyncClient, actor: Any, agent: Actor, probe: Probe
+    client: httpx.AsyncClient, actor: Any, agent: Actor, probe: EventProbe
 ) -> None:
     caller = actor("requester")
     incident = await reach(client, agent, "in_progress", caller_id=str(caller.id))
@@ -652,7 +642,9 @@ async def test_a_cursor_belongs_to_its_sort_order(client: httpx.AsyncClient, age
 # ---------------------------------------------------------------- events (CONTRACT §8)
 
 
-async def test_changes_publish_cloudevents(client: httpx.AsyncClient, agent: Actor, admin: Actor, probe: Probe) -> None:
+async def test_changes_publish_cloudevents(
+    client: httpx.AsyncClient, agent: Actor, admin: Actor, probe: EventProbe
+) -> None:
     cid = unique("corr")
     response = await client.post(
         API, headers=with_cid(agent, cid), json={"title": "VPN drops", "impact": 2, "urgency": 3}
@@ -724,7 +716,7 @@ async def test_changes_publish_cloudevents(client: httpx.AsyncClient, agent: Act
     ]
 
 
-async def test_refused_changes_publish_nothing(client: httpx.AsyncClient, agent: Actor, probe: Probe) -> None:
+async def test_refused_changes_publish_nothing(client: httpx.AsyncClient, agent: Actor, probe: EventProbe) -> None:
     incident = await create(client, agent)
     url = f"{API}/{incident['id']}"
     assert_problem(await client.patch(url, headers=agent.headers, json={"status": "closed"}), 409)
@@ -741,7 +733,7 @@ async def test_refused_changes_publish_nothing(client: httpx.AsyncClient, agent:
 
 
 async def test_resolving_a_parent_over_http_carries_the_request_into_the_children(
-    client: httpx.AsyncClient, agent: Actor, probe: Probe
+    client: httpx.AsyncClient, agent: Actor, probe: EventProbe
 ) -> None:
     parent = await reach(client, agent, "in_progress")
     child = await create(client, agent, parent_id=parent["id"])

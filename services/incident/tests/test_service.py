@@ -4,11 +4,9 @@ sessions), with the app's outbox relay publishing to the session's test exchange
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 import pytest
 from fastapi import FastAPI
 from incident import automation, queries, service
@@ -17,8 +15,7 @@ from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteC
 from itsm_shared.auth import Principal
 from itsm_shared.db import transaction
 from itsm_shared.errors import Conflict, Invalid
-from itsm_shared.testing import EventProbe as Probe
-from itsm_shared.testing import listening
+from itsm_shared.testing import EventProbe
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -61,14 +58,6 @@ def sessions(app: FastAPI) -> Sessions:
 @pytest.fixture
 def worker() -> Principal:
     return person("agent")
-
-
-@pytest.fixture
-async def probe(
-    app: FastAPI, amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]
-) -> AsyncIterator[Probe]:
-    async with listening(amqp, names["exchange"], "incident") as p:
-        yield p
 
 
 async def open_(sessions: Sessions, who: Principal, **fields: Any) -> IncidentRead:
@@ -271,7 +260,7 @@ async def test_changing_impact_or_urgency_recomputes_priority(sessions: Sessions
 
 
 async def test_a_caller_comment_takes_an_incident_off_awaiting_caller(
-    sessions: Sessions, worker: Principal, probe: Probe
+    sessions: Sessions, worker: Principal, probe: EventProbe
 ) -> None:
     caller = person("requester")
     incident = await at_status(sessions, worker, "in_progress", caller_id=caller.id)
@@ -305,7 +294,7 @@ async def test_a_caller_comment_leaves_other_holds_alone(sessions: Sessions, wor
 
 
 async def test_resolving_a_parent_resolves_its_open_children(
-    sessions: Sessions, worker: Principal, probe: Probe
+    sessions: Sessions, worker: Principal, probe: EventProbe
 ) -> None:
     parent = await at_status(sessions, worker, "in_progress", title="Site outage")
     new_child = await open_(sessions, worker, parent_id=parent.id)
@@ -403,7 +392,7 @@ async def test_a_failed_change_leaves_no_history(sessions: Sessions, worker: Pri
 
 
 async def test_autoclose_closes_incidents_resolved_long_enough_ago(
-    sessions: Sessions, worker: Principal, probe: Probe
+    sessions: Sessions, worker: Principal, probe: EventProbe
 ) -> None:
     old = await at_status(sessions, worker, "resolved")
     middle = await at_status(sessions, worker, "resolved")

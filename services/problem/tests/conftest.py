@@ -1,4 +1,5 @@
-"""Problem tests: the shared fixtures (itsm_shared.testing_fixtures) for the problem service."""
+"""Problem tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the
+problem service."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import aio_pika
 import httpx
 import pytest
 from itsm_shared.events import new_event
-from itsm_shared.testing_fixtures import *  # noqa: F403
 from itsm_shared.testing_fixtures import Actor
 
 

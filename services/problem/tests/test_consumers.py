@@ -4,56 +4,22 @@ events the incident service consumes."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import httpx
 from fastapi import FastAPI
 from itsm_shared.contracts import ProblemIncidentLinkData, ProblemResolvedData
-from itsm_shared.testing import parse_cloudevent
+from itsm_shared.testing import Listen, eventually
 from sqlalchemy import text
 
 from .conftest import Actor, create, incident_data, publish_incident_event
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
-
-
 async def ref_row(app: FastAPI, incident_id: str) -> Any:
     async with app.state.sessions() as session:
         return (await session.execute(text("SELECT * FROM incident_ref WHERE id = :i"), {"i": incident_id})).first()
-
-
-async def probe(
-    amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any], *keys: str
-) -> aio_pika.abc.AbstractQueue:
-    channel = await amqp.channel()
-    queue = await channel.declare_queue(exclusive=True)
-    for key in keys:
-        await queue.bind(names["exchange"], key)
-    return queue
-
-
-async def received(queue: aio_pika.abc.AbstractQueue, want: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        got.append(parse_cloudevent(message.body))
-    return got
 
 
 async def test_read_model_is_idempotent_and_order_safe(app: FastAPI, amqp: Any, names: dict[str, Any]) -> None:
@@ -74,7 +40,13 @@ async def test_read_model_is_idempotent_and_order_safe(app: FastAPI, amqp: Any, 
 
 
 async def test_link_unknown_incident_is_422_and_known_one_links(
-    client: httpx.AsyncClient, app: FastAPI, amqp: Any, names: dict[str, Any], agent: Actor, manager: Actor
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    amqp: Any,
+    names: dict[str, Any],
+    agent: Actor,
+    manager: Actor,
+    listen: Listen,
 ) -> None:
     problem = await create(client, manager, workaround="reboot")
     unknown = await client.post(
@@ -84,7 +56,7 @@ async def test_link_unknown_incident_is_422_and_known_one_links(
     incident = incident_data()
     await publish_incident_event(amqp, names, "created", incident, sequence=1)
     assert await eventually(lambda: ref_row(app, incident["id"]))
-    events = await probe(amqp, names, "problem.incident_linked", "problem.incident_unlinked")
+    events = await listen("problem.incident_linked", "problem.incident_unlinked")
     linked = await client.post(
         f"/api/v1/problems/{problem['id']}/incidents", headers=agent.headers, json={"incident_id": incident["id"]}
     )
@@ -101,7 +73,7 @@ async def test_link_unknown_incident_is_422_and_known_one_links(
         f"/api/v1/problems/{problem['id']}/incidents/{incident['id']}", headers=agent.headers
     )
     assert unlinked.status_code == 204
-    got = await received(events, 2)
+    got = await events.wait(problem["id"], count=2)
     assert [e["type"] for e in got] == ["itsm.problem.incident_linked", "itsm.problem.incident_unlinked"]
     link = ProblemIncidentLinkData.model_validate(got[0]["data"])
     assert (str(link.id), str(link.incident_id), link.workaround) == (problem["id"], incident["id"], "reboot")
@@ -109,7 +81,12 @@ async def test_link_unknown_incident_is_422_and_known_one_links(
 
 
 async def test_new_incident_matching_an_open_known_error_is_linked_automatically(
-    client: httpx.AsyncClient, app: FastAPI, amqp: Any, names: dict[str, Any], manager: Actor
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    amqp: Any,
+    names: dict[str, Any],
+    manager: Actor,
+    listen: Listen,
 ) -> None:
     ci = f"db-{uuid.uuid4().hex[:6]}"
     problem = await create(client, manager, configuration_item=ci, category="database")
@@ -119,23 +96,30 @@ async def test_new_incident_matching_an_open_known_error_is_linked_automatically
         json={"known_error": True, "workaround": "fail over to the replica"},
     )
     assert r.status_code == 200
-    events = await probe(amqp, names, "problem.incident_linked")
+    events = await listen("problem.incident_linked")
     matching = incident_data(configuration_item=ci, category="database")
     other_category = incident_data(configuration_item=ci, category="network")
     await publish_incident_event(amqp, names, "created", other_category, sequence=1)
     await publish_incident_event(amqp, names, "created", matching, sequence=1)
-    got = await received(events, 1)
+    got = await events.wait(problem["id"])
     assert len(got) == 1
     assert got[0]["data"]["incident_id"] == matching["id"]
     assert got[0]["data"]["workaround"] == "fail over to the replica"
     assert got[0]["data"]["automatic"] is True
     listed = (await client.get(f"/api/v1/problems/{problem['id']}/incidents", headers=manager.headers)).json()
     assert [(i["incident_id"], i["automatic"]) for i in listed] == [(matching["id"], True)]
-    assert await received(events, 1, timeout=1) == []
+    await asyncio.sleep(1)  # no second link shows up
+    assert events.of(problem["id"]) == got
 
 
 async def test_resolving_publishes_the_linked_incidents(
-    client: httpx.AsyncClient, app: FastAPI, amqp: Any, names: dict[str, Any], agent: Actor, manager: Actor
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    amqp: Any,
+    names: dict[str, Any],
+    agent: Actor,
+    manager: Actor,
+    listen: Listen,
 ) -> None:
     problem = await create(client, manager)
     incidents = [incident_data() for _ in range(2)]
@@ -156,7 +140,7 @@ async def test_resolving_publishes_the_linked_incidents(
                 f"/api/v1/problems/{problem['id']}", headers=manager.headers, json={"status": step, **fields}
             )
         ).status_code == 200
-    events = await probe(amqp, names, "problem.resolved")
+    events = await listen("problem.resolved")
     change_id = str(uuid.uuid4())
     resolved = await client.patch(
         f"/api/v1/problems/{problem['id']}",
@@ -171,7 +155,7 @@ async def test_resolving_publishes_the_linked_incidents(
     )
     assert resolved.status_code == 200, resolved.text
     assert resolved.json()["change_id"] == change_id
-    got = await received(events, 1)
+    got = await events.wait(problem["id"])
     data = ProblemResolvedData.model_validate(got[0]["data"])
     assert data.resolve_linked_incidents is True
     assert sorted(map(str, data.incident_ids)) == sorted(i["id"] for i in incidents)

@@ -1,24 +1,34 @@
-"""Test support: find PostgreSQL and RabbitMQ, give each test session its own database and exchange names.
+"""Test support: find PostgreSQL and RabbitMQ, give each test session its own database and exchange names; wait
+for a condition with a deadline (`eventually`) and watch what reaches an exchange (`EventProbe`, `listening`).
+The pytest fixtures built on these are in `testing_fixtures`, loaded as the `itsm` pytest plugin.
 
 Order (ARCHITECTURE.md, Tests): ITSM_TEST_DATABASE_URL / ITSM_TEST_AMQP_URL; a Docker engine through
 testcontainers; the local services at their default ports."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.provision import app_url
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+
+T = TypeVar("T")
 
 LOCAL_DATABASE = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -114,6 +124,29 @@ def parse_cloudevent(body: bytes) -> dict[str, Any]:
     return {**event.get_attributes(), "data": event.get_data()}
 
 
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    check: Callable[[T], object] = bool,
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str | None = None,
+) -> T:
+    """Await `probe()` every `interval` seconds until `check` holds on its value (by default: the value is truthy)
+    and return that value; after `timeout` seconds fail with the last value. Tests wait this way, never by
+    sleeping a fixed time for something to happen."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if check(value):
+            return value
+        if loop.time() >= deadline:
+            name = what or getattr(probe, "__qualname__", repr(probe))
+            raise AssertionError(f"{name} not reached within {timeout}s; last value: {value!r}")
+        await asyncio.sleep(interval)
+
+
 async def remove_topology(
     amqp_url: str, exchange: str, dead_letter_exchange: str, queues: tuple[str, ...] = ()
 ) -> None:
@@ -184,72 +217,154 @@ class TestIssuer:
         return TokenVerifier(self, issuer=self.issuer, audience=self.audience)
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """One message an `EventProbe` received: the raw AMQP message (its properties: `message_id`, `content_type`,
+    `delivery_mode`, `routing_key`, `headers`), the CloudEvent parsed from it (None when the body is not one) and
+    when it arrived."""
+
+    message: AbstractIncomingMessage
+    event: dict[str, Any] | None
+    received: datetime
+
+
 class EventProbe:
-    """An exclusive queue on a test exchange collecting CloudEvents as they arrive. The exchange is shared by
-    every test of a session and the relay may publish a test's events late, so a test selects its own events
-    by `subject` and waits for them with a deadline."""
+    """An exclusive queue on a test exchange, consumed from the moment it is bound: every message is kept, with
+    its parsed CloudEvent and its arrival time. The exchange is shared by every test of a session and the relay
+    may publish a test's events late, so a test selects its own events (by `subject`, by type, or with `where`)
+    and waits for them with a deadline.
 
-    def __init__(self, queue: Any, entity: str) -> None:
+    Types are written in full (`itsm.incident.updated`), as routing keys (`incident.updated`), or short
+    (`updated`, which means `itsm.<entity>.updated`)."""
+
+    def __init__(self, queue: AbstractQueue, entity: str | None = None) -> None:
         self.queue, self.entity = queue, entity
-        self.events: list[dict[str, Any]] = []
-        self.messages: list[Any] = []
+        self.arrivals: list[Arrival] = []
 
-    async def drain(self) -> None:
-        while (message := await self.queue.get(fail=False, no_ack=True)) is not None:
-            self.messages.append(message)
-            self.events.append(parse_cloudevent(message.body))
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event: dict[str, Any] | None = parse_cloudevent(message.body)
+        except Exception:
+            event = None
+        self.arrivals.append(Arrival(message, event, datetime.now(UTC)))
 
-    def _type(self, short: str) -> str:
-        return short if short.startswith("itsm.") else f"itsm.{self.entity}.{short}"
+    @property
+    def messages(self) -> list[AbstractIncomingMessage]:
+        """Every message received, in arrival order."""
+        return [a.message for a in self.arrivals]
 
-    def of(self, subject: Any, *types: str) -> list[dict[str, Any]]:
-        """Events about `subject` so far (optionally only of the given short types, e.g. "updated")."""
-        wanted = {self._type(t) for t in types}
-        return [e for e in self.events if e.get("subject") == str(subject) and (not types or e["type"] in wanted)]
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every CloudEvent received, in arrival order."""
+        return [a.event for a in self.arrivals if a.event is not None]
 
-    def message_of(self, event: dict[str, Any]) -> Any:
-        return next(m for m, e in zip(self.messages, self.events, strict=True) if e["id"] == event["id"])
+    def type_of(self, type: str) -> str:
+        if type.startswith("itsm."):
+            return type
+        if "." in type:
+            return f"itsm.{type}"
+        if self.entity is None:
+            raise ValueError(f"a short type ({type!r}) needs the probe's entity")
+        return f"itsm.{self.entity}.{type}"
 
-    async def expect(self, subject: Any, *types: str, timeout: float = 10) -> list[dict[str, Any]]:
+    def of(
+        self, subject: Any = None, *types: str, where: Callable[[dict[str, Any]], object] | None = None
+    ) -> list[dict[str, Any]]:
+        """The events so far about `subject` (any when None), of `types` (any when none), for which `where` holds."""
+        wanted = {self.type_of(t) for t in types}
+        return [
+            e
+            for e in self.events
+            if (subject is None or e.get("subject") == str(subject))
+            and (not wanted or e["type"] in wanted)
+            and (where is None or where(e))
+        ]
+
+    def arrival_of(self, event: dict[str, Any]) -> Arrival:
+        return next(a for a in self.arrivals if a.event is not None and a.event["id"] == event["id"])
+
+    def message_of(self, event: dict[str, Any]) -> AbstractIncomingMessage:
+        return self.arrival_of(event).message
+
+    def seen(self, subject: Any = None) -> list[tuple[Any, ...]]:
+        """(type, subject, sequence) of the events so far (about `subject`), for failure messages."""
+        return [(e["type"], e.get("subject"), e.get("sequence")) for e in self.of(subject)]
+
+    async def until(self, check: Callable[[EventProbe], T], *, timeout: float = 10.0, what: str | None = None) -> T:
+        """Wait until `check(self)` is truthy and return it; fail after `timeout` seconds with what was seen."""
+
+        async def look() -> T:
+            return check(self)
+
+        try:
+            return await eventually(look, timeout=timeout, what=what)
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}; received {self.seen()[-30:]}") from None
+
+    async def wait(
+        self,
+        subject: Any = None,
+        *types: str,
+        count: int = 1,
+        where: Callable[[dict[str, Any]], object] | None = None,
+        timeout: float = 10.0,
+    ) -> list[dict[str, Any]]:
+        """Wait until at least `count` events match (see `of`); return every matching one."""
+
+        def enough(probe: EventProbe) -> list[dict[str, Any]]:
+            found = probe.of(subject, *types, where=where)
+            return found if len(found) >= count else []
+
+        kinds = " ".join(self.type_of(t) for t in types) or "event"
+        about = "" if subject is None else f" about {subject}"
+        return await self.until(enough, timeout=timeout, what=f"{count} x {kinds}{about}")
+
+    async def expect(self, subject: Any, *types: str, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Wait until the events about `subject` include `types` (with multiplicity); return all of them."""
-        import asyncio
-        from collections import Counter
+        want = Counter(self.type_of(t) for t in types)
 
-        want = Counter(self._type(t) for t in types)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            await self.drain()
-            got = self.of(subject)
+        def complete(probe: EventProbe) -> list[dict[str, Any]]:
+            got = probe.of(subject)
             have = Counter(e["type"] for e in got)
-            if all(have[t] >= n for t, n in want.items()):
-                return got
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"waited {timeout}s for {dict(want)} about {subject}; got {dict(have)}")
-            await asyncio.sleep(0.05)
+            return got if all(have[t] >= n for t, n in want.items()) else []
 
-    async def one(self, subject: Any, type: str, *, sequence: int | None = None, timeout: float = 10) -> dict[str, Any]:
+        return await self.until(complete, timeout=timeout, what=f"{dict(want)} about {subject}")
+
+    async def one(
+        self, subject: Any, type: str, *, sequence: int | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Wait for the event of `type` about `subject` (with `sequence`, when given) and return it."""
-        import asyncio
-
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            await self.drain()
-            found = [e for e in self.of(subject, type) if sequence is None or e.get("sequence") == sequence]
-            if found:
-                return found[0]
-            if asyncio.get_running_loop().time() > deadline:
-                seen = [(e["type"], e.get("sequence")) for e in self.of(subject)]
-                raise AssertionError(f"waited {timeout}s for {type} #{sequence} about {subject}; got {seen}")
-            await asyncio.sleep(0.05)
+        found = await self.wait(
+            subject, type, where=lambda e: sequence is None or e.get("sequence") == sequence, timeout=timeout
+        )
+        return found[0]
 
 
 @contextlib.asynccontextmanager
-async def listening(amqp: Any, exchange: str, entity: str, binding: str | None = None) -> Any:
-    """An `EventProbe` bound to `exchange` for `<entity>.#` (or `binding`); bind before acting."""
+async def listening(
+    amqp: AbstractConnection, exchange: str, *bindings: str, entity: str | None = None
+) -> AsyncIterator[EventProbe]:
+    """An `EventProbe` on `exchange` for each routing-key pattern in `bindings` (default `#`); bind before acting.
+    Short types mean `entity`'s, by default the first word of the first binding (`incident.#`: incident).
+    A topic wildcard stands for whole words: `incident.sla_*` matches nothing, bind each key instead."""
+    bindings = bindings or ("#",)
+    if entity is None and bindings[0].split(".")[0] not in ("#", "*"):
+        entity = bindings[0].split(".")[0]
     channel = await amqp.channel()
-    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(await channel.get_exchange(exchange), binding or f"{entity}.#")
     try:
-        yield EventProbe(queue, entity)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        target = await channel.get_exchange(exchange)
+        for key in bindings:
+            await queue.bind(target, key)
+        probe = EventProbe(queue, entity)
+        await queue.consume(probe.on_message, no_ack=True)
+        yield probe
     finally:
         await channel.close()
+
+
+class Listen(Protocol):
+    """The `listen` fixture: `probe = await listen("incident.#")` opens an `EventProbe` on the session's exchange
+    (arguments as `listening`'s after the exchange), closed after the test."""
+
+    async def __call__(self, *bindings: str, entity: str | None = None) -> EventProbe: ...

@@ -1,5 +1,6 @@
-"""Pytest fixtures every service's tests share: `from itsm_shared.testing_fixtures import *` in a service's
-tests/conftest.py, which then defines `service_name` (and, when needed, `consumer_queues`, `extra_env`).
+"""Pytest fixtures every service's tests share, loaded as the `itsm` pytest plugin (the `pytest11` entry point of
+itsm-shared): a service's tests/conftest.py defines `service_name` (and, when needed, `consumer_queues`,
+`extra_env`, `trust_test_issuer`); a conftest fixture of the same name overrides the plugin's.
 
 The app runs in-process against a database of its own, built by the real migrations, and the real RabbitMQ
 under exchange and queue names of its own; tokens come from a test issuer the app's verifier trusts."""
@@ -7,6 +8,7 @@ under exchange and queue names of its own; tokens come from a test issuer the ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import uuid
@@ -20,33 +22,18 @@ import pytest
 from fastapi import FastAPI
 
 from itsm_shared.testing import (
+    EventProbe,
+    Listen,
     TestDatabase,
     TestIssuer,
     create_database,
     drop_database,
     infrastructure,
+    listening,
     migrate,
     remove_topology,
     test_names,
 )
-
-__all__ = [
-    "Actor",
-    "actor",
-    "admin",
-    "agent",
-    "amqp",
-    "app",
-    "client",
-    "consumer_queues",
-    "database",
-    "environment",
-    "extra_env",
-    "infra",
-    "issuer",
-    "names",
-    "trust_test_issuer",
-]
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +128,24 @@ async def amqp(infra: tuple[str, str]) -> AsyncIterator[aio_pika.abc.AbstractRob
     connection = await aio_pika.connect_robust(infra[1])
     yield connection
     await connection.close()
+
+
+@pytest.fixture
+def events_exchange(app: FastAPI, names: dict[str, Any]) -> str:
+    """The session's events exchange, once declared (the app's startup declares it)."""
+    return str(names["exchange"])
+
+
+@pytest.fixture
+async def listen(amqp: aio_pika.abc.AbstractRobustConnection, events_exchange: str) -> AsyncIterator[Listen]:
+    """Opens `EventProbe`s on `events_exchange`, closed after the test: `probe = await listen("incident.#")`
+    (arguments as `listening`'s after the exchange)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_probe(*bindings: str, entity: str | None = None) -> EventProbe:
+            return await stack.enter_async_context(listening(amqp, events_exchange, *bindings, entity=entity))
+
+        yield open_probe
 
 
 @dataclass
