@@ -286,6 +286,8 @@ class Stack:
                 "--port",
                 str(s.port(name)),
                 "--no-server-header",
+                # The gateway keeps the access log (JSON); a second one per service costs each request a log line.
+                "--no-access-log",
                 "--timeout-graceful-shutdown",
                 "5",
             ],

@@ -8,8 +8,10 @@ once per `min_refetch_seconds`, so a flood of forged kids cannot become a flood 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
@@ -111,12 +113,33 @@ class JWKSCache:
 
 
 class TokenVerifier:
-    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+    """Verifies access tokens; a verified token is remembered (by its hash, up to `cache_size` of them) until it
+    expires, so a client's next requests with it do not redo the signature check. What the cache serves is
+    re-checked against the key source's current keys, so a key that is withdrawn stops its tokens at once."""
+
+    def __init__(self, keys: KeySource, *, issuer: str, audience: str, cache_size: int = 10_000) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
+        self.cache_size = cache_size
+        self._verified: OrderedDict[bytes, tuple[float, str, Principal]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
+        digest = hashlib.blake2b(token.encode(), digest_size=32).digest()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            expires, kid, principal = hit
+            if time.time() < expires:
+                await self.keys.key(kid)  # the key must still be published
+                return principal
+            del self._verified[digest]
+        principal, kid = await self._verify(token)
+        self._verified[digest] = (float(principal.claims["exp"]), kid, principal)
+        if len(self._verified) > self.cache_size:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, str]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -152,7 +175,7 @@ class TokenVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthorized("token roles malformed")
-        return Principal(
+        principal = Principal(
             id=subject,
             roles=frozenset(r for r in roles if r in Role.ALL),
             kind=str(claims.get("kind", "user")),
@@ -160,6 +183,7 @@ class TokenVerifier:
             token_id=str(claims["jti"]),
             claims=claims,
         )
+        return principal, kid
 
 
 def bearer_token(request: Request) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.engine import make_url
@@ -28,13 +28,28 @@ def asyncpg_dsn(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 5000) -> AsyncEngine:
+    # No pre-ping (a round trip before every transaction): a connection that died with the server fails its
+    # request once (503, retry later) and SQLAlchemy then invalidates every connection of the pool.
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         connect_args={"server_settings": {"statement_timeout": str(statement_timeout_ms)}},
     )
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session's transaction, for the statements of a hot path written in SQL
+    (the write path's inserts): they run in the same transaction, which the seam commits. JSON parameters are
+    passed as str (SQLAlchemy's codec on the connection)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    adapter = raw.dbapi_connection
+    # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first statement: begin now, or a statement
+    # sent straight to asyncpg would run outside the session's transaction and commit on its own.
+    if adapter is not None and adapter._transaction is None:
+        await adapter._start_transaction()
+    return raw.driver_connection
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

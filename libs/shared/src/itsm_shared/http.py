@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Header, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
@@ -84,7 +85,7 @@ class IdempotentRequest:
 
     async def complete(self, status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
         """Remember the response for replays, in the create's transaction."""
-        encoded = jsonable_encoder(body)
+        encoded = body.model_dump(mode="json") if isinstance(body, BaseModel) else jsonable_encoder(body)
         if self.record is not None:
             self.record.status_code = status
             self.record.body = encoded

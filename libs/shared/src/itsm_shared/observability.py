@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CORRELATION_HEADER = "X-Correlation-ID"
+CORRELATION_HEADER_BYTES = CORRELATION_HEADER.lower().encode()
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 
 HTTP_REQUESTS = Counter("itsm_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -65,25 +67,46 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logging.getLogger(name).propagate = True
 
 
-def install_request_context(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        incoming = request.headers.get(CORRELATION_HEADER, "")
+class RequestContext:
+    """Correlation id (taken from `X-Correlation-ID` or made, set for logs and events, echoed in the response) and
+    per-route metrics. Plain ASGI middleware: Starlette's BaseHTTPMiddleware costs a task and a stream per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == CORRELATION_HEADER_BYTES:
+                incoming = value.decode("latin-1")
+                break
         cid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else str(uuid.uuid4())
         token = correlation_id.set(cid)
         start = time.perf_counter()
         status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (CORRELATION_HEADER_BYTES, cid.encode("latin-1"))]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers[CORRELATION_HEADER] = cid
-            return response
+            await self.app(scope, receive, send_with_id)
         finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(request.method, path, str(status)).inc()
-            HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+            path = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, path, str(status)).inc()
+            HTTP_LATENCY.labels(method, path).observe(time.perf_counter() - start)
             correlation_id.reset(token)
+
+
+def install_request_context(app: FastAPI) -> None:
+    app.add_middleware(RequestContext)
 
 
 ReadinessCheck = Callable[[], Awaitable[None]]

@@ -25,7 +25,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared import faults
-from itsm_shared.db import asyncpg_dsn
+from itsm_shared.db import asyncpg_dsn, driver_connection
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
 from itsm_shared.models import OutboxMessage
 from itsm_shared.settings import ServiceSettings
@@ -45,18 +45,33 @@ def channel_for(service: str) -> str:
     return f"itsm_outbox_{service}"
 
 
-async def append(session: AsyncSession, event: dict[str, Any]) -> None:
-    """Add the event to the caller's transaction; the relay is woken when that transaction commits."""
-    # A table model does not validate: convert the id here, or rows flushed together cannot be matched to
-    # the UUIDs PostgreSQL returns ("Can't match sentinel values"), and the identity map holds a str key.
-    row = OutboxMessage(id=uuid.UUID(str(event["id"])), routing_key=routing_key(event["type"]), payload=event)
-    session.add(row)
-    service = event["source"].rsplit("/", 1)[-1]
-    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel_for(service)})
+# One statement for any number of events: the rows, and the NOTIFY that wakes the relays once they commit.
+APPEND = """
+WITH appended AS (
+    INSERT INTO outbox (id, routing_key, payload)
+    SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::jsonb[])
+    RETURNING 1
+)
+SELECT pg_notify($4, '')
+"""
+
+
+async def append(session: AsyncSession, *events: dict[str, Any]) -> None:
+    """Add the events to the caller's transaction; the relay is woken when that transaction commits."""
+    if not events:
+        return
+    connection = await driver_connection(session)
+    await connection.execute(
+        APPEND,
+        [uuid.UUID(str(e["id"])) for e in events],
+        [routing_key(e["type"]) for e in events],
+        [json.dumps(e) for e in events],
+        channel_for(events[0]["source"].rsplit("/", 1)[-1]),
+    )
 
 
 async def emit(session: AsyncSession, **event: Any) -> None:
-    """`append` of a `new_event(...)` built from these fields: the usual way a use case publishes."""
+    """`append` of a `new_event(...)` built from these fields."""
     await append(session, new_event(**event))
 
 

@@ -7,12 +7,15 @@ history row per changed field and the CloudEvents appended to the outbox, all in
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy import BigInteger, ColumnElement, DateTime, Identity, String, func
 from sqlalchemy.dialects.postgresql import JSONB
@@ -20,7 +23,9 @@ from sqlmodel import Field, SQLModel, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared import outbox
+from itsm_shared.db import driver_connection
 from itsm_shared.errors import NotFound
+from itsm_shared.events import new_event
 
 
 class HistoryRow(SQLModel):
@@ -39,6 +44,54 @@ class HistoryRow(SQLModel):
     field: str = Field(sa_type=String(50))
     old: Any = Field(default=None, sa_type=JSONB, nullable=True)
     new: Any = Field(default=None, sa_type=JSONB, nullable=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: sa.Table, columns: tuple[str, ...], rows: int, returning: tuple[str, ...]) -> str:
+    width = len(columns)
+    values = ", ".join("(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(rows))
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}"
+    return f"{sql} RETURNING {', '.join(returning)}" if returning else sql
+
+
+@functools.lru_cache(maxsize=64)
+def _json_columns(table: sa.Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.columns if isinstance(c.type, sa.JSON))
+
+
+def stored_columns(table: sa.Table) -> tuple[str, ...]:
+    """The columns a statement returns: all but the computed ones (a search vector)."""
+    return tuple(c.name for c in table.columns if c.computed is None)
+
+
+async def insert(
+    session: AsyncSession,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    returning: Sequence[str] = (),
+) -> list[Mapping[str, Any]]:
+    """INSERT `rows` (all with the same keys) in one statement in the session's transaction, returning the
+    `returning` columns of each: the write path's inserts, without ORM objects or a flush."""
+    if not rows:
+        return []
+    columns = tuple(rows[0])
+    json_columns = _json_columns(table)
+    params = [json.dumps(row[c]) if c in json_columns else row[c] for row in rows for c in columns]
+    sql = _insert_sql(table, columns, len(rows), tuple(returning))
+    connection = await driver_connection(session)
+    if returning:
+        return list(await connection.fetch(sql, *params))
+    await connection.execute(sql, *params)
+    return []
+
+
+class Identified(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def version(self) -> int: ...
 
 
 class Versioned(Protocol):
@@ -96,6 +149,22 @@ class Records(Generic[R]):
             raise NotFound(f"no such {self.noun}")
         return found
 
+    def event(
+        self, row: Identified, action: str, data: Mapping[str, Any], actor: str, changes: Changes | None = None
+    ) -> dict[str, Any]:
+        """The `<entity>.<action>` CloudEvent about `row` (sequence: its version)."""
+        if (contract := self.contracts.get(action)) is not None:
+            data = contract.model_validate(data).model_dump(mode="json")
+        return new_event(
+            service=self.service,
+            type=f"{self.entity}.{action}",
+            subject=row.id,
+            data=dict(data),
+            actor=actor,
+            sequence=row.version,
+            changes=dict(changes) if changes is not None else None,
+        )
+
     async def emit(
         self,
         session: AsyncSession,
@@ -105,19 +174,8 @@ class Records(Generic[R]):
         actor: str,
         changes: Changes | None = None,
     ) -> None:
-        """Append one `<entity>.<action>` event about `row` (sequence: its version) to the outbox."""
-        if (contract := self.contracts.get(action)) is not None:
-            data = contract.model_validate(data).model_dump(mode="json")
-        await outbox.emit(
-            session,
-            service=self.service,
-            type=f"{self.entity}.{action}",
-            subject=row.id,
-            data=dict(data),
-            actor=actor,
-            sequence=row.version,
-            changes=dict(changes) if changes is not None else None,
-        )
+        """Append one `<entity>.<action>` event about `row` to the outbox."""
+        await outbox.append(session, self.event(row, action, data, actor, changes))
 
     async def record(
         self,
@@ -146,5 +204,6 @@ class Records(Generic[R]):
         if not events:
             return
         payload = data(row)
-        for event in events:
-            await self.emit(session, row, event.action, {**payload, **event.extra}, actor, event.changes)
+        await outbox.append(
+            session, *(self.event(row, e.action, {**payload, **e.extra}, actor, e.changes) for e in events)
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from itsm_shared.errors import Invalid, NotFound
@@ -13,12 +14,24 @@ from incident.models import SlaPolicy
 from incident.queries import utcnow
 from incident.schemas import SlaPolicyWrite
 
+# Every create reads its priority's policy: a process keeps each for a few seconds. A change through this
+# process applies at once; other replicas take it within CACHE_SECONDS.
+CACHE_SECONDS = 5.0
+_cache: dict[int, tuple[float, SlaPolicy]] = {}
+
 
 async def policy(session: AsyncSession, priority: int) -> SlaPolicy:
+    """The policy of a priority (read-only: a cached object may be shared by requests)."""
+    hit = _cache.get(priority)
+    if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+        return hit[1]
     found = await session.get(SlaPolicy, priority)
     if found is None:
         raise Invalid(f"no SLA policy for priority {priority}")
-    return found
+    # A copy outside any session: a rollback of the session that read it must not expire what others use.
+    kept = SlaPolicy(**found.model_dump())
+    _cache[priority] = (time.monotonic(), kept)
+    return kept
 
 
 async def policies(session: AsyncSession) -> Sequence[SlaPolicy]:
@@ -53,4 +66,5 @@ async def put_policy(session: AsyncSession, priority: int, data: SlaPolicyWrite)
         existing.updated_at = utcnow()
     session.add(existing)
     await session.flush()
+    _cache.pop(priority, None)
     return existing

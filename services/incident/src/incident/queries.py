@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from incident.models import INCIDENTS, ClockKind, Incident, IncidentHistory, Inc
 from incident.schemas import ClockRead, IncidentRead, SlaRead
 
 WORKERS = frozenset({Role.AGENT, Role.ADMIN})
+READ_FIELDS = tuple(name for name in IncidentRead.model_fields if name != "sla")
 READERS = WORKERS | {Role.AUDITOR, Role.PROBLEM_MANAGER, Role.CHANGE_MANAGER, Role.CAB_MEMBER}
 
 
@@ -71,12 +72,19 @@ async def clocks_of(
     return result
 
 
-def render(incident: Incident, clocks: dict[str, SlaClock], now: datetime | None = None) -> IncidentRead:
+def render(incident: Incident, clocks: Mapping[str, sla.Clock], now: datetime | None = None) -> IncidentRead:
+    return render_values(incident.model_dump(exclude={"search", "deleted_at", "sla_breached"}), clocks, now)
+
+
+def render_values(
+    values: Mapping[str, Any], clocks: Mapping[str, sla.Clock], now: datetime | None = None
+) -> IncidentRead:
+    """An incident as the API shows it, from its stored values (a row or a model's dump) and its clocks."""
     now = now or utcnow()
     views = {kind: ClockRead(**sla.view(clock, now)) for kind, clock in clocks.items()}
     response, resolution = views.get(ClockKind.RESPONSE), views.get(ClockKind.RESOLUTION)
     return IncidentRead(
-        **incident.model_dump(exclude={"search", "deleted_at", "sla_breached"}),
+        **{name: values[name] for name in READ_FIELDS},
         sla=SlaRead(
             response_due=response.due_at if response else None,
             resolution_due=resolution.due_at if resolution else None,

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
+import sqlalchemy as sa
+from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
 from itsm_shared.edits import FieldEdits
 from itsm_shared.errors import Conflict, Forbidden, Invalid
 from itsm_shared.priority import priority as derive_priority
-from itsm_shared.records import Event
+from itsm_shared.records import Event, insert, stored_columns
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,10 +32,20 @@ from incident.models import (
     Visibility,
 )
 from incident.policies import policy
-from incident.queries import WORKERS, clocks_of, is_requester_only, render, require_worker, utcnow
+from incident.queries import WORKERS, clocks_of, is_requester_only, render, render_values, require_worker, utcnow
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 
 ASSIGNMENT_FIELDS = ("assignee_id", "assignment_group")
+INCIDENT_TABLE: sa.Table = Incident.__table__  # type: ignore[attr-defined]
+CLOCK_TABLE: sa.Table = SlaClock.__table__  # type: ignore[attr-defined]
+STORED = stored_columns(INCIDENT_TABLE)
+
+
+class _Created(NamedTuple):
+    id: uuid.UUID
+    version: int
+
+
 FINAL = (Status.CLOSED, Status.CANCELLED)
 
 
@@ -113,20 +125,26 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
     if data.parent_id:
         await _check_parent(session, None, data.parent_id)
     now = utcnow()
-    incident = Incident(
+    values = {
         **data.model_dump(exclude={"caller_id"}),
-        caller_id=data.caller_id or actor.id,
-        priority=derive_priority(data.impact, data.urgency),
-        created_by=actor.id,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(incident)
-    await session.flush()
-    target = await policy(session, incident.priority)
-    clocks: dict[str, SlaClock] = {kind: sla.start(incident.id, kind, target, now) for kind in ClockKind}
-    await save(session, IncidentEdit(incident, clocks, actor.actor, now), [Event("created")], bump=False)
-    return render(incident, clocks, now)
+        "id": uuid.uuid4(),
+        "caller_id": data.caller_id or actor.id,
+        "priority": derive_priority(data.impact, data.urgency),
+        "status": Status.NEW.value,
+        "created_by": actor.id,
+        "created_at": now,
+        "updated_at": now,
+    }
+    # The create is the hot path: plain statements, no ORM objects to flush (the number comes back from the
+    # INSERT), and one rendering for the response and the event.
+    (row,) = await insert(session, INCIDENT_TABLE, [values], returning=STORED)
+    target = await policy(session, values["priority"])
+    clocks = {kind.value: sla.start(values["id"], kind, target, now) for kind in ClockKind}
+    await insert(session, CLOCK_TABLE, [sla.columns(clock) for clock in clocks.values()])
+    created = render_values(row, clocks, now)
+    event = INCIDENTS.event(_Created(row["id"], 1), "created", created.model_dump(mode="json"), actor.actor)
+    await outbox.append(session, event)
+    return created
 
 
 def _apply_status(edited: IncidentEdit, target: str, values: dict[str, Any]) -> None:
