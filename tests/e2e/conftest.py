@@ -1,12 +1,12 @@
 """The whole stack as real processes, started the way `make run` starts it (deploy/stack.py), on free ports
 with its own database and exchange. Tests talk to it only through the gateway and the broker. The services,
-their routes and their queues are those of the table (deploy/services.toml)."""
+their routes and their queues are those of the table (deploy/services.toml). Events are watched with the shared
+`EventProbe`: the `itsm` plugin's `listen` fixture opens probes on the stack's exchange (`events_exchange`)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,32 +57,10 @@ async def amqp(stack: stack_module.Stack) -> AsyncIterator[aio_pika.abc.Abstract
     await connection.close()
 
 
-async def subscribe(
-    connection: aio_pika.abc.AbstractRobustConnection, exchange: str, binding: str
-) -> aio_pika.abc.AbstractQueue:
-    """A plain AMQP subscriber, as another system would bind one."""
-    channel = await connection.channel()
-    queue = await channel.declare_queue(exclusive=True)
-    await queue.bind(exchange, binding)
-    return queue
-
-
-async def drain(
-    queue: aio_pika.abc.AbstractQueue, *, until: Any = None, timeout: float = 10.0
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Messages from `queue` until `until(messages)` holds or the time is up."""
-    got: list[aio_pika.abc.AbstractIncomingMessage] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            if until is not None and until(got):
-                break
-            await asyncio.sleep(0.05)
-            continue
-        await message.ack()
-        got.append(message)
-    return got
+@pytest.fixture
+def events_exchange(stack: stack_module.Stack) -> str:
+    """The stack's events exchange (its services declared it on start), for the plugin's `listen` fixture."""
+    return stack.settings.exchange
 
 
 async def token(http: httpx.AsyncClient, username: str, password: str) -> dict[str, Any]:

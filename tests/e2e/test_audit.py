@@ -3,14 +3,13 @@ auditor; other roles are refused; the chain verifies; the export verifies on its
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import time
 import uuid
 from typing import Any
 
 import httpx
+from itsm_shared.testing import eventually
 
 from .conftest import bearer, token
 
@@ -36,14 +35,13 @@ async def audit_of(http: httpx.AsyncClient, auditor: str, timeout: float = 15, *
 async def wait_for(
     http: httpx.AsyncClient, auditor: str, want: set[str], timeout: float = 15, **params: Any
 ) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        items = await audit_of(http, auditor, **params)
-        if want <= {i["type"] for i in items}:
-            return items
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s for {want} in the audit log; got {[i['type'] for i in items]}")
-        await asyncio.sleep(0.1)
+    return await eventually(
+        lambda: audit_of(http, auditor, **params),
+        lambda items: want <= {i["type"] for i in items},
+        timeout=timeout,
+        interval=0.1,
+        what=f"{sorted(want)} in the audit log",
+    )
 
 
 async def test_auth_actions_appear_in_the_audit_log(http: httpx.AsyncClient, admin: str) -> None:

@@ -4,27 +4,23 @@ holding the same events."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aio_pika
 import httpx
 import icalendar
-import stack as stack_module
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
-from itsm_shared.testing import parse_cloudevent
+from itsm_shared.testing import EventProbe, Listen, eventually
 
-from .conftest import bearer, subscribe, token
+from .conftest import bearer, token
 
 PASSWORD = "a perfectly fine password"
 CHANGES = "/api/v1/changes"
-T = TypeVar("T")
+WAIT = 15.0  # seconds
 
 LOW = {
     "business_impact": "low",
@@ -59,46 +55,9 @@ async def new_user(http: httpx.AsyncClient, admin: str, *roles: str) -> User:
     return User(created.json()["id"], (await token(http, username, PASSWORD))["access_token"])
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, timeout: float = 15.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not reached within {timeout}s; last value: {value!r}")
-        await asyncio.sleep(0.05)
-
-
-class Subscriber:
-    """A plain AMQP consumer of `change.#`, as another system would bind one."""
-
-    def __init__(self, queue: aio_pika.abc.AbstractQueue) -> None:
-        self.queue = queue
-        self.messages: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def drain(self) -> None:
-        while (message := await self.queue.get(fail=False)) is not None:
-            await message.ack()
-            self.messages.append(message)
-
-    async def of(self, subject: str, *types: str, timeout: float = 15.0) -> list[tuple[Any, dict[str, Any]]]:
-        """(message, event) about `subject`, once every one of `types` (with multiplicity) has arrived."""
-
-        async def collected() -> list[tuple[Any, dict[str, Any]]]:
-            await self.drain()
-            pairs = [(m, parse_cloudevent(m.body)) for m in self.messages]
-            return [(m, e) for m, e in pairs if e.get("subject") == subject]
-
-        def complete(pairs: list[tuple[Any, dict[str, Any]]]) -> bool:
-            got = [e["type"] for _, e in pairs]
-            return all(got.count(f"itsm.change.{t}") >= types.count(t) for t in set(types))
-
-        return await eventually(collected, complete, timeout=timeout)
-
-
-async def change_events(amqp: aio_pika.abc.AbstractRobustConnection, stack: stack_module.Stack) -> Subscriber:
-    return Subscriber(await subscribe(amqp, stack.settings.exchange, "change.#"))
+def assert_all_cloudevents(events: EventProbe) -> None:
+    """Every message on `change.#` parses as a CloudEvent (the official SDK's structured JSON format)."""
+    assert all(a.event is not None for a in events.arrivals), [a.message.body for a in events.arrivals if not a.event]
 
 
 def utc(*parts: int) -> datetime:
@@ -129,12 +88,12 @@ async def move(
 
 
 async def test_a_high_risk_normal_change_through_cab_to_closed(
-    http: httpx.AsyncClient, admin: str, amqp: aio_pika.abc.AbstractRobustConnection, stack: stack_module.Stack
+    http: httpx.AsyncClient, admin: str, listen: Listen
 ) -> None:
     requester = await new_user(http, admin, "agent", "cab_member")
     cab1, cab2 = await new_user(http, admin, "cab_member"), await new_user(http, admin, "cab_member")
     auditor = await new_user(http, admin, "auditor")
-    events = await change_events(amqp, stack)
+    events = await listen("change.#")
     ci, correlation = f"e2e-{uuid.uuid4().hex[:8]}", f"e2e-{uuid.uuid4()}"
 
     body = {"type": "normal", "title": "Migrate the billing database", **PLANS, "risk_assessment": HIGH}
@@ -168,16 +127,17 @@ async def test_a_high_risk_normal_change_through_cab_to_closed(
     change = await move(http, requester, change, "review")
     change = await move(http, requester, change, "closed", close_code="successful", close_notes="migrated")
 
-    pairs = await events.of(
-        change["id"], "created", "approved", "approved", "scheduled", "implemented", "closed", *["status_changed"] * 6
-    )
-    for message, event in pairs:
+    kinds = ("created", "approved", "approved", "scheduled", "implemented", "closed", *["status_changed"] * 6)
+    got = await events.expect(change["id"], *kinds, timeout=WAIT)
+    assert_all_cloudevents(events)
+    for event in got:
+        message = events.message_of(event)
         assert message.content_type == CLOUDEVENTS_CONTENT_TYPE and message.message_id == event["id"]
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         assert message.routing_key == event["type"].removeprefix("itsm.")
         assert event["source"] == "/itsm/change" and event["specversion"] == "1.0"
     by_type: dict[str, list[dict[str, Any]]] = {}
-    for _, event in pairs:
+    for event in got:
         by_type.setdefault(event["type"], []).append(event)
     created_event = by_type["itsm.change.created"][0]
     assert created_event["correlationid"] == correlation and created_event["actorid"] == requester.id
@@ -186,13 +146,13 @@ async def test_a_high_risk_normal_change_through_cab_to_closed(
         (cab1.id, "dba ok", False),
         (cab2.id, "ops ok", True),
     ]
-    sequences = [e["sequence"] for _, e in pairs]
+    sequences = [e["sequence"] for e in got]
     assert max(sequences) == change["version"] and min(sequences) == 1
     statuses = [e["data"]["changes"]["status"][1] for e in by_type["itsm.change.status_changed"]]
     assert sorted(statuses) == sorted(["assess", "authorize", "scheduled", "implement", "review", "closed"])
 
     # Every event the subscriber saw is in the audit log too.
-    ids = {event["id"] for _, event in pairs}
+    ids = {event["id"] for event in got}
 
     async def audited() -> set[str]:
         response = await http.get(
@@ -201,16 +161,16 @@ async def test_a_high_risk_normal_change_through_cab_to_closed(
         assert response.status_code == 200, response.text
         return {item["id"] for item in response.json()["items"]}
 
-    await eventually(audited, lambda seen: ids <= seen)
+    await eventually(audited, lambda seen: ids <= seen, timeout=WAIT, what="the change's events in the audit log")
 
 
 async def test_scheduling_blackouts_and_calendar_through_the_gateway(
-    http: httpx.AsyncClient, admin: str, amqp: aio_pika.abc.AbstractRobustConnection, stack: stack_module.Stack
+    http: httpx.AsyncClient, admin: str, listen: Listen
 ) -> None:
     agent = await new_user(http, admin, "agent")
     manager, manager2 = await new_user(http, admin, "change_manager"), await new_user(http, admin, "change_manager")
     cab = await new_user(http, admin, "cab_member")
-    events = await change_events(amqp, stack)
+    events = await listen("change.#")
     ci = f"e2e-{uuid.uuid4().hex[:8]}"
 
     freeze = await http.post(
@@ -294,8 +254,7 @@ async def test_scheduling_blackouts_and_calendar_through_the_gateway(
         json={"decision": "reject", "comment": "no plan B"},
     )
     assert rejected.status_code == 201 and rejected.json()["change"]["status"] == "new"
-    pairs = await events.of(normal["id"], "rejected")
-    rejection = next(event for _, event in pairs if event["type"] == "itsm.change.rejected")
+    rejection = await events.one(normal["id"], "rejected", timeout=WAIT)
     assert rejection["data"]["approval_decision"]["comment"] == "no plan B" and rejection["actorid"] == cab.id
 
     # the risk override is the change manager's, with a reason
@@ -315,5 +274,6 @@ async def test_scheduling_blackouts_and_calendar_through_the_gateway(
     calendar = icalendar.Calendar.from_ical(as_ics.content)
     uids = {str(e["UID"]) for e in calendar.walk("VEVENT")}
     assert f"{first['id']}@change.itsm" in uids and len(uids) == 5
-    await events.of(emergency["id"], "created", "approved", "scheduled")
+    await events.expect(emergency["id"], "created", "approved", "scheduled", timeout=WAIT)
+    assert_all_cloudevents(events)
     assert json.dumps(as_json)  # plain JSON, no custom types

@@ -7,22 +7,20 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import aio_pika
 import httpx
 import pytest
 import stack as stack_module
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
-from itsm_shared.testing import parse_cloudevent
+from itsm_shared.testing import Listen, eventually
 
-from .conftest import bearer, subscribe, token
+from .conftest import bearer, token
 
 PASSWORD = "a perfectly fine password"
 INCIDENTS = "/api/v1/incidents"
-T = TypeVar("T")
 
 
 @dataclass
@@ -57,17 +55,6 @@ async def agent(http: httpx.AsyncClient, admin: str) -> User:
 @pytest.fixture
 async def requester(http: httpx.AsyncClient, admin: str) -> User:
     return await new_user(http, admin, "requester")
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if check(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not reached within {timeout}s; last value: {value!r}")
-        await asyncio.sleep(0.02)
 
 
 async def create(http: httpx.AsyncClient, who: User, cid: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -186,12 +173,11 @@ class Expected:
 
 async def test_lifecycle_with_transitions_notes_history_and_cloudevents(
     http: httpx.AsyncClient,
-    stack: stack_module.Stack,
-    amqp: aio_pika.abc.AbstractRobustConnection,
+    listen: Listen,
     agent: User,
     requester: User,
 ) -> None:
-    queue = await subscribe(amqp, stack.settings.exchange, "incident.#")
+    probe = await listen("incident.#")
     expected = Expected()
 
     def cid() -> str:
@@ -277,22 +263,15 @@ async def test_lifecycle_with_transitions_notes_history_and_cloudevents(
     assert [n["body"] for n in notes] == ["vendor patched the ERP gateway"]
 
     # Every event, checked as a subscriber sees it.
-    mine: list[tuple[aio_pika.abc.AbstractIncomingMessage, dict[str, Any]]] = []
-
-    async def poll() -> int:
-        while (message := await queue.get(fail=False)) is not None:
-            await message.ack()
-            event = parse_cloudevent(message.body)  # the official SDK: a malformed envelope raises
-            if event.get("subject") == ref:
-                mine.append((message, event))
-        return len(mine)
-
-    await eventually(poll, lambda n: n >= len(expected.items))
-    await asyncio.sleep(0.3)
-    await poll()
-    got = [(event["type"], event["sequence"], event["correlationid"]) for _, event in mine]
+    await probe.wait(ref, count=len(expected.items))
+    await asyncio.sleep(0.3)  # and no more than those
+    mine = probe.of(ref)
+    # the official SDK parses each one: a malformed envelope is kept without an event
+    assert all(a.event is not None for a in probe.arrivals), [a.message.body for a in probe.arrivals if not a.event]
+    got = [(event["type"], event["sequence"], event["correlationid"]) for event in mine]
     assert sorted(got) == sorted(expected.items), got
-    for message, event in mine:
+    for event in mine:
+        message = probe.message_of(event)
         assert message.message_id == event["id"]
         assert message.routing_key == event["type"].removeprefix("itsm.")
         assert message.content_type == CLOUDEVENTS_CONTENT_TYPE
@@ -305,11 +284,10 @@ async def test_lifecycle_with_transitions_notes_history_and_cloudevents(
             assert event["data"]["incident_id"] == ref and event["data"]["visibility"] == "internal"
         else:
             assert event["data"]["id"] == ref and event["data"]["version"] == event["sequence"]
-    assigned = next(e for _, e in mine if e["type"] == "itsm.incident.assigned")
+    assigned = next(e for e in mine if e["type"] == "itsm.incident.assigned")
     assert assigned["data"]["changes"] == {"assignee_id": [None, agent.id], "assignment_group": [None, "erp-ops"]}
-    closing = [e for _, e in mine if e["type"] == "itsm.incident.status_changed" and e["sequence"] == 6]
+    closing = [e for e in mine if e["type"] == "itsm.incident.status_changed" and e["sequence"] == 6]
     assert closing[0]["data"]["changes"]["status"] == ["resolved", "closed"]
-    await queue.channel.close()
 
 
 def transitions_now(offered: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -459,8 +437,12 @@ async def test_problem_link_event_reaches_the_incident_through_the_gateway(
     async def notes() -> list[dict[str, Any]]:
         return list((await http.get(f"{INCIDENTS}/{incident['id']}/notes", headers=agent.headers())).json())
 
-    linked = await eventually(lambda: get(http, agent, incident["id"]), lambda i: i["problem_id"] == str(problem))
-    visible = await eventually(notes, lambda n: any("Remove the cached credentials" in x["body"] for x in n))
+    linked = await eventually(
+        lambda: get(http, agent, incident["id"]), lambda i: i["problem_id"] == str(problem), what="the link"
+    )
+    visible = await eventually(
+        notes, lambda n: any("Remove the cached credentials" in x["body"] for x in n), what="the workaround note"
+    )
     delay = time.monotonic() - started
     print(
         f"\nproblem.incident_linked published -> problem_id and workaround note visible via the gateway: {delay:.3f}s"

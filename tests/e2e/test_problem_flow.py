@@ -3,17 +3,18 @@ it knows only from events, and the incident service shows the link and the worka
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import httpx
+from itsm_shared.testing import eventually
 
 from .conftest import bearer, token
 
 PASSWORD = "a perfectly fine password"
+WAIT = 15.0  # seconds
 
 
 async def user(http: httpx.AsyncClient, admin: str, *roles: str) -> str:
@@ -25,15 +26,6 @@ async def user(http: httpx.AsyncClient, admin: str, *roles: str) -> str:
     )
     assert created.status_code == 201, created.text
     return str((await token(http, username, PASSWORD))["access_token"])
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.02)
 
 
 async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.AsyncClient, admin: str) -> None:
@@ -67,7 +59,7 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
         )
         return r.status_code == 201
 
-    assert await until(linked_by_hand)
+    await eventually(linked_by_hand, timeout=WAIT, what="the link by hand")
 
     # An incident matching the known error is linked automatically.
     started = time.monotonic()
@@ -83,10 +75,9 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
         current = (await http.get(f"/api/v1/incidents/{auto['id']}", headers=agent)).json()
         return current if current["problem_id"] == problem["id"] else None
 
-    seen = await until(auto_linked)
+    await eventually(auto_linked, timeout=WAIT, what="the automatic link reaching the incident")
     elapsed = time.monotonic() - started
     print(f"\nincident created -> automatic link visible on the incident: {elapsed * 1000:.0f} ms")
-    assert seen, "the automatic link did not reach the incident"
 
     for incident in (manual, auto):
 
@@ -97,7 +88,7 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
                 "Restart the relay queue" in n["body"] and n["visibility"] == "internal" for n in notes
             )
 
-        assert await until(note_there), incident["number"]
+        await eventually(note_there, timeout=WAIT, what=f"the link and workaround note on {incident['number']}")
 
     links = (await http.get(f"/api/v1/problems/{problem['id']}/incidents", headers=agent)).json()
     assert {(link["incident_id"], link["automatic"]) for link in links} == {(manual["id"], False), (auto["id"], True)}
@@ -128,7 +119,7 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
             current = (await http.get(f"/api/v1/incidents/{i['id']}", headers=agent)).json()
             return current["status"] == "resolved" and current["resolution_code"] == "solved_by_problem"
 
-        assert await until(resolved_by_problem), incident["number"]
+        await eventually(resolved_by_problem, timeout=WAIT, what=f"{incident['number']} resolved by the problem")
 
     # Unlinking clears problem_id on the incident.
     unlinked = await http.delete(f"/api/v1/problems/{problem['id']}/incidents/{manual['id']}", headers=agent)
@@ -137,7 +128,7 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
     async def cleared() -> bool:
         return (await http.get(f"/api/v1/incidents/{manual['id']}", headers=agent)).json()["problem_id"] is None
 
-    assert await until(cleared)
+    await eventually(cleared, timeout=WAIT, what="problem_id cleared")
 
     # Every step is in the audit log, read by an auditor.
     auditor = bearer(await user(http, admin, "auditor"))
@@ -147,7 +138,7 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
         assert r.status_code == 200, r.text
         return want <= {item["type"] for item in r.json()["items"]}
 
-    assert await until(
+    await eventually(
         lambda: audited(
             problem["id"],
             {
@@ -159,20 +150,22 @@ async def test_link_auto_link_workaround_and_resolution_cascade(http: httpx.Asyn
                 "itsm.problem.resolved",
                 "itsm.problem.incident_unlinked",
             },
-        )
+        ),
+        timeout=WAIT,
+        what="the problem's events in the audit log",
     )
+    incident_types = {
+        "itsm.incident.created",
+        "itsm.incident.updated",
+        "itsm.incident.note_added",
+        "itsm.incident.status_changed",
+    }
     for incident in (manual, auto):
-        assert await until(
-            lambda i=incident: audited(
-                i["id"],
-                {
-                    "itsm.incident.created",
-                    "itsm.incident.updated",
-                    "itsm.incident.note_added",
-                    "itsm.incident.status_changed",
-                },
-            )
-        ), incident["number"]
+        await eventually(
+            partial(audited, incident["id"], incident_types),
+            timeout=WAIT,
+            what=f"{incident['number']}'s events in the audit log",
+        )
     linked = (
         await http.get(
             "/api/v1/audit/events",
