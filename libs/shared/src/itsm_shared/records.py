@@ -46,17 +46,58 @@ class HistoryRow(SQLModel):
     new: Any = Field(default=None, sa_type=JSONB, nullable=True)
 
 
+def _values(first: int, width: int, rows: int) -> str:
+    return ", ".join("(" + ", ".join(f"${first + r * width + c}" for c in range(width)) + ")" for r in range(rows))
+
+
 @functools.lru_cache(maxsize=256)
 def _insert_sql(table: sa.Table, columns: tuple[str, ...], rows: int, returning: tuple[str, ...]) -> str:
-    width = len(columns)
-    values = ", ".join("(" + ", ".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(rows))
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {_values(1, len(columns), rows)}"
     return f"{sql} RETURNING {', '.join(returning)}" if returning else sql
+
+
+@functools.lru_cache(maxsize=64)
+def _create_sql(
+    table: sa.Table,
+    columns: tuple[str, ...],
+    children: tuple[tuple[sa.Table, tuple[str, ...], int], ...],
+    generated: tuple[str, ...],
+) -> str:
+    """One statement for a create: the record (returning what the database generates), its child rows, its
+    events with the generated values written into their `data`, and the NOTIFY that wakes the relays."""
+    returned = ", ".join(("id", *generated))
+    parts = [
+        f"record AS (INSERT INTO {table.name} ({', '.join(columns)}) VALUES {_values(1, len(columns), 1)} "
+        f"RETURNING {returned})"
+    ]
+    n = len(columns) + 1
+    for i, (child, names, rows) in enumerate(children):
+        parts.append(
+            f"child{i} AS (INSERT INTO {child.name} ({', '.join(names)}) VALUES {_values(n, len(names), rows)})"
+        )
+        n += len(names) * rows
+    patch = ", ".join(f"'{g}', record.{g}" for g in generated)
+    payload = (
+        f"jsonb_set(e.payload, '{{data}}', (e.payload -> 'data') || jsonb_build_object({patch}))"
+        if generated
+        else "e.payload"
+    )
+    parts.append(
+        "appended AS (INSERT INTO outbox (id, routing_key, payload) "
+        f"SELECT e.id, e.routing_key, {payload} FROM record, "
+        f"unnest(${n}::uuid[], ${n + 1}::varchar[], ${n + 2}::jsonb[]) AS e(id, routing_key, payload))"
+    )
+    return f"WITH {', '.join(parts)} SELECT {returned}, pg_notify(${n + 3}, '') FROM record"
 
 
 @functools.lru_cache(maxsize=64)
 def _json_columns(table: sa.Table) -> frozenset[str]:
     return frozenset(c.name for c in table.columns if isinstance(c.type, sa.JSON))
+
+
+def _params(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    json_columns = _json_columns(table)
+    return [json.dumps(row[c]) if c in json_columns else row[c] for row in rows for c in columns]
 
 
 def stored_columns(table: sa.Table) -> tuple[str, ...]:
@@ -76,13 +117,11 @@ async def insert(
     if not rows:
         return []
     columns = tuple(rows[0])
-    json_columns = _json_columns(table)
-    params = [json.dumps(row[c]) if c in json_columns else row[c] for row in rows for c in columns]
     sql = _insert_sql(table, columns, len(rows), tuple(returning))
     connection = await driver_connection(session)
     if returning:
-        return list(await connection.fetch(sql, *params))
-    await connection.execute(sql, *params)
+        return list(await connection.fetch(sql, *_params(table, columns, rows)))
+    await connection.execute(sql, *_params(table, columns, rows))
     return []
 
 
@@ -148,6 +187,37 @@ class Records(Generic[R]):
         if found is None:
             raise NotFound(f"no such {self.noun}")
         return found
+
+    async def create(
+        self,
+        session: AsyncSession,
+        values: Mapping[str, Any],
+        *,
+        children: Sequence[tuple[sa.Table, Sequence[Mapping[str, Any]]]] = (),
+        events: Sequence[dict[str, Any]],
+        generated: Sequence[str] = (),
+    ) -> Mapping[str, Any]:
+        """Create a record in one statement: its row (`values`, with its id), its `children` (a table and rows
+        each), and its `events` (built by `event`), into whose `data` the database's `generated` values (the
+        number) are written. Returns the record's id and generated values. The caller's seam commits."""
+        table: sa.Table = self.model.__table__  # type: ignore[attr-defined]
+        columns = tuple(values)
+        shapes = tuple((child, tuple(rows[0]), len(rows)) for child, rows in children if rows)
+        params = _params(table, columns, [values])
+        for child, rows in children:
+            if rows:
+                params += _params(child, tuple(rows[0]), rows)
+        params += [
+            [uuid.UUID(str(e["id"])) for e in events],
+            [outbox.routing_key(e["type"]) for e in events],
+            [json.dumps(e) for e in events],
+            outbox.channel_for(self.service),
+        ]
+        connection = await driver_connection(session)
+        created: Mapping[str, Any] = await connection.fetchrow(
+            _create_sql(table, columns, shapes, tuple(generated)), *params
+        )
+        return created
 
     def event(
         self, row: Identified, action: str, data: Mapping[str, Any], actor: str, changes: Changes | None = None

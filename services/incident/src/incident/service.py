@@ -9,12 +9,11 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from itsm_shared import outbox
 from itsm_shared.auth import Principal, Role
 from itsm_shared.edits import FieldEdits
 from itsm_shared.errors import Conflict, Forbidden, Invalid
 from itsm_shared.priority import priority as derive_priority
-from itsm_shared.records import Event, insert, stored_columns
+from itsm_shared.records import Event
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -36,9 +35,19 @@ from incident.queries import WORKERS, clocks_of, is_requester_only, render, rend
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 
 ASSIGNMENT_FIELDS = ("assignee_id", "assignment_group")
-INCIDENT_TABLE: sa.Table = Incident.__table__  # type: ignore[attr-defined]
 CLOCK_TABLE: sa.Table = SlaClock.__table__  # type: ignore[attr-defined]
-STORED = stored_columns(INCIDENT_TABLE)
+# What a new incident is before the INSERT gives it its number.
+UNNUMBERED = {
+    "number": "",
+    "resolution_code": None,
+    "resolution_notes": None,
+    "hold_reason": None,
+    "problem_id": None,
+    "reopen_count": 0,
+    "resolved_at": None,
+    "closed_at": None,
+    "version": 1,
+}
 
 
 class _Created(NamedTuple):
@@ -135,15 +144,20 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
         "created_at": now,
         "updated_at": now,
     }
-    # The create is the hot path: plain statements, no ORM objects to flush (the number comes back from the
-    # INSERT), and one rendering for the response and the event.
-    (row,) = await insert(session, INCIDENT_TABLE, [values], returning=STORED)
+    # The create is the hot path: one statement for the row, its clocks and its event (the number the database
+    # gives is written into the event), no ORM objects, and one rendering for the response and the event.
     target = await policy(session, values["priority"])
     clocks = {kind.value: sla.start(values["id"], kind, target, now) for kind in ClockKind}
-    await insert(session, CLOCK_TABLE, [sla.columns(clock) for clock in clocks.values()])
-    created = render_values(row, clocks, now)
-    event = INCIDENTS.event(_Created(row["id"], 1), "created", created.model_dump(mode="json"), actor.actor)
-    await outbox.append(session, event)
+    created = render_values({**values, **UNNUMBERED}, clocks, now)
+    event = INCIDENTS.event(_Created(values["id"], 1), "created", created.model_dump(mode="json"), actor.actor)
+    row = await INCIDENTS.create(
+        session,
+        values,
+        children=[(CLOCK_TABLE, [sla.columns(clock) for clock in clocks.values()])],
+        events=[event],
+        generated=("number",),
+    )
+    created.number = row["number"]
     return created
 
 
