@@ -26,6 +26,7 @@ from itsm_shared import outbox
 from itsm_shared.db import driver_connection
 from itsm_shared.errors import NotFound
 from itsm_shared.events import new_event
+from itsm_shared.schemas import HistoryRead
 
 
 class HistoryRow(SQLModel):
@@ -158,7 +159,7 @@ class Records(Generic[R]):
     service: str  # the event source, /itsm/<service>
     entity: str  # the event type's entity: itsm.<entity>.<action>
     model: type[R]
-    history: type[HistoryRow] | None  # None: versioned and published, without history rows
+    history_table: type[HistoryRow] | None  # None: versioned and published, without history rows
     noun: str  # for "no such <noun>"
     # The data of events another service consumes goes through the one definition both sides share.
     contracts: Mapping[str, type[BaseModel]] = field(default_factory=dict)
@@ -219,6 +220,14 @@ class Records(Generic[R]):
         )
         return created
 
+    async def history(self, session: AsyncSession, row: R) -> list[HistoryRead]:
+        """Every field change of `row`, oldest first: `{at, actor_id, field, old, new}`."""
+        if self.history_table is None:
+            return []
+        history: Any = self.history_table
+        stmt = select(history).where(getattr(history, history.owner) == row.id).order_by(history.id)
+        return [HistoryRead.model_validate(h, from_attributes=True) for h in (await session.exec(stmt)).all()]
+
     def event(
         self, row: Identified, action: str, data: Mapping[str, Any], actor: str, changes: Changes | None = None
     ) -> dict[str, Any]:
@@ -266,10 +275,10 @@ class Records(Generic[R]):
             row.version += 1
             row.updated_at = now
         session.add(row)
-        if self.history is not None:
+        if self.history_table is not None:
             for name, (old, new) in fields.items():
-                entry = self.history(actor_id=actor, field=name, old=old, new=new, at=now)
-                setattr(entry, self.history.owner, row.id)
+                entry = self.history_table(actor_id=actor, field=name, old=old, new=new, at=now)
+                setattr(entry, self.history_table.owner, row.id)
                 session.add(entry)
         if not events:
             return

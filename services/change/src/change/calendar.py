@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from change import scheduling
+from change import scheduling, service
 from change.config import get_settings
 from change.models import BlackoutWindow, ChangeRequest, ChangeType, Status
 from change.schemas import (
@@ -87,16 +87,7 @@ async def read_calendar(
 async def change_conflicts(session: AsyncSession, change: ChangeRequest) -> ConflictsRead:
     """Every conflict of the planned window now: overlapping scheduled changes on a shared configuration item
     and blackout occurrences (non-blocking for emergency changes)."""
-    found: list[scheduling.Conflict] = []
-    if change.planned_start and change.planned_end:
-        found = await scheduling.conflicts(
-            session,
-            exclude=change.id,
-            start=change.planned_start,
-            end=change.planned_end,
-            cis=change.configuration_items,
-            blackouts_block=change.type != ChangeType.EMERGENCY,
-        )
+    found = await service.conflicts_of(session, change)
     return ConflictsRead(
         change_id=change.id,
         planned_start=change.planned_start,

@@ -234,7 +234,7 @@ class BlackoutWindow(SQLModel, table=True):
 
 
 # The one write path of RFCs (itsm_shared.records): load by id or number, and version, history and events.
-CHANGES = Records(service="change", entity="change", model=ChangeRequest, history=ChangeHistory, noun="change")
+CHANGES = Records(service="change", entity="change", model=ChangeRequest, history_table=ChangeHistory, noun="change")
 BLACKOUTS = Records(
-    service="change", entity="blackout_window", model=BlackoutWindow, history=None, noun="blackout window"
+    service="change", entity="blackout_window", model=BlackoutWindow, history_table=None, noun="blackout window"
 )

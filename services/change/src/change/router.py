@@ -178,7 +178,7 @@ async def transitions(change: ChangeDep, principal: CurrentPrincipal) -> list[Tr
 
 @router.get("/{ref}/history", response_model=list[HistoryRead])
 async def history(session: SessionDep, change: ChangeDep) -> list[HistoryRead]:
-    return [HistoryRead.model_validate(h, from_attributes=True) for h in await service.history(session, change)]
+    return await service.history(session, change)
 
 
 @router.post("/{ref}/approvals", status_code=201, response_model=ApprovalResult)

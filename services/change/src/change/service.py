@@ -13,7 +13,7 @@ from itsm_shared.edits import FieldEdits
 from itsm_shared.errors import Conflict, Forbidden, Invalid
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.records import Changes, Event
-from itsm_shared.schemas import Transition
+from itsm_shared.schemas import HistoryRead, Transition
 from sqlalchemy import Text, cast
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import Uuid
@@ -24,7 +24,6 @@ from change import lifecycle, risk, scheduling
 from change.models import (
     CHANGES,
     Approval,
-    ChangeHistory,
     ChangeNote,
     ChangeRequest,
     ChangeType,
@@ -111,9 +110,8 @@ async def list_changes(
     return [render(c) for c in items], next_cursor
 
 
-async def history(session: AsyncSession, change: ChangeRequest) -> Sequence[ChangeHistory]:
-    stmt = select(ChangeHistory).where(ChangeHistory.change_id == change.id).order_by(col(ChangeHistory.id))
-    return (await session.exec(stmt)).all()
+async def history(session: AsyncSession, change: ChangeRequest) -> list[HistoryRead]:
+    return await CHANGES.history(session, change)
 
 
 async def notes(session: AsyncSession, change: ChangeRequest) -> Sequence[ChangeNote]:
@@ -146,13 +144,11 @@ def status_events(changed: Changes, *, rescheduled: bool = False) -> list[Event]
     return events
 
 
-async def ensure_schedulable(session: AsyncSession, change: ChangeRequest) -> None:
-    """409 listing every blocking conflict of the RFC's planned window. The items stay locked (advisory, per
-    transaction) until the seam commits, so two RFCs racing for one item cannot both pass."""
-    assert change.planned_start is not None
-    assert change.planned_end is not None
-    await scheduling.lock_items(session, change.configuration_items)
-    found = await scheduling.conflicts(
+async def conflicts_of(session: AsyncSession, change: ChangeRequest) -> list[scheduling.Conflict]:
+    """The conflicts of the RFC's planned window now (none without a window); blackouts block all but emergencies."""
+    if not (change.planned_start and change.planned_end):
+        return []
+    return await scheduling.conflicts(
         session,
         exclude=change.id,
         start=change.planned_start,
@@ -160,6 +156,15 @@ async def ensure_schedulable(session: AsyncSession, change: ChangeRequest) -> No
         cis=change.configuration_items,
         blackouts_block=change.type != ChangeType.EMERGENCY,
     )
+
+
+async def ensure_schedulable(session: AsyncSession, change: ChangeRequest) -> None:
+    """409 listing every blocking conflict of the RFC's planned window. The items stay locked (advisory, per
+    transaction) until the seam commits, so two RFCs racing for one item cannot both pass."""
+    assert change.planned_start is not None
+    assert change.planned_end is not None
+    await scheduling.lock_items(session, change.configuration_items)
+    found = await conflicts_of(session, change)
     blocking = [c for c in found if c.blocking]
     if blocking:
         raise Conflict(

@@ -199,4 +199,6 @@ class ProblemLink(SQLModel, table=True):
     linked: bool = Field(sa_column=Column(Boolean, nullable=False))
 
 
-INCIDENTS = Records(service="incident", entity="incident", model=Incident, history=IncidentHistory, noun="incident")
+INCIDENTS = Records(
+    service="incident", entity="incident", model=Incident, history_table=IncidentHistory, noun="incident"
+)

@@ -159,7 +159,7 @@ PROBLEMS = Records(
     service="problem",
     entity="problem",
     model=Problem,
-    history=ProblemHistory,
+    history_table=ProblemHistory,
     noun="problem",
     contracts={
         "incident_linked": ProblemIncidentLinkData,

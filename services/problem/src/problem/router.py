@@ -159,7 +159,7 @@ async def list_notes(session: SessionDep, problem: ProblemDep) -> list[NoteRead]
 
 @router.get("/{ref}/history", response_model=list[HistoryRead])
 async def history(session: SessionDep, problem: ProblemDep) -> list[HistoryRead]:
-    return [HistoryRead.model_validate(h, from_attributes=True) for h in await service.history(session, problem)]
+    return await service.history(session, problem)
 
 
 @known_errors_router.get("", response_model=Page[ProblemRead])

@@ -14,13 +14,13 @@ from itsm_shared.errors import Conflict, Forbidden, Invalid
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.priority import priority
 from itsm_shared.records import Event
-from itsm_shared.schemas import Transition
+from itsm_shared.schemas import HistoryRead, Transition
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from problem.lifecycle import MACHINE
-from problem.models import PROBLEMS, Problem, ProblemHistory, ProblemIncident, ProblemNote, Status
+from problem.models import PROBLEMS, Problem, ProblemIncident, ProblemNote, Status
 from problem.schemas import NoteCreate, ProblemCreate, ProblemRead, ProblemUpdate
 
 MANAGERS = frozenset({Role.PROBLEM_MANAGER, Role.ADMIN})
@@ -174,9 +174,8 @@ async def notes(session: AsyncSession, problem: Problem) -> Sequence[ProblemNote
     return (await session.exec(stmt.order_by(col(ProblemNote.created_at), col(ProblemNote.id)))).all()
 
 
-async def history(session: AsyncSession, problem: Problem) -> Sequence[ProblemHistory]:
-    stmt = select(ProblemHistory).where(ProblemHistory.problem_id == problem.id).order_by(col(ProblemHistory.id))
-    return (await session.exec(stmt)).all()
+async def history(session: AsyncSession, problem: Problem) -> list[HistoryRead]:
+    return await PROBLEMS.history(session, problem)
 
 
 def transitions(problem: Problem, principal: Principal) -> list[Transition]:
