@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
-from fastapi import Query
+from fastapi import Query, Response
 from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, literal, tuple_
 
@@ -25,6 +25,16 @@ MAX_LIMIT = 200
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None
+
+
+def page_response(items: Sequence[BaseModel], next_cursor: str | None) -> Response:
+    """A page as JSON, serialized once. (Returned as a model, FastAPI would validate every item again against
+    the route's response model, which still documents it.)"""
+    page = _AnyPage.model_construct(items=list(items), next_cursor=next_cursor)
+    return Response(_AnyPage.__pydantic_serializer__.to_json(page), media_type="application/json")
+
+
+_AnyPage = Page[Any]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from itsm_shared.http import (
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
+from itsm_shared.pagination import CommaSeparated, Limit, Page, page_response, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 
 from incident import policies, queries, service
@@ -77,7 +77,7 @@ async def list_incidents(
     created_before: datetime | None = None,
     sla_breached: bool | None = None,
     q: Annotated[str | None, Query(max_length=500)] = None,
-) -> Page[IncidentRead]:
+) -> Response:
     filters = {
         "status": status,
         "priority": priority,
@@ -94,7 +94,7 @@ async def list_incidents(
     items, next_cursor = await queries.list_incidents(
         session, principal, sort=parse_sort(sort, queries.SORTS), limit=limit, cursor=cursor, filters=filters
     )
-    return Page(items=items, next_cursor=next_cursor)
+    return page_response(items, next_cursor)
 
 
 @router.get("/{ref}", response_model=IncidentRead)
@@ -155,7 +155,7 @@ async def list_notes(session: SessionDep, incident: IncidentDep, principal: Curr
 
 @router.get("/{ref}/history", response_model=list[HistoryRead])
 async def history(session: SessionDep, incident: IncidentDep) -> list[HistoryRead]:
-    return [HistoryRead.model_validate(h, from_attributes=True) for h in await queries.history(session, incident)]
+    return await queries.history(session, incident)
 
 
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]

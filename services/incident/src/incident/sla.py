@@ -58,7 +58,9 @@ class NewClock:
 
 
 def calendar_of(clock: Clock) -> Calendar:
-    return _parsed(json.dumps(clock.calendar, sort_keys=True))
+    """The clock's calendar: stored JSON (a dict, or its text as a list query reads it), parsed once."""
+    calendar: Any = clock.calendar
+    return _parsed(calendar if isinstance(calendar, str) else json.dumps(calendar, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=256)
