@@ -34,6 +34,7 @@ def make_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 50
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
+        hide_parameters=True,  # a failing statement's values (a password hash, a key) never reach a log
         connect_args={"server_settings": {"statement_timeout": str(statement_timeout_ms)}},
     )
 
