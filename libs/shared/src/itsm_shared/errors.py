@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from asyncpg.exceptions._base import DataError as ParameterError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -135,6 +136,17 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
+    async def data_error(_: Request, exc: Exception) -> JSONResponse:
+        # The value, the statement and its parameters stay out of the answer and out of the log.
+        log.info("database refused a value of the request: %s", _sqlstate(exc) or type(exc).__name__)
+        return problem(
+            422,
+            "Unprocessable content",
+            "a value of the request is out of range or malformed",
+            type_slug="validation-error",
+            errors=[],
+        )
+
     async def unhandled(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return problem(500, "Internal server error", "an unexpected error occurred", type_slug="internal")
@@ -142,18 +154,41 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)
-    for exc_type in (OperationalError, InterfaceError, ConnectionError, OSError):
-        app.add_exception_handler(exc_type, database_down)
-    app.add_exception_handler(DBAPIError, _dbapi(database_down, unhandled))
+    for down_type in (ConnectionError, OSError):
+        app.add_exception_handler(down_type, database_down)
+    for dbapi_type in (OperationalError, InterfaceError):
+        app.add_exception_handler(dbapi_type, _dbapi(database_down, data_error, database_down))
+    app.add_exception_handler(DBAPIError, _dbapi(database_down, data_error, unhandled))
     app.add_exception_handler(Exception, unhandled)
 
 
-def _dbapi(down: Any, other: Any) -> Any:
+def caused_by_input(exc: DBAPIError) -> bool:
+    """A data exception (SQLSTATE class 22: a value out of its type's range, malformed, too long for its
+    column) or a parameter the driver could not encode (an integer beyond int4 or int8): the request's fault."""
+    error: BaseException | None = exc.orig
+    for _ in range(5):  # the driver's error, then what it wraps
+        if error is None:
+            break
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(error, ParameterError) or (isinstance(sqlstate, str) and sqlstate.startswith("22")):
+            return True
+        error = error.__cause__
+    return False
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
+
+
+def _dbapi(down: Any, data: Any, other: Any) -> Any:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DBAPIError)
+        if caused_by_input(exc):
+            result: JSONResponse = await data(request, exc)
         # asyncpg connection failures surface as DBAPIError with connection_invalidated set.
-        if exc.connection_invalidated:
-            result: JSONResponse = await down(request, exc)
+        elif exc.connection_invalidated:
+            result = await down(request, exc)
         else:
             result = await other(request, exc)
         return result

@@ -1,0 +1,94 @@
+"""Database errors caused by input (issue #11, point 12): a value the database refuses as data (SQLSTATE class
+22, or a parameter asyncpg cannot encode, such as an integer beyond the column's range) is the client's 422,
+never a 500, and never a 503 that would send the client retrying the same bad value."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI
+from itsm_shared.app import ServiceSpec, create_app
+from itsm_shared.db import SessionDep
+from itsm_shared.errors import PROBLEM_JSON
+from itsm_shared.settings import ServiceSettings
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+router = APIRouter(prefix="/api/v1/data")
+
+
+@router.get("/as-integer")
+async def as_integer(session: SessionDep, value: int) -> dict[str, Any]:
+    """An unbounded integer reaches an int4 parameter: asyncpg refuses to encode it (client side)."""
+    found = (await session.execute(text("SELECT CAST(:v AS integer)"), {"v": value})).scalar_one()
+    return {"value": found}
+
+
+@router.get("/cast")
+async def cast(session: SessionDep, value: str) -> dict[str, Any]:
+    """A text the server cannot read as an integer: SQLSTATE 22P02 (invalid_text_representation)."""
+    found = (await session.execute(text("SELECT CAST(CAST(:v AS text) AS integer)"), {"v": value})).scalar_one()
+    return {"value": found}
+
+
+@router.get("/too-long")
+async def too_long(session: SessionDep, value: str) -> dict[str, Any]:
+    """A text longer than its column: SQLSTATE 22001 (string_data_right_truncation)."""
+    await session.execute(text("CREATE TEMPORARY TABLE IF NOT EXISTS short_text (v varchar(3))"))
+    await session.execute(text("INSERT INTO short_text (v) VALUES (CAST(:v AS text))"), {"v": value})
+    return {"value": value}
+
+
+@router.get("/syntax")
+async def syntax(session: SessionDep) -> None:
+    """Not a data error: a bug of ours stays a 500."""
+    await session.execute(text("SELEC 1"))
+
+
+@pytest.fixture(scope="module")
+def app(settings: ServiceSettings, sessions: async_sessionmaker[AsyncSession]) -> FastAPI:
+    spec = ServiceSpec(
+        name="shared", title="Data errors", api_prefix="/api/v1/data", routers=[router], settings=settings
+    )
+    application = create_app(spec)
+    application.state.sessions = sessions
+    return application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shared.test") as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("/api/v1/data/as-integer", "-26423279263205196721815552"),  # the schemathesis finding's value
+        ("/api/v1/data/as-integer", str(2**31)),
+        ("/api/v1/data/cast", "twelve"),
+        ("/api/v1/data/cast", "99999999999"),  # 22003 numeric_value_out_of_range
+        ("/api/v1/data/too-long", "four"),
+    ],
+)
+async def test_a_data_error_caused_by_input_is_422(client: httpx.AsyncClient, path: str, value: str) -> None:
+    response = await client.get(path, params={"value": value})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    problem = response.json()
+    assert problem["status"] == 422 and problem["type"].endswith("/validation-error")
+    assert "SELECT" not in response.text and "asyncpg" not in response.text, "no internals in the answer"
+
+
+async def test_the_same_route_with_a_good_value_works(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/v1/data/as-integer", params={"value": "7"})).json() == {"value": 7}
+
+
+async def test_other_database_errors_stay_500(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/data/syntax")
+    assert response.status_code == 500 and response.json()["type"].endswith("/internal")
