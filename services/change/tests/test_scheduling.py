@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import icalendar
 import pytest
-from change import scheduling
+from change import recurrence, scheduling
 from change.models import BlackoutWindow
 
 from .conftest import LOW, PLANS, Actor, at, create, decide, iso, move, patch, unique_ci, window
@@ -303,12 +303,12 @@ def test_wall_clock_times_skipped_or_repeated_by_dst_cover_the_most() -> None:
 )
 def test_rules_refused(rule: str) -> None:
     with pytest.raises(ValueError, match=r"RRULE|hourly|one RRULE"):
-        scheduling.parse_rrule(rule, datetime(2031, 1, 1), BERLIN)
+        recurrence.compile_rule(rule, datetime(2031, 1, 1), datetime(2031, 1, 1, 1), BERLIN)
 
 
 def test_rules_accepted() -> None:
     for rule in ("FREQ=WEEKLY;BYDAY=FR", "RRULE:FREQ=DAILY;COUNT=3", "FREQ=MONTHLY;UNTIL=20311231T000000Z"):
-        scheduling.parse_rrule(rule, datetime(2031, 1, 1, 18), BERLIN)
+        recurrence.compile_rule(rule, datetime(2031, 1, 1, 18), datetime(2031, 1, 1, 20), BERLIN)
 
 
 # ---------------------------------------------------------------- next slot

@@ -4,7 +4,10 @@ and without a number."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +25,8 @@ from change.schemas import BlackoutWindowCreate, BlackoutWindowRead, BlackoutWin
 from change.service import invalid, utcnow
 
 SORTS = {"created_at": BlackoutWindow.created_at, "name": BlackoutWindow.name}
+# A window starts within this range around now: an old start buys nothing but a longer walk.
+EARLIEST, LATEST = timedelta(days=10 * 365), timedelta(days=50 * 365)
 
 
 def render(window: BlackoutWindow) -> BlackoutWindowRead:
@@ -47,12 +52,22 @@ def _zone(name: str) -> ZoneInfo:
         raise invalid("timezone", str(exc)) from exc
 
 
-def _check(window: BlackoutWindow) -> None:
+async def _check(window: BlackoutWindow, changed: Iterable[str]) -> None:
+    """The rules of a window, for what a write changed (a stored window is not refused for what it kept): end after
+    start, start within `EARLIEST` to `LATEST` of now, and a rule within `recurrence`'s limits (checked in a
+    worker thread: the check walks the rule's first occurrences)."""
+    changed = set(changed)
     if window.ends_at <= window.starts_at:
         raise invalid("end", "end must be after start")
-    if window.rrule:
+    tz = _zone(window.timezone)
+    if changed & {"starts_at", "timezone"}:
+        start, now = scheduling.to_utc(window.starts_at, tz), utcnow()
+        if not now - EARLIEST <= start <= now + LATEST:
+            years = f"{EARLIEST.days // 365} years ago and {LATEST.days // 365} years ahead"
+            raise invalid("start", f"a blackout window starts between {years}")
+    if window.rrule and changed & {"rrule", "starts_at", "ends_at", "timezone"}:
         try:
-            scheduling.parse_rrule(window.rrule, window.starts_at, _zone(window.timezone))
+            await asyncio.to_thread(scheduling.recurrence_of, scheduling.Blackout.of(window))
         except ValueError as exc:
             raise invalid("rrule", str(exc)) from exc
 
@@ -89,7 +104,7 @@ async def create_blackout(session: AsyncSession, body: BlackoutWindowCreate, act
         created_at=now,
         updated_at=now,
     )
-    _check(window)
+    await _check(window, ("starts_at", "ends_at", "timezone", "rrule"))
     session.add(window)
     await session.flush()
     created = [Event("created")]
@@ -116,7 +131,7 @@ async def update_blackout(
     for name, column in (("start", "starts_at"), ("end", "ends_at")):
         if values.get(name) is not None:
             edits.set(column, scheduling.wall_clock(values[name], tz))
-    _check(window)
+    await _check(window, edits.fields)
     if edits:
         updated = [Event("updated", edits.fields)]
         await BLACKOUTS.record(session, window, actor=actor.actor, now=utcnow(), fields={}, events=updated, data=_data)

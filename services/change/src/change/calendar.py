@@ -34,7 +34,7 @@ async def read_calendar(
     session: AsyncSession, *, start: datetime | None, end: datetime | None, configuration_item: str | None
 ) -> CalendarRead:
     """Changes with a planned window in `[start, end)` (cancelled ones left out) and the blackout occurrences
-    there, within the range and the number of changes the settings allow."""
+    there, within the range and the number of changes (and of blackout occurrences) the settings allow."""
     settings = get_settings()
     start = start or utcnow() - DEFAULT_PAST
     end = end or start + DEFAULT_SPAN
@@ -62,6 +62,11 @@ async def read_calendar(
         windows = await scheduling.blackouts_for(session, [configuration_item])
     else:
         windows = list((await session.exec(select(BlackoutWindow))).all())
+    found = await scheduling.expand(windows, start, end)
+    if len(found) > max_items:
+        raise invalid(
+            "end", f"more than {max_items} blackout occurrences in this range: ask for a shorter one", "query"
+        )
     blackouts = [
         CalendarBlackout(
             id=w.id,
@@ -72,8 +77,7 @@ async def read_calendar(
             recurring=bool(w.rrule),
             configuration_items=list(w.configuration_items),
         )
-        for w in windows
-        for o in scheduling.occurrences(w, start, end)
+        for w, o in found
     ]
     blackouts.sort(key=lambda b: (b.start, str(b.id)))
     return CalendarRead(

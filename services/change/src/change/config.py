@@ -11,6 +11,8 @@ class ChangeSettings(ServiceSettings):
     # The widest range GET /api/v1/changes/calendar answers for, and the most changes it lists.
     change_calendar_max_days: float = 366
     change_calendar_max_items: int = 10_000
+    # The longest planned window of an RFC (its conflict check expands the blackouts over it).
+    change_max_window_days: float = 366
 
 
 @lru_cache

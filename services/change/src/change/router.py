@@ -11,7 +11,7 @@ from itsm_shared.db import SessionDep
 from itsm_shared.http import IdempotencyKey, check_if_match, create_once, with_etag
 from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
-from pydantic import AwareDatetime, BeforeValidator
+from pydantic import BeforeValidator
 
 from change import approvals, blackouts, calendar, ical, risk, service
 from change.models import Approval, BlackoutWindow, ChangeRequest, ChangeType, Risk, Status
@@ -19,6 +19,7 @@ from change.schemas import (
     ApprovalCreate,
     ApprovalRead,
     ApprovalResult,
+    AwareTime,
     BlackoutWindowCreate,
     BlackoutWindowRead,
     BlackoutWindowUpdate,
@@ -95,7 +96,7 @@ async def list_changes(
     approval: Annotated[list[Approval] | None, Query(), CommaSeparated] = None,
     configuration_item: ConfigurationItem = None,
     assignee_id: uuid.UUID | None = None,
-    assignment_group: str | None = None,
+    assignment_group: Annotated[str | None, Query(max_length=100)] = None,
     requested_by: uuid.UUID | None = None,
     incident_id: uuid.UUID | None = None,
     problem_id: uuid.UUID | None = None,
@@ -132,8 +133,8 @@ async def risk_questionnaire() -> dict[str, object]:
 async def change_calendar(
     request: Request,
     session: SessionDep,
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    start: AwareTime | None = None,
+    end: AwareTime | None = None,
     configuration_item: ConfigurationItem = None,
     format: Annotated[str | None, Query(pattern="^(json|ics)$")] = None,
 ) -> Response:
@@ -232,7 +233,7 @@ async def conflicts(session: SessionDep, change: ChangeDep) -> ConflictsRead:
 
 @router.get("/{ref}/next-slot", response_model=NextSlotRead)
 async def next_slot(
-    session: SessionDep, change: ChangeDep, duration: Duration = None, after: AwareDatetime | None = None
+    session: SessionDep, change: ChangeDep, duration: Duration = None, after: AwareTime | None = None
 ) -> NextSlotRead:
     """The first window of `duration` (default: the planned window's length) starting at or after `after`
     (default: the next minute) that is free of conflicts and blackouts, within the search horizon."""

@@ -4,27 +4,31 @@ next free slot.
 Two changes conflict when both hold their planned window (scheduled or implement), share a configuration
 item, and their windows overlap as half-open ranges `[start, end)`: windows that only touch do not conflict.
 The check is one query over a partial GiST index on the window range and a GIN index on the items; blackout
-windows are few and expanded here, in their own time zone, so their wall-clock times hold across DST."""
+windows are few and expanded here (`recurrence`: bounded by the asked range, in a worker thread), in their own
+time zone, so their wall-clock times hold across DST."""
 
 from __future__ import annotations
 
-import re
+import asyncio
+import logging
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dateutil.rrule import rrule, rrulestr
 from sqlalchemy import DateTime, Text, cast, func, literal, or_, text
 from sqlalchemy import select as select_columns
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from change import recurrence
 from change.models import OCCUPYING_SQL, BlackoutWindow, ChangeRequest
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- time zones and recurrence (pure)
 
@@ -52,56 +56,125 @@ def to_utc(wall: datetime, tz: ZoneInfo, *, latest: bool = False) -> datetime:
     return max(readings) if latest else min(readings)
 
 
-def parse_rrule(value: str, start_wall: datetime, tz: ZoneInfo) -> rrule:
-    """One RFC 5545 RRULE (with or without the `RRULE:` prefix), anchored at the window's start."""
-    return _parsed_rrule(value, start_wall, tz.key)
-
-
-@lru_cache(maxsize=128)
-def _parsed_rrule(value: str, start_wall: datetime, tz_name: str) -> rrule:
-    # Cached with dateutil's own occurrence cache: every conflict check expands the same few rules, and an
-    # rrule walks from its DTSTART on each query; parsed and walked once, later checks only look them up.
-    body = value.strip()
-    if "\n" in body or "DTSTART" in body.upper() or ":" in body.removeprefix("RRULE:"):
-        raise ValueError("give one RRULE only (e.g. FREQ=WEEKLY;BYDAY=FR); the window's start is its DTSTART")
-    try:
-        rule = rrulestr(body, dtstart=start_wall.replace(tzinfo=zone(tz_name)), cache=True)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"invalid RRULE: {exc}") from exc
-    if not isinstance(rule, rrule):
-        raise ValueError("give one RRULE only")
-    freq = re.search(r"FREQ=([A-Z]+)", body.upper())
-    if freq and freq.group(1) in ("SECONDLY", "MINUTELY"):
-        raise ValueError("blackout windows recur at most hourly")
-    return rule
-
-
 @dataclass(frozen=True)
 class Occurrence:
     start: datetime  # UTC
     end: datetime  # UTC
 
 
-def occurrences(window: BlackoutWindow, lo: datetime, hi: datetime) -> Iterator[Occurrence]:
-    """The window's occurrences overlapping `[lo, hi)`, in UTC. Each occurrence keeps the wall-clock start
-    and end of the window in its time zone, so its length in real time changes by the DST shift it spans."""
+class Recurring(Protocol):
+    """What expanding a blackout window reads: a `BlackoutWindow` row or its `Blackout` snapshot."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def timezone(self) -> str: ...
+    @property
+    def starts_at(self) -> datetime: ...
+    @property
+    def ends_at(self) -> datetime: ...
+    @property
+    def rrule(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Blackout:
+    """A blackout window's columns, read on the event loop so that its expansion can run in a thread."""
+
+    id: uuid.UUID
+    name: str
+    timezone: str
+    starts_at: datetime
+    ends_at: datetime
+    rrule: str | None
+    configuration_items: tuple[str, ...]
+
+    @classmethod
+    def of(cls, window: BlackoutWindow) -> Blackout:
+        return cls(
+            id=window.id,
+            name=window.name,
+            timezone=window.timezone,
+            starts_at=window.starts_at,
+            ends_at=window.ends_at,
+            rrule=window.rrule,
+            configuration_items=tuple(window.configuration_items),
+        )
+
+
+def recurrence_of(window: Recurring) -> recurrence.Rule:
+    """The window's rule, compiled (cached); RecurrenceError (a ValueError) when it breaks the limits."""
+    assert window.rrule
+    return recurrence.compile_rule(window.rrule, window.starts_at, window.ends_at, zone(window.timezone))
+
+
+def occurrences(
+    window: Recurring, lo: datetime, hi: datetime, limit: int = recurrence.MAX_OCCURRENCES
+) -> list[Occurrence]:
+    """The window's occurrences overlapping `[lo, hi)`, in UTC, at most `limit`. Each occurrence keeps the
+    wall-clock start and end of the window in its time zone, so its length in real time changes by the DST
+    shift it spans. The work is bounded by the range, never by the rule's age (`recurrence.expand`). A stored
+    rule that breaks today's limits (written before them, or straight into the database) is not expanded: the
+    window counts as its first occurrence only, and the service says so in its log."""
     tz = zone(window.timezone)
     length = window.ends_at - window.starts_at
-    starts: Iterable[datetime]
+    starts: list[datetime] = [window.starts_at]
     if window.rrule:
-        rule = parse_rrule(window.rrule, window.starts_at, tz)
-        # A day of margin either side covers any UTC offset; filtered exactly below.
-        margin = timedelta(days=1)
-        starts = (s.replace(tzinfo=None) for s in rule.between(lo - length - margin, hi + margin, inc=True))
-    else:
-        starts = (window.starts_at,)
+        try:
+            rule = recurrence_of(window)
+        except ValueError as exc:
+            _not_expanded(window.id, window.rrule, str(exc))
+        else:
+            # A day of margin either side covers any UTC offset; filtered exactly below.
+            margin = timedelta(days=1)
+            lo_wall = lo.astimezone(tz).replace(tzinfo=None) - length - margin
+            hi_wall = hi.astimezone(tz).replace(tzinfo=None) + margin
+            starts, cut = recurrence.expand(rule, lo_wall, hi_wall, limit)
+            if cut:
+                _cut(window.id, limit)
+    found = []
     for wall_start in starts:
         start, end = to_utc(wall_start, tz), to_utc(wall_start + length, tz, latest=True)
         if start < hi and end > lo:
-            yield Occurrence(start, end)
+            found.append(Occurrence(start, end))
+    return found
 
 
-def first_occurrence(window: BlackoutWindow) -> Occurrence:
+@lru_cache(maxsize=1024)
+def _not_expanded(window_id: uuid.UUID, rule: str, reason: str) -> None:
+    """Once per process and rule: a stored rule the service does not expand."""
+    log.warning(
+        "blackout window %s: its stored RRULE %r breaks the limits (%s); only its first occurrence applies: "
+        "correct or delete the window",
+        window_id,
+        rule[:200],
+        reason,
+    )
+
+
+@lru_cache(maxsize=1024)
+def _cut(window_id: uuid.UUID, limit: int) -> None:
+    log.warning(
+        "blackout window %s: more than %d occurrences in one range; the first %d apply", window_id, limit, limit
+    )
+
+
+async def expand(
+    windows: Sequence[BlackoutWindow], lo: datetime, hi: datetime, limit: int = recurrence.MAX_OCCURRENCES
+) -> list[tuple[Blackout, Occurrence]]:
+    """Every occurrence of `windows` in `[lo, hi)`, each window's at most `limit`; recurring windows are expanded
+    in a worker thread, off the event loop."""
+    snapshots = [Blackout.of(w) for w in windows]
+
+    def work() -> list[tuple[Blackout, Occurrence]]:
+        return [(w, o) for w in snapshots for o in occurrences(w, lo, hi, limit)]
+
+    if any(w.rrule for w in snapshots):
+        return await asyncio.to_thread(work)
+    return work()
+
+
+def first_occurrence(window: Recurring) -> Occurrence:
     tz = zone(window.timezone)
     return Occurrence(to_utc(window.starts_at, tz), to_utc(window.ends_at, tz, latest=True))
 
@@ -218,10 +291,8 @@ async def blackouts_for(session: AsyncSession, cis: Sequence[str]) -> list[Black
     return list((await session.exec(select(BlackoutWindow).where(scope))).all())
 
 
-def blackout_conflicts(
-    windows: Iterable[BlackoutWindow], start: datetime, end: datetime, *, blocking: bool
-) -> list[Conflict]:
-    found = [
+def blackout_conflicts(found: Iterable[tuple[Blackout, Occurrence]], *, blocking: bool) -> list[Conflict]:
+    conflicts = [
         Conflict(
             kind="blackout_window",
             id=w.id,
@@ -231,10 +302,9 @@ def blackout_conflicts(
             configuration_items=list(w.configuration_items),
             blocking=blocking,
         )
-        for w in windows
-        for o in occurrences(w, start, end)
+        for w, o in found
     ]
-    return sorted(found, key=lambda c: (c.start, str(c.id)))
+    return sorted(conflicts, key=lambda c: (c.start, str(c.id)))
 
 
 async def conflicts(
@@ -250,7 +320,7 @@ async def conflicts(
     (listed as non-blocking when `blackouts_block` is false, as for emergency changes)."""
     found = await overlapping_changes(session, exclude=exclude, start=start, end=end, cis=cis)
     windows = await blackouts_for(session, cis)
-    return found + blackout_conflicts(windows, start, end, blocking=blackouts_block)
+    return found + blackout_conflicts(await expand(windows, start, end), blocking=blackouts_block)
 
 
 # ---------------------------------------------------------------- next free slot
@@ -291,7 +361,7 @@ async def next_slot(
     while cursor + duration <= until:
         hi = min(cursor + duration + chunk, until)
         busy = await _busy(session, exclude=exclude, lo=cursor, hi=hi, cis=cis)
-        busy += [(o.start, o.end) for w in windows for o in occurrences(w, cursor, hi)]
+        busy += [(o.start, o.end) for _, o in await expand(windows, cursor, hi)]
         busy.sort()
         found = False
         for start, end in busy:

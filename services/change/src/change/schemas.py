@@ -38,6 +38,19 @@ def _unique_items(items: list[str]) -> list[str]:
 ConfigurationItems = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=100), AfterValidator(_unique_items)
 ]
+
+
+def _representable(value: datetime) -> datetime:
+    """A time that every offset and a day's margin either side still leave within the calendar (years 2 to 9997):
+    beyond, arithmetic on it would overflow."""
+    if not 2 <= value.year <= 9997:
+        raise ValueError("a time in the years 2 to 9997")
+    return value
+
+
+# Times in bodies and query parameters.
+Time = Annotated[datetime, AfterValidator(_representable)]
+AwareTime = Annotated[AwareDatetime, AfterValidator(_representable)]
 UuidList = Annotated[list[uuid.UUID], Field(max_length=200), AfterValidator(lambda v: list(dict.fromkeys(v)))]
 Text = Annotated[str, Field(max_length=100_000)]
 
@@ -56,8 +69,8 @@ class ChangeCreate(_Body):
     test_plan: Text | None = None
     risk_assessment: RiskAssessment | None = None
     configuration_items: ConfigurationItems = Field(default_factory=list)
-    planned_start: AwareDatetime | None = None
-    planned_end: AwareDatetime | None = None
+    planned_start: AwareTime | None = None
+    planned_end: AwareTime | None = None
     incident_ids: UuidList = Field(default_factory=list)
     problem_ids: UuidList = Field(default_factory=list)
     assignment_group: str | None = Field(default=None, max_length=100)
@@ -76,10 +89,10 @@ class ChangeUpdate(_Body):
     risk_override: Risk | None = None
     risk_override_reason: str | None = Field(default=None, min_length=1, max_length=10_000)
     configuration_items: ConfigurationItems | None = None
-    planned_start: AwareDatetime | None = None
-    planned_end: AwareDatetime | None = None
-    actual_start: AwareDatetime | None = None
-    actual_end: AwareDatetime | None = None
+    planned_start: AwareTime | None = None
+    planned_end: AwareTime | None = None
+    actual_start: AwareTime | None = None
+    actual_end: AwareTime | None = None
     incident_ids: UuidList | None = None
     problem_ids: UuidList | None = None
     assignment_group: str | None = Field(default=None, max_length=100)
@@ -211,8 +224,8 @@ class BlackoutWindowCreate(_BlackoutBody):
     name: str = Field(min_length=1, max_length=200)
     description: Text | None = None
     timezone: str = Field(default="UTC", min_length=1, max_length=64)
-    start: datetime
-    end: datetime
+    start: Time
+    end: Time
     rrule: str | None = Field(default=None, min_length=1, max_length=500)
     configuration_items: ConfigurationItems = Field(default_factory=list)
 
@@ -221,8 +234,8 @@ class BlackoutWindowUpdate(_BlackoutBody):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: Text | None = None
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
-    start: datetime | None = None
-    end: datetime | None = None
+    start: Time | None = None
+    end: Time | None = None
     rrule: str | None = Field(default=None, min_length=1, max_length=500)
     configuration_items: ConfigurationItems | None = None
 

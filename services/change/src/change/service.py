@@ -5,7 +5,7 @@ CAB decisions are in `approvals`, blackout windows in `blackouts`, the calendar 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from itsm_shared.auth import Principal, Role
@@ -21,6 +21,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from change import lifecycle, risk, scheduling
+from change.config import get_settings
 from change.models import (
     CHANGES,
     Approval,
@@ -182,9 +183,15 @@ def _set_risk(edits: FieldEdits, change: ChangeRequest) -> None:
     edits.set("risk", effective)
 
 
-def _check_window(start: datetime | None, end: datetime | None, what: str) -> None:
-    if start is not None and end is not None and end <= start:
+def _check_window(start: datetime | None, end: datetime | None, what: str, *, bounded: bool = False) -> None:
+    """End after start; a `bounded` (new or moved) planned window no longer than the settings allow."""
+    if start is None or end is None:
+        return
+    if end <= start:
         raise invalid(f"{what}_end", f"{what}_end must be after {what}_start")
+    longest = timedelta(days=get_settings().change_max_window_days)
+    if bounded and end - start > longest:
+        raise invalid("planned_end", f"a planned window lasts at most {longest.days} days")
 
 
 # ---------------------------------------------------------------- RFCs
@@ -193,7 +200,7 @@ def _check_window(start: datetime | None, end: datetime | None, what: str) -> No
 async def raise_change(session: AsyncSession, body: ChangeCreate, actor: Principal) -> ChangeRead:
     """Create an RFC in new."""
     require_writer(actor)
-    _check_window(body.planned_start, body.planned_end, "planned")
+    _check_window(body.planned_start, body.planned_end, "planned", bounded=True)
     now = utcnow()
     change = ChangeRequest(
         **body.model_dump(exclude={"risk_assessment"}),
@@ -259,7 +266,8 @@ async def update_change(
     for field, value in values.items():
         edits.set(field, value)
     _set_risk(edits, change)
-    _check_window(change.planned_start, change.planned_end, "planned")
+    moved = "planned_start" in edits or "planned_end" in edits
+    _check_window(change.planned_start, change.planned_end, "planned", bounded=moved)
     _check_window(change.actual_start, change.actual_end, "actual")
 
     if target is not None and target != change.status:
