@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from itsm_shared.testing import EventProbe, Listen
+from fastapi import FastAPI
+from itsm_shared.testing import EventProbe, Listen, TestIssuer
 from itsm_shared.testing_fixtures import Actor
 
 # SQLModel nags on every AsyncSession.execute(); the scheduling queries select columns, which is what it is for.
@@ -40,6 +41,24 @@ def cab(actor: Callable[..., Actor]) -> Actor:
 @pytest.fixture
 def cab2(actor: Callable[..., Actor]) -> Actor:
     return actor("cab_member")
+
+
+# The session's standard-change template (PLANS, any configuration item): `create` raises a standard change from it
+# unless the test names another template, or passes standard_template_id=None (then only a change manager may).
+TEMPLATE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def standard_template(app: FastAPI, issuer: TestIssuer) -> dict[str, Any]:
+    subject = uuid.uuid4()
+    headers = {"Authorization": f"Bearer {issuer.token('change_manager', subject=subject)}"}
+    body = {"name": "Patch a server", "category": "patching", **PLANS}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://change.test") as client:
+        response = await client.post("/api/v1/changes/standard-templates", headers=headers, json=body)
+    assert response.status_code == 201, response.text
+    template: dict[str, Any] = response.json()
+    TEMPLATE["id"] = template["id"]
+    return template
 
 
 @pytest.fixture
@@ -81,6 +100,8 @@ def iso(value: datetime) -> str:
 
 async def create(client: httpx.AsyncClient, who: Actor, **fields: Any) -> dict[str, Any]:
     body = {"type": "normal", "title": "Patch the mail servers", **fields}
+    if body["type"] == "standard" and "standard_template_id" not in body:
+        body["standard_template_id"] = TEMPLATE["id"]
     response = await client.post("/api/v1/changes", headers=who.headers, json=body)
     assert response.status_code == 201, response.text
     return dict(response.json())

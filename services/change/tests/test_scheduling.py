@@ -16,7 +16,7 @@ import pytest
 from change import recurrence, scheduling
 from change.models import BlackoutWindow
 
-from .conftest import LOW, PLANS, Actor, at, create, decide, iso, move, patch, unique_ci, window
+from .conftest import LOW, PLANS, TEMPLATE, Actor, at, create, decide, iso, move, patch, unique_ci, window
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -342,7 +342,13 @@ async def test_next_slot_jumps_past_conflicts_and_blackouts(
     assert free["start"].startswith("2031-02-05T09:00:00"), "a slot ending where a change starts is free"
     # the suggestion is schedulable
     taken = await patch(
-        client, agent, change, planned_start=two_hours["start"], planned_end=two_hours["end"], type="standard", **PLANS
+        client,
+        agent,
+        change,
+        planned_start=two_hours["start"],
+        planned_end=two_hours["end"],
+        type="standard",
+        standard_template_id=TEMPLATE["id"],
     )
     assert (await patch(client, agent, taken.json(), status="scheduled")).status_code == 200
 

@@ -11,7 +11,7 @@ from change.models import ChangeType, Risk
 from itsm_shared.errors import Conflict
 from itsm_shared.testing import EventProbe
 
-from .conftest import HIGH, LOW, MODERATE, PLANS, Actor, at, create, decide, move, patch, unique_ci, window
+from .conftest import HIGH, LOW, MODERATE, PLANS, TEMPLATE, Actor, at, create, decide, move, patch, unique_ci, window
 
 CLOSE = {"close_code": "successful", "close_notes": "done, monitored for an hour"}
 
@@ -146,7 +146,7 @@ async def test_not_cancelled_once_implementing(client: httpx.AsyncClient, agent:
 
 async def test_type_changes_only_while_new(client: httpx.AsyncClient, agent: Actor) -> None:
     change = await create(client, agent, **PLANS)
-    response = await patch(client, agent, change, type="standard")
+    response = await patch(client, agent, change, type="standard", standard_template_id=TEMPLATE["id"])
     assert response.status_code == 200 and response.json()["approval"] == "not_required"
     assert response.json()["risk"] == "low"
     change = await move(client, agent, response.json(), "cancelled")
@@ -421,8 +421,11 @@ async def test_approved_into_a_conflict_waits_in_authorize(client: httpx.AsyncCl
     assert change["status"] == "authorize" and change["approval"] == "approved"
     refused = await expect_status(client, agent, change, "scheduled", 409)
     assert [c["change_id"] for c in refused["conflicts"]] == [blocker["id"]]
-    moved = await move(client, agent, change, "scheduled", **window(at(6, 6), 2, ci))
-    assert moved["status"] == "scheduled"
+    # the CAB approved that window: another one is a new round (re-approval), decided again
+    moved = (await patch(client, agent, change, **window(at(6, 6), 2, ci))).json()
+    assert (moved["status"], moved["approval"], moved["approval_round"]) == ("authorize", "requested", 2)
+    again = (await decide(client, cab, moved, "approve")).json()["change"]
+    assert again["status"] == "scheduled"
 
 
 # ---------------------------------------------------------------- history and events

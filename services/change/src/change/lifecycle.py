@@ -75,6 +75,20 @@ RISK_EDITABLE = frozenset({S.NEW, S.ASSESS})
 TYPE_EDITABLE = frozenset({S.NEW})
 # States in which the RFC holds its planned window on its configuration items: they cannot be cleared.
 HOLDING = frozenset(OCCUPYING_STATUSES)
+# What the CAB approves besides the type and the risk (settled before it decides). Changing one of them on an
+# approved RFC reopens approval, as ServiceNow does: from authorize or scheduled the RFC returns to authorize
+# with a new round (`approval: requested`), in which earlier approvals no longer count; once implementation has
+# started they are fixed (409). Filling one left empty at approval (a window chosen afterwards) changes nothing.
+APPROVED_SCOPE = (
+    "configuration_items",
+    "planned_start",
+    "planned_end",
+    "implementation_plan",
+    "backout_plan",
+    "test_plan",
+)
+REOPENABLE = frozenset({S.AUTHORIZE, S.SCHEDULED})
+SCOPE_FIXED = frozenset({S.IMPLEMENT, S.REVIEW})
 
 
 class ChangeMachine(StateMachine):

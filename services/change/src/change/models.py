@@ -8,6 +8,7 @@ from typing import Any
 from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, string_column, utc_column
 from itsm_shared.records import HistoryRow, Records
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     Computed,
@@ -112,6 +113,7 @@ class ChangeRequest(SQLModel, table=True):
         Index("ix_change_request_cis", "configuration_items", postgresql_using="gin"),
         Index("ix_change_request_incidents", "incident_ids", postgresql_using="gin"),
         Index("ix_change_request_problems", "problem_ids", postgresql_using="gin"),
+        Index("ix_change_request_template", "standard_template_id"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -163,6 +165,10 @@ class ChangeRequest(SQLModel, table=True):
     requested_by: uuid.UUID
     close_code: str | None = Field(default=None, sa_column=string_column(30))
     close_notes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The standard-change template a standard change was raised from (None: by a change manager, or not standard).
+    standard_template_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(ForeignKey("standard_change_template.id"), nullable=True)
+    )
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())
     closed_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
@@ -233,8 +239,37 @@ class BlackoutWindow(SQLModel, table=True):
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
 
 
+class StandardChangeTemplate(SQLModel, table=True):
+    """One entry of the standard-change catalogue: a low-risk change pre-approved by change management, with the
+    plans every change raised from it follows and the configuration items it may touch (none listed: any)."""
+
+    __tablename__ = "standard_change_template"
+    __table_args__ = (Index("ix_standard_change_template_created", "created_at", "id"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(sa_column=string_column(200, nullable=False))
+    description: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    category: str | None = Field(default=None, sa_column=string_column(100))
+    implementation_plan: str = Field(sa_column=Column(Text, nullable=False))
+    backout_plan: str = Field(sa_column=Column(Text, nullable=False))
+    test_plan: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    configuration_items: list[str] = Field(default_factory=list, sa_column=_text_array())
+    active: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default="true"))
+    created_by: uuid.UUID
+    created_at: datetime | None = Field(default=None, sa_column=utc_column())
+    updated_at: datetime | None = Field(default=None, sa_column=utc_column())
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+
+
 # The one write path of RFCs (itsm_shared.records): load by id or number, and version, history and events.
 CHANGES = Records(service="change", entity="change", model=ChangeRequest, history_table=ChangeHistory, noun="change")
 BLACKOUTS = Records(
     service="change", entity="blackout_window", model=BlackoutWindow, history_table=None, noun="blackout window"
+)
+TEMPLATES = Records(
+    service="change",
+    entity="standard_change_template",
+    model=StandardChangeTemplate,
+    history_table=None,
+    noun="standard change template",
 )

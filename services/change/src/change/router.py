@@ -13,8 +13,8 @@ from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
 from itsm_shared.schemas import HistoryRead, Transition
 from pydantic import BeforeValidator
 
-from change import approvals, blackouts, calendar, ical, risk, service
-from change.models import Approval, BlackoutWindow, ChangeRequest, ChangeType, Risk, Status
+from change import approvals, blackouts, calendar, ical, risk, service, templates
+from change.models import Approval, BlackoutWindow, ChangeRequest, ChangeType, Risk, StandardChangeTemplate, Status
 from change.schemas import (
     ApprovalCreate,
     ApprovalRead,
@@ -31,11 +31,18 @@ from change.schemas import (
     NextSlotRead,
     NoteCreate,
     NoteRead,
+    TemplateCreate,
+    TemplateRead,
+    TemplateUpdate,
 )
 
 READ = [Depends(require_roles(*service.READERS))]
 router = APIRouter(prefix="/api/v1/changes", tags=["changes"], dependencies=READ)
 blackouts_router = APIRouter(prefix="/api/v1/blackout-windows", tags=["blackout-windows"], dependencies=READ)
+# Included before `router`, whose GET /{ref} would otherwise take /standard-templates for an RFC's number.
+templates_router = APIRouter(
+    prefix="/api/v1/changes/standard-templates", tags=["standard-change-templates"], dependencies=READ
+)
 ICAL = "text/calendar"
 
 
@@ -55,6 +62,14 @@ async def locked_blackout(window_id: uuid.UUID, session: SessionDep) -> Blackout
     return await blackouts.get_blackout(session, window_id, for_update=True)
 
 
+async def template_by_id(template_id: uuid.UUID, session: SessionDep) -> StandardChangeTemplate:
+    return await templates.get_template(session, template_id)
+
+
+async def locked_template(template_id: uuid.UUID, session: SessionDep) -> StandardChangeTemplate:
+    return await templates.get_template(session, template_id, for_update=True)
+
+
 def _seconds(value: Any) -> Any:
     """A plain number of seconds (7200, 7200.5) as a number; anything else is ISO 8601 (PT2H) for pydantic."""
     if isinstance(value, str) and value.replace(".", "", 1).isdigit():
@@ -66,6 +81,8 @@ ChangeDep = Annotated[ChangeRequest, Depends(change_by_ref)]
 LockedChange = Annotated[ChangeRequest, Depends(locked_change)]
 BlackoutDep = Annotated[BlackoutWindow, Depends(blackout_by_id)]
 LockedBlackout = Annotated[BlackoutWindow, Depends(locked_blackout)]
+TemplateDep = Annotated[StandardChangeTemplate, Depends(template_by_id)]
+LockedTemplate = Annotated[StandardChangeTemplate, Depends(locked_template)]
 Duration = Annotated[timedelta | None, Query(description="ISO 8601 (PT2H) or seconds"), BeforeValidator(_seconds)]
 ConfigurationItem = Annotated[str | None, Query(max_length=200)]
 
@@ -294,4 +311,65 @@ async def delete_blackout(
 ) -> Response:
     check_if_match(request, window.version)
     await blackouts.delete_blackout(session, window, principal)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- standard-change templates
+
+
+@templates_router.post("", status_code=201, response_model=TemplateRead)
+async def create_template(
+    session: SessionDep, data: TemplateCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
+) -> JSONResponse:
+    return await create_once(
+        session,
+        principal.actor,
+        key,
+        data.model_dump(),
+        lambda: templates.create_template(session, data, principal),
+        location=templates_router.prefix,
+    )
+
+
+@templates_router.get("", response_model=Page[TemplateRead])
+async def list_templates(
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: str | None = None,
+    sort: str = "name",
+    active: bool | None = None,
+) -> Page[TemplateRead]:
+    items, next_cursor = await templates.list_templates(
+        session, sort=parse_sort(sort, templates.SORTS), limit=limit, cursor=cursor, active=active
+    )
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@templates_router.get("/{template_id}", response_model=TemplateRead)
+async def get_template(template: TemplateDep, response: Response) -> TemplateRead:
+    with_etag(response, template.version)
+    return templates.render(template)
+
+
+@templates_router.patch("/{template_id}", response_model=TemplateRead)
+async def update_template(
+    request: Request,
+    template: LockedTemplate,
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    data: TemplateUpdate,
+    response: Response,
+) -> TemplateRead:
+    check_if_match(request, template.version)
+    updated = await templates.update_template(session, template, data, principal)
+    with_etag(response, updated.version)
+    return updated
+
+
+@templates_router.delete("/{template_id}", status_code=204)
+async def delete_template(
+    request: Request, template: LockedTemplate, session: SessionDep, principal: CurrentPrincipal
+) -> Response:
+    check_if_match(request, template.version)
+    await templates.delete_template(session, template, principal)
     return Response(status_code=204)

@@ -75,6 +75,7 @@ class ChangeCreate(_Body):
     problem_ids: UuidList = Field(default_factory=list)
     assignment_group: str | None = Field(default=None, max_length=100)
     assignee_id: uuid.UUID | None = None
+    standard_template_id: uuid.UUID | None = None
 
 
 class ChangeUpdate(_Body):
@@ -100,6 +101,7 @@ class ChangeUpdate(_Body):
     status: str | None = None
     close_code: CloseCode | None = None
     close_notes: Text | None = None
+    standard_template_id: uuid.UUID | None = None
 
 
 class RiskDetails(BaseModel):
@@ -139,6 +141,7 @@ class ChangeRead(BaseModel):
     requested_by: uuid.UUID
     close_code: str | None
     close_notes: str | None
+    standard_template_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
@@ -293,3 +296,54 @@ class ApprovalResult(ApprovalRead):
     """A recorded decision and the RFC after it (approved, scheduled, or returned to new)."""
 
     change: ChangeRead
+
+
+# ---------------------------------------------------------------- standard-change templates
+
+TEMPLATE_READ_ONLY = frozenset({"id", "risk", "created_by", "created_at", "updated_at", "version"})
+
+
+class _TemplateBody(RequestBody):
+    read_only = TEMPLATE_READ_ONLY
+
+
+class TemplateCreate(_TemplateBody):
+    """A pre-approved, low-risk change: the plans every change raised from it follows, and the configuration
+    items it may touch (none: any)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: Text | None = None
+    category: str | None = Field(default=None, min_length=1, max_length=100)
+    implementation_plan: str = Field(min_length=1, max_length=100_000)
+    backout_plan: str = Field(min_length=1, max_length=100_000)
+    test_plan: Text | None = None
+    configuration_items: ConfigurationItems = Field(default_factory=list)
+    active: bool = True
+
+
+class TemplateUpdate(_TemplateBody):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: Text | None = None
+    category: str | None = Field(default=None, min_length=1, max_length=100)
+    implementation_plan: str | None = Field(default=None, min_length=1, max_length=100_000)
+    backout_plan: str | None = Field(default=None, min_length=1, max_length=100_000)
+    test_plan: Text | None = None
+    configuration_items: ConfigurationItems | None = None
+    active: bool | None = None
+
+
+class TemplateRead(BaseModel):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    category: str | None
+    implementation_plan: str
+    backout_plan: str
+    test_plan: str | None
+    configuration_items: list[str]
+    active: bool
+    risk: Risk = Risk.LOW  # a standard change is low risk
+    created_by: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+    version: int

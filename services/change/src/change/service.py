@@ -20,7 +20,7 @@ from sqlalchemy.types import Uuid
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from change import lifecycle, risk, scheduling
+from change import lifecycle, risk, scheduling, templates
 from change.config import get_settings
 from change.models import (
     CHANGES,
@@ -210,7 +210,10 @@ async def raise_change(session: AsyncSession, body: ChangeCreate, actor: Princip
         created_at=now,
         updated_at=now,
     )
-    _set_risk(FieldEdits(change), change)
+    edits = FieldEdits(change)
+    _set_risk(edits, change)
+    sent = {name for name, value in body.model_dump().items() if value not in (None, [])}
+    await templates.check_standard(session, change, edits, actor, sent=sent, creating=True)
     session.add(change)
     await session.flush()  # the number, from the INSERT's RETURNING
     await CHANGES.record(
@@ -224,6 +227,7 @@ async def update_change(
 ) -> ChangeRead:
     require_writer(actor)
     values = body.model_dump(exclude_unset=True)
+    sent = set(values)
     if change.status in (Status.CLOSED, Status.CANCELLED):
         raise Conflict(f"a {change.status} change is final")
     for name in ("type", "title"):
@@ -241,6 +245,9 @@ async def update_change(
         edits.set("type", values["type"])
         edits.set("approval", Approval.NOT_REQUIRED if change.type == ChangeType.STANDARD else Approval.NOT_REQUESTED)
     values.pop("type", None)
+    retemplated = values.get("standard_template_id", change.standard_template_id) != change.standard_template_id
+    if retemplated and change.status not in lifecycle.TYPE_EDITABLE:
+        raise Conflict("the template of a standard change can be changed only while it is new")
 
     risk_fields = {"risk_assessment", "risk_override", "risk_override_reason"}.intersection(values)
     if risk_fields and change.status not in lifecycle.RISK_EDITABLE:
@@ -266,6 +273,8 @@ async def update_change(
     for field, value in values.items():
         edits.set(field, value)
     _set_risk(edits, change)
+    await templates.check_standard(session, change, edits, actor, sent=sent)
+    _reopen_if_rescoped(edits, change)
     moved = "planned_start" in edits or "planned_end" in edits
     _check_window(change.planned_start, change.planned_end, "planned", bounded=moved)
     _check_window(change.actual_start, change.actual_end, "actual")
@@ -287,6 +296,25 @@ async def update_change(
         events = [Event("updated", changed), *status_events(changed, rescheduled=rescheduled)]
         await CHANGES.record(session, change, actor=actor.actor, now=now, fields=changed, events=events, data=data)
     return render(change)
+
+
+def _reopen_if_rescoped(edits: FieldEdits, change: ChangeRequest) -> None:
+    """Changing what the CAB approved (`lifecycle.APPROVED_SCOPE`) reopens approval: back to authorize, a new round,
+    `approval: requested`; once implementation has started it is refused."""
+    if change.approval != Approval.APPROVED:
+        return
+    rescoped = [f for f in lifecycle.APPROVED_SCOPE if f in edits and edits.fields[f][0] not in (None, [], "")]
+    if not rescoped:
+        return
+    if change.status in lifecycle.SCOPE_FIXED:
+        raise Conflict(
+            f"{', '.join(rescoped)}: what the CAB approved is fixed once implementation has started; "
+            "record what happened in actual_start, actual_end and notes"
+        )
+    if change.status in lifecycle.REOPENABLE:
+        edits.set("status", Status.AUTHORIZE)
+        edits.set("approval_round", change.approval_round + 1)
+        edits.set("approval", Approval.REQUESTED)
 
 
 def _apply_status(edits: FieldEdits, change: ChangeRequest, target: str, values: dict[str, Any], now: datetime) -> None:
