@@ -107,9 +107,8 @@ def server(key: SigningKey) -> JWKSServer:
 @pytest.fixture
 async def cache(server: JWKSServer) -> AsyncIterator[JWKSCache]:
     client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
-    c = JWKSCache(JWKS_URL, client=client, min_refetch_seconds=0.3)
-    yield c
-    await c.aclose()
+    async with JWKSCache(JWKS_URL, client=client, min_refetch_seconds=0.3) as c:
+        yield c
 
 
 @pytest.fixture
@@ -229,7 +228,7 @@ async def test_unknown_kid_refetches_at_most_once_per_window(
 
     async def window_passed() -> None:
         deadline = time.monotonic() + 5
-        while time.monotonic() - cache._fetched_at < cache.min_refetch:
+        while time.monotonic() - cache._attempted_at < cache.retry_delay():
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
 
@@ -253,13 +252,10 @@ async def test_unknown_kid_refetches_at_most_once_per_window(
 async def test_issuer_unreachable(key: SigningKey) -> None:
     server = JWKSServer(key)
     server.down = True
-    cache = JWKSCache(JWKS_URL, client=httpx.AsyncClient(transport=httpx.MockTransport(server.handler)))
-    try:
+    async with JWKSCache(JWKS_URL, client=httpx.AsyncClient(transport=httpx.MockTransport(server.handler))) as cache:
         verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
         with pytest.raises(Unavailable):  # 503: no keys at all is the issuer's fault, not the token's
             await verifier.verify(sign(key, claims()))
-    finally:
-        await cache.aclose()
 
 
 async def test_keys_survive_a_failed_refetch(
@@ -267,10 +263,100 @@ async def test_keys_survive_a_failed_refetch(
 ) -> None:
     await verifier.verify(sign(key, claims()))
     server.down = True
-    cache.ttl = 0  # every call would like fresh keys
-    cache.min_refetch = 0
-    await verifier.verify(sign(key, claims()))
-    assert server.fetches >= 2  # it tried, failed, and kept serving the keys it had
+    assert await cache.refresh() is False  # it tried, failed ...
+    await verifier.verify(sign(key, claims()))  # ... and kept serving the keys it had
+    assert server.fetches == 2 and cache.failures == 1
+
+
+# ---------------------------------------------------------------- issue #11, findings 5 and 7
+
+
+class HangingJWKS(JWKSServer):
+    """A JWKS endpoint that, once `hang` is set, accepts requests and answers none until released."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        super().__init__(*keys)
+        self.hang = False
+        self.waiting = 0
+        self.release = asyncio.Event()
+
+    async def async_handler(self, request: httpx.Request) -> httpx.Response:
+        if self.hang:
+            self.waiting += 1
+            await self.release.wait()
+        return self.handler(request)
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_withdrawn_key_stops_verifying_within_one_refresh_interval(key: SigningKey) -> None:
+    """Finding 5: keys are reloaded on a fixed interval, not only on an unknown kid, so a key the issuer revokes is
+    refused within one interval, even for a token this verifier had already verified and cached."""
+    server = JWKSServer(key, SigningKey("k2"))
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    async with JWKSCache(JWKS_URL, client=client, refresh_seconds=0.3, min_refetch_seconds=0.3) as cache:
+        verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
+        token = sign(key, claims())
+        await verifier.verify(token)
+        server.keys = [k for k in server.keys if k.kid != key.kid]  # the issuer revokes k1
+        withdrawn_at = time.monotonic()
+        await eventually(lambda: key.kid not in cache.kids, timeout=2)
+        assert time.monotonic() - withdrawn_at < 0.3 + 0.5  # one interval (plus the fetch and the scheduling)
+        error = await rejected(verifier, token)
+        assert error.detail == "unknown signing key"
+        await rejected(verifier, sign(key, claims()))
+
+
+async def test_a_hanging_jwks_endpoint_does_not_delay_tokens_whose_key_is_known(key: SigningKey) -> None:
+    """Finding 7: while a reload hangs, a request whose kid is known is answered at once; an unknown kid waits for
+    that reload at most `wait_seconds`; once the endpoint answers again the keys are current."""
+    server = HangingJWKS(key)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.async_handler))
+    async with JWKSCache(
+        JWKS_URL, client=client, refresh_seconds=0.2, min_refetch_seconds=0.2, wait_seconds=0.5
+    ) as cache:
+        verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
+        await verifier.verify(sign(key, claims()))
+        server.hang = True
+        await eventually(lambda: server.waiting >= 1)  # the background reload is stuck on the endpoint
+        started = time.monotonic()
+        for _ in range(50):  # new tokens each time: no verified-token cache helps
+            await verifier.verify(sign(key, claims()))
+        assert time.monotonic() - started < 0.5, "a known kid must not wait for the hanging fetch"
+        started = time.monotonic()
+        await rejected(verifier, sign(SigningKey("unknown"), claims()))
+        assert time.monotonic() - started < 1.0  # bounded by wait_seconds, not the fetch's own timeout
+        rotated = SigningKey("k2")
+        server.keys.append(rotated)
+        server.hang = False
+        server.release.set()
+        await eventually(lambda: rotated.kid in cache.kids, timeout=3)
+        await verifier.verify(sign(rotated, claims()))
+
+
+async def test_failed_reloads_back_off(key: SigningKey) -> None:
+    """Finding 7: after failures the reloads are spaced 1, 2, 4 ... s apart, whatever the flood of unknown kids."""
+    server = JWKSServer(key)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    async with JWKSCache(JWKS_URL, client=client, refresh_seconds=30, min_refetch_seconds=0.05) as cache:
+        verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
+        await verifier.verify(sign(key, claims()))
+        server.down = True
+        forged = [sign(SigningKey(f"forged-{n}"), claims()) for n in range(10)]
+        deadline = time.monotonic() + 1.6
+        while time.monotonic() < deadline:
+            for error in await asyncio.gather(*(verifier.verify(t) for t in forged), return_exceptions=True):
+                assert isinstance(error, Unauthorized) and error.status == 401
+            await asyncio.sleep(0.05)
+        # In 1.6 s of floods: the first failed fetch, one a second later, then the 2 s delay: 2 or 3 fetches.
+        assert 2 <= server.fetches - 1 <= 3, server.fetches
+        assert cache.failures == server.fetches - 1
+        await verifier.verify(sign(key, claims()))  # the known key is still served
 
 
 # ---------------------------------------------------------------- as FastAPI dependencies

@@ -119,7 +119,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         if spec.key_source:
             keys = spec.key_source(rt)
         else:
-            keys = jwks = JWKSCache(settings.jwks_url)
+            keys = jwks = JWKSCache(settings.jwks_url, refresh_seconds=settings.jwks_refresh_seconds)
         app.state.verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         for hook in spec.on_startup:
             await hook(rt)

@@ -1,20 +1,29 @@
 """Bearer-token verification every service does itself, from the auth service's JWKS.
 
-Algorithms are pinned (EdDSA), `typ` must be an access token, `exp iat iss aud sub jti` are required. Keys are
-fetched asynchronously (never blocking the event loop), cached, and refetched on an unknown `kid`, at most
-once per `min_refetch_seconds`, so a flood of forged kids cannot become a flood of fetches.
+Algorithms are pinned (EdDSA), `typ` must be an access token, `exp iat iss aud sub jti` are required.
+
+Keys (`RefreshingKeySet`, over HTTP: `JWKSCache`) are reloaded in the background every `refresh_seconds`
+(`ITSM_JWKS_REFRESH_SECONDS`), so a key the issuer withdraws (rotated out, or revoked in an emergency) stops
+verifying within one interval. A request whose key is known never waits for a fetch, however slow the issuer; an
+unknown `kid` asks for a reload at most once per `min_refetch_seconds` (a flood of forged kids is not a flood of
+fetches), joins a reload already under way, and waits for it at most `wait_seconds`. After a failed reload the
+set keeps the keys it has and retries with a growing delay (1, 2, 4 ... s, up to the interval); only while it has
+never loaded any key is a token refused as 503 (the issuer's fault, not the token's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from types import TracebackType
+from typing import Annotated, Any, Protocol, Self
 
 import httpx
 import jwt
@@ -22,10 +31,13 @@ from fastapi import Depends, Request
 
 from itsm_shared.errors import Forbidden, Unauthorized, Unavailable
 
+log = logging.getLogger(__name__)
+
 ALGORITHMS = ["EdDSA"]
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a JOSE typ, not a secret)
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 LEEWAY_SECONDS = 30
+DEFAULT_REFRESH_SECONDS = 60.0
 
 
 class Role:
@@ -61,61 +73,172 @@ class KeySource(Protocol):
     async def key(self, kid: str) -> jwt.PyJWK: ...
 
 
-class JWKSCache:
-    """Public keys from a JWKS URL, fetched with httpx off the request path's blocking I/O."""
+def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
+    """The EdDSA keys of a JWKS document, by kid; anything else in it is ignored."""
+    keys: dict[str, jwt.PyJWK] = {}
+    for jwk in document.get("keys", []) if isinstance(document, dict) else []:
+        if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str) and jwk.get("alg", "EdDSA") in ALGORITHMS:
+            keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="EdDSA")
+    return keys
+
+
+class RefreshingKeySet:
+    """Public keys by kid from `load()`, reloaded every `refresh_seconds` in the background (see the module's
+    docstring). Subclasses give `load`; `autostart` starts the background loop on first use (stopped by
+    `aclose`), otherwise the owner calls `refresh()` on its own schedule."""
+
+    def __init__(
+        self,
+        *,
+        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        min_refetch_seconds: float = 10.0,
+        wait_seconds: float = 5.0,
+        load_timeout_seconds: float = 10.0,
+        autostart: bool = True,
+    ) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.min_refetch = min(min_refetch_seconds, refresh_seconds)
+        self.wait_seconds = wait_seconds
+        self.load_timeout = load_timeout_seconds
+        self.autostart = autostart
+        self.loads = 0  # attempts, for metrics and tests
+        self.failures = 0  # consecutive failed loads
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._loaded = False
+        self._attempted_at = -float("inf")  # monotonic time of the last load attempt
+        self._loading: asyncio.Task[bool] | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    async def load(self) -> dict[str, jwt.PyJWK]:
+        raise NotImplementedError
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def retry_delay(self) -> float:
+        """How long after the last attempt the next one may start: `min_refetch` while loads succeed, then
+        1, 2, 4 ... s after consecutive failures, never more than the refresh interval."""
+        if self.failures == 0:
+            return self.min_refetch
+        return float(min(self.refresh_seconds, 2 ** (self.failures - 1)))
+
+    async def key(self, kid: str) -> jwt.PyJWK:
+        if self.autostart:
+            self.start()
+        known = self._keys.get(kid)
+        if known is not None:
+            return known  # never waits on a reload
+        if self._loading is not None or time.monotonic() - self._attempted_at >= self.retry_delay():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reload()), timeout=self.wait_seconds)
+        known = self._keys.get(kid)
+        if known is not None:
+            return known
+        if not self._loaded:
+            raise Unavailable("the token issuer's keys cannot be fetched")
+        raise Unauthorized("unknown signing key")
+
+    async def refresh(self, *, fresh: bool = False) -> bool:
+        """Reload now, or join the reload under way (`fresh`: one that starts after this call, to see a change
+        just committed); whether it succeeded. Never raises for a failed load."""
+        if fresh and self._loading is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._loading)
+        return await asyncio.shield(self._reload())
+
+    def forget(self, kid: str) -> None:
+        """Stop trusting `kid` in this process at once (the next reload confirms it)."""
+        self._keys = {k: v for k, v in self._keys.items() if k != kid}
+
+    def _reload(self) -> asyncio.Task[bool]:
+        if self._loading is None or self._loading.done():
+            self._attempted_at = time.monotonic()
+            self._loading = asyncio.get_running_loop().create_task(self._load_once(), name="keys-reload")
+        return self._loading
+
+    async def _load_once(self) -> bool:
+        self.loads += 1
+        try:
+            keys = await asyncio.wait_for(self.load(), timeout=self.load_timeout)
+        except Exception as exc:  # the set stays as it was; the next attempt backs off
+            self.failures += 1
+            log.warning("signing keys not reloaded (%s failures in a row): %r", self.failures, exc)
+            return False
+        finally:
+            self._attempted_at = time.monotonic()
+            self._loading = None
+        self._keys, self._loaded, self.failures = keys, True, 0
+        return True
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop().create_task(self._run(), name="keys-refresh")
+
+    async def _run(self) -> None:
+        while True:
+            delay = self.refresh_seconds if self.failures == 0 else self.retry_delay()
+            await asyncio.sleep(max(0.0, self._attempted_at + delay - time.monotonic()))
+            await self.refresh()
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._loop, self._loading) if t is not None]
+        self._loop = self._loading = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class JWKSCache(RefreshingKeySet):
+    """The issuer's public keys from its JWKS URL, fetched with httpx (never blocking the event loop)."""
 
     def __init__(
         self,
         url: str,
         *,
-        ttl_seconds: float = 300,
-        min_refetch_seconds: float = 10,
+        refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        min_refetch_seconds: float = 10.0,
+        wait_seconds: float = 5.0,
         client: httpx.AsyncClient | None = None,
+        autostart: bool = True,
     ) -> None:
+        super().__init__(
+            refresh_seconds=refresh_seconds,
+            min_refetch_seconds=min_refetch_seconds,
+            wait_seconds=wait_seconds,
+            load_timeout_seconds=max(wait_seconds, 5.0),
+            autostart=autostart,
+        )
         self.url = url
-        self.ttl = ttl_seconds
-        self.min_refetch = min_refetch_seconds
+        self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=5.0)
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = -float("inf")
-        self._lock = asyncio.Lock()
 
-    async def key(self, kid: str) -> jwt.PyJWK:
-        now = time.monotonic()
-        if kid in self._keys and now - self._fetched_at < self.ttl:
-            return self._keys[kid]
-        async with self._lock:
-            if (kid not in self._keys or time.monotonic() - self._fetched_at >= self.ttl) and (
-                time.monotonic() - self._fetched_at >= self.min_refetch
-            ):
-                await self._refresh()
-        if kid not in self._keys:
-            raise Unauthorized("unknown signing key")
-        return self._keys[kid]
-
-    async def _refresh(self) -> None:
-        try:
-            response = await self._client.get(self.url)
-            response.raise_for_status()
-            keys = {}
-            for jwk in response.json().get("keys", []):
-                if jwk.get("kid") and jwk.get("alg", "EdDSA") in ALGORITHMS:
-                    keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="EdDSA")
-        except (httpx.HTTPError, ValueError) as exc:
-            if not self._keys:
-                raise Unavailable("the token issuer's keys cannot be fetched") from exc
-            return  # keep serving with the keys we have
-        self._keys = keys
-        self._fetched_at = time.monotonic()
+    async def load(self) -> dict[str, jwt.PyJWK]:
+        response = await self._client.get(self.url)
+        response.raise_for_status()
+        return parse_jwks(response.json())
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await super().aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
 
 class TokenVerifier:
     """Verifies access tokens; a verified token is remembered (by its hash, up to `cache_size` of them) until it
     expires, so a client's next requests with it do not redo the signature check. What the cache serves is
-    re-checked against the key source's current keys, so a key that is withdrawn stops its tokens at once."""
+    re-checked against the key source's current keys, so a withdrawn key stops its tokens as soon as the key
+    source drops it (for a `JWKSCache`, within one refresh interval)."""
 
     def __init__(self, keys: KeySource, *, issuer: str, audience: str, cache_size: int = 10_000) -> None:
         self.keys = keys
@@ -130,9 +253,13 @@ class TokenVerifier:
         if hit is not None:
             expires, kid, principal = hit
             if time.time() < expires:
-                await self.keys.key(kid)  # the key must still be published
+                try:
+                    await self.keys.key(kid)  # the key must still be published
+                except Unauthorized:
+                    self._verified.pop(digest, None)
+                    raise
                 return principal
-            del self._verified[digest]
+            self._verified.pop(digest, None)
         principal, kid = await self._verify(token)
         self._verified[digest] = (float(principal.claims["exp"]), kid, principal)
         if len(self._verified) > self.cache_size:

@@ -16,6 +16,8 @@ class ServiceSettings(BaseSettings):
     # Prepended to consumer queue names, so an isolated stack (tests) never shares a queue with another.
     queue_prefix: str = ""
     jwks_url: str = "http://127.0.0.1:8101/api/v1/auth/jwks.json"
+    # Every service reloads the JWKS this often: a revoked signing key stops verifying within one interval.
+    jwks_refresh_seconds: float = 60.0
     jwt_issuer: str = "itsm-auth"
     jwt_audience: str = "itsm"
     db_pool_size: int = 10
