@@ -194,9 +194,18 @@ async def test_scheduling_blackouts_and_calendar_through_the_gateway(
         )
     ).status_code == 403
 
+    # a standard change comes from the catalogue change managers keep: an agent cannot declare one
+    undeclared = await http.post(CHANGES, headers=agent.headers(), json={"type": "standard", "title": "x", **PLANS})
+    assert undeclared.status_code == 403
+    template = await http.post(
+        f"{CHANGES}/standard-templates",
+        headers=manager.headers(),
+        json={"name": "Rotate certificates", "category": "tls", **PLANS, "configuration_items": [ci]},
+    )
+    assert template.status_code == 201, template.text
     # a standard change scheduled on Monday 29 March 2032, 06:00-07:00 CEST: the weekend freeze ends at 04:00Z
     # after the spring DST change, so 04:00Z-05:00Z touches it and is free
-    standard = {"type": "standard", "title": "Rotate certificates", **PLANS}
+    standard = {"type": "standard", "title": "Rotate certificates", "standard_template_id": template.json()["id"]}
     first = (
         await http.post(CHANGES, headers=agent.headers(), json={**standard, **planned(utc(2032, 3, 29, 4), 1, ci)})
     ).json()
