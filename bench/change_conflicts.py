@@ -236,7 +236,11 @@ async def run(args: argparse.Namespace) -> None:
         async def blackouts(session: Any) -> None:
             start = random_moment(rng)
             windows = await scheduling.blackouts_for(session, random_items(rng))
-            scheduling.blackout_conflicts(windows, start, start + timedelta(hours=2), blocking=True)
+            end = start + timedelta(hours=2)
+            if hasattr(scheduling, "expand"):  # occurrences expanded first, then turned into conflicts
+                scheduling.blackout_conflicts(await scheduling.expand(windows, start, end), blocking=True)
+            else:
+                scheduling.blackout_conflicts(windows, start, end, blocking=True)
 
         async def whole(_: int) -> None:
             async with sessions() as session, session.begin():

@@ -7,20 +7,29 @@ the row. No token check, no SLA clocks, no history, no outbox event, no gateway:
 cost of "HTTP request to committed row" in this Python stack. `POST /noop` answers 201 without touching the
 database (the ceiling of the load generator + uvicorn on this machine).
 
+`GET /incidents?limit=50` is the baseline of the list: one SELECT of `limit` rows (the incident columns above,
+default 50, at most 200) newest first, `ORDER BY created_at DESC, id DESC`, which walks the (created_at, id)
+index backwards; `status=` and `priority=` filter (the (status|priority, created_at, id) indexes), `cursor=`
+continues after the last row of the previous page (keyset, as the service's cursor). It answers
+`{"items": [...], "next_cursor": ...}`. No token, no visibility rule, no SLA clocks.
+
 Environment: BARE_DATABASE_URL (plain postgresql:// URL), BARE_POOL_SIZE (default 20, the incident service's
-pool_size 10 + max_overflow 10).
+pool_size 10 + max_overflow 10), BARE_TABLE (the table the list reads, default `bare_incident`;
+bench/incident_list.py points it at the incident service's own `incident.incident` with 1,000,000 rows).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,6 +142,56 @@ async def create(data: IncidentCreate, request: Request) -> JSONResponse:
         CALLER,
     )
     return JSONResponse(_json(row), status_code=201, headers={"Location": f"/incidents/{row['id']}"})
+
+
+LIST_COLUMNS = (
+    "id, number, title, description, caller_id, category, configuration_item, impact, urgency, priority, status,"
+    " assignment_group, assignee_id, created_by, created_at, updated_at, version"
+)
+
+
+def _cursor(record: asyncpg.Record) -> str:
+    raw = f"{record['created_at'].isoformat()}|{record['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    created, _, ident = raw.partition("|")
+    return datetime.fromisoformat(created), uuid.UUID(ident)
+
+
+@app.get("/incidents")
+async def list_incidents(
+    request: Request,
+    limit: int = Query(default=50, ge=1, le=200),
+    status: str | None = None,
+    priority: int | None = Query(default=None, ge=1, le=5),
+    cursor: str | None = None,
+) -> JSONResponse:
+    table = os.environ.get("BARE_TABLE", "bare_incident")
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        args.append(status)
+        where.append(f"status = ${len(args)}")
+    if priority is not None:
+        args.append(priority)
+        where.append(f"priority = ${len(args)}")
+    if cursor is not None:
+        created, ident = _after(cursor)
+        args += [created, ident]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    sql = (
+        f"SELECT {LIST_COLUMNS} FROM {table}"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+    )
+    pool: asyncpg.Pool = request.app.state.pool
+    rows = await pool.fetch(sql, *args)
+    next_cursor = _cursor(rows[-1]) if len(rows) == limit else None
+    return JSONResponse({"items": [_json(r) for r in rows], "next_cursor": next_cursor})
 
 
 @app.post("/noop", status_code=201)
