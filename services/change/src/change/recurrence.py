@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -298,7 +298,3 @@ def rebased(rule: Rule, target: datetime) -> datetime:
 def _moved(value: datetime, years: int) -> datetime:
     """`value` `years` later; a multiple of 400 years keeps the day of the week, leap days and all."""
     return value.replace(year=value.year + years) if years else value
-
-
-def utc_until(rule: Rule, tz: ZoneInfo) -> datetime | None:
-    return rule.until.replace(tzinfo=tz).astimezone(UTC) if rule.until else None
