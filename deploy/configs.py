@@ -28,6 +28,8 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 
 # The issuer's container creates the first admin with it.
 BOOTSTRAP = "ITSM_BOOTSTRAP_ADMIN_PASSWORD"
+# The issuer's key-encryption key, a compose secret (from ITSM_AUTH_KEK on the host) mounted in its container only.
+KEK_SECRET = "auth_kek"  # noqa: S105 (the name of a compose secret, not its value)
 
 _BEGIN = re.compile(r"BEGIN generated: ([\w-]+)")
 
@@ -114,7 +116,7 @@ _SERVICE = """\
       <<: *service-env
       PORT: "%(port)d"
       ITSM_DATABASE_URL: postgresql://%(name)s_app:${ITSM_DB_APP_PASSWORD:-app-dev-only}@postgres:5432/${ITSM_DATABASE_NAME:-itsm}
-%(extra_env)s    expose: ["%(port)d"]
+%(extra_env)s%(secrets)s    expose: ["%(port)d"]
     healthcheck:
       test: ["CMD", "python", "-c", "%(readyz)s"]
       interval: 10s
@@ -140,7 +142,12 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
             "name": s.name,
             "port": s.port,
             "readyz": f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{s.port}/readyz', timeout=2)",
-            "extra_env": f"      {BOOTSTRAP}: ${{{BOOTSTRAP}:-}}\n" if is_issuer else "",
+            "extra_env": (
+                f"      {BOOTSTRAP}: ${{{BOOTSTRAP}:-}}\n      ITSM_AUTH_KEK_FILE: /run/secrets/{KEK_SECRET}\n"
+                if is_issuer
+                else ""
+            ),
+            "secrets": f"    secrets: [{KEK_SECRET}]\n" if is_issuer else "",
             # The others fetch the issuer's JWKS when they start.
             "issuer": "" if is_issuer else f"      {issuer.name}:\n        condition: service_healthy\n",
         }

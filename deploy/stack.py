@@ -8,6 +8,7 @@ settings. Names, ports and routes come from the table of services (deploy/servic
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import signal
@@ -40,6 +41,23 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/itsm"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_EXCHANGE = "itsm.events"
 DEFAULT_DEAD_LETTER_EXCHANGE = "itsm.dlx"
+# The auth service's key-encryption key (its signing keys are stored encrypted under it): given to auth only.
+KEK_VARIABLES = ("ITSM_AUTH_KEK", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS")
+
+
+def auth_kek_file(run_dir: Path) -> Path:
+    """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
+    stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
+    path = run_dir / "auth-kek"
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path
+        with os.fdopen(descriptor, "w") as file:
+            file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path
 
 
 def default_ports() -> dict[str, int]:
@@ -216,6 +234,8 @@ class Stack:
         env = self._base_env()
         env.update(s.extra_env)
         env["ITSM_DATABASE_URL"] = s.database_url
+        for variable in KEK_VARIABLES:  # migrations never see the KEK
+            env.pop(variable, None)
         with log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} migrate {name}\n".encode())
             log.flush()
@@ -264,6 +284,11 @@ class Stack:
         if name == services.ISSUER and s.bootstrap_admin_password:
             result["ITSM_BOOTSTRAP_ADMIN_PASSWORD"] = s.bootstrap_admin_password
         result.update(overrides)
+        if name != services.ISSUER:
+            for variable in KEK_VARIABLES:  # only the auth service is given the KEK, even from the shell
+                result.pop(variable, None)
+        elif not result.get("ITSM_AUTH_KEK") and not result.get("ITSM_AUTH_KEK_FILE"):
+            result["ITSM_AUTH_KEK_FILE"] = str(auth_kek_file(s.run_dir))
         return result
 
     def start_service(self, name: str, env: Mapping[str, str] | None = None, *, wait: bool = True) -> None:

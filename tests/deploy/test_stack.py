@@ -5,6 +5,7 @@ the e2e tests drive it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -173,6 +174,26 @@ def test_service_env_follows_the_interfaces(monkeypatch: pytest.MonkeyPatch, tmp
     assert runner.service_env("change", {"ITSM_FAULT_POINT": "outbox.before_publish"})["ITSM_FAULT_POINT"] == (
         "outbox.before_publish"
     )
+
+
+def test_only_the_auth_service_is_given_the_kek(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue #11, finding 1: the key-encryption key of the signing keys reaches the auth process only; the runner
+    generates one per run dir (0600, kept) unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
+    pytest.importorskip("itsm_shared.provision")
+    monkeypatch.delenv("ITSM_AUTH_KEK", raising=False)
+    monkeypatch.delenv("ITSM_AUTH_KEK_FILE", raising=False)
+    runner = stack.Stack(stack.StackSettings.isolated(tmp_path, services=()))
+    path = Path(runner.service_env("auth")["ITSM_AUTH_KEK_FILE"])
+    assert path.parent == tmp_path and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(base64.urlsafe_b64decode(path.read_text().strip())) == 32
+    kek = path.read_text()
+    assert runner.service_env("auth")["ITSM_AUTH_KEK_FILE"] == str(path) and path.read_text() == kek  # kept
+    monkeypatch.setenv("ITSM_AUTH_KEK", "from-the-operator")  # exported in the shell that runs `make run`
+    assert runner.service_env("auth")["ITSM_AUTH_KEK"] == "from-the-operator"
+    assert "ITSM_AUTH_KEK_FILE" not in runner.service_env("auth")
+    for name in services.names():
+        if name != "auth":
+            assert not {"ITSM_AUTH_KEK", "ITSM_AUTH_KEK_FILE"} & set(runner.service_env(name)), name
 
 
 def test_bootstrap_password_is_generated_once(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Issue #2 through the real gateway: grants, JWKS verification by an independent JOSE library, forged
-tokens, refresh reuse, lockout, RBAC, gateway limits and headers."""
+tokens, refresh reuse, login throttling, RBAC, gateway limits and headers."""
 
 from __future__ import annotations
 
@@ -126,15 +126,16 @@ async def test_every_forged_token_kind_is_401_with_www_authenticate(http: httpx.
         assert_security_headers(response)
 
 
-async def test_lockout_answers_like_a_wrong_password(http: httpx.AsyncClient, admin: str) -> None:
+async def test_throttling_answers_like_a_wrong_password(http: httpx.AsyncClient, admin: str) -> None:
     username = await new_user(http, admin, ["requester"])
     form = {"grant_type": "password", "username": username}
-    wrong = [await http.post("/api/v1/auth/token", data={**form, "password": "not the password"}) for _ in range(5)]
+    # Eight failures from this address: it now waits 8 s (1, 2, 4, 8 after the fifth) before it is checked again.
+    wrong = [await http.post("/api/v1/auth/token", data={**form, "password": "not the password"}) for _ in range(8)]
     locked = await http.post("/api/v1/auth/token", data={**form, "password": PASSWORD})
     unknown = await http.post(
         "/api/v1/auth/token", data={**form, "username": "ghost-" + username, "password": PASSWORD}
     )
-    assert [r.status_code for r in wrong] == [400] * 5
+    assert [r.status_code for r in wrong] == [400] * 8
     assert locked.status_code == unknown.status_code == 400
     assert locked.json() == unknown.json()
 

@@ -23,23 +23,22 @@ users = sa.table(
     "user_account",
     sa.column("id", sa.Uuid()),
     sa.column("username", sa.String()),
-    sa.column("failed_logins", sa.Integer()),
+    sa.column("version", sa.Integer()),
     sa.column("created_at", sa.DateTime(timezone=True)),
 )
-SORTS = {"failed_logins": users.c.failed_logins, "created_at": users.c.created_at, "username": users.c.username}
+SORTS = {"version": users.c.version, "created_at": users.c.created_at, "username": users.c.username}
 
 
 @pytest.fixture(scope="module")
 async def prefix(sessions: async_sessionmaker[AsyncSession]) -> str:
-    """120 users in three transactions: created_at ties 40 ways, failed_logins ties 7 ways (i % 7)."""
+    """120 users in three transactions: created_at ties 40 ways, version ties 7 ways (i % 7; any integer column of the table does)."""
     tag = f"pg{uuid.uuid4().hex[:8]}-"
     for chunk in range(3):
         async with sessions() as session, session.begin():
             for i in range(chunk * 40, chunk * 40 + 40):
                 await session.execute(
                     sa.text(
-                        "INSERT INTO user_account (id, username, password_hash, failed_logins) "
-                        "VALUES (:id, :u, 'x', :f)"
+                        "INSERT INTO user_account (id, username, password_hash, version) VALUES (:id, :u, 'x', :f)"
                     ),
                     {"id": uuid.uuid4(), "u": f"{tag}{i:03d}", "f": i % 7},
                 )
@@ -47,7 +46,7 @@ async def prefix(sessions: async_sessionmaker[AsyncSession]) -> str:
 
 
 def base_query(prefix: str) -> sa.Select[Any]:
-    return sa.select(users.c.id, users.c.username, users.c.failed_logins, users.c.created_at).where(
+    return sa.select(users.c.id, users.c.username, users.c.version, users.c.created_at).where(
         users.c.username.like(f"{prefix}%")
     )
 
@@ -69,7 +68,7 @@ async def walk(
             return seen, pages
 
 
-@pytest.mark.parametrize("order", ["failed_logins", "-failed_logins", "created_at", "-created_at", "+username"])
+@pytest.mark.parametrize("order", ["version", "-version", "created_at", "-created_at", "+username"])
 @pytest.mark.parametrize("limit", [1, 13, 40, 200])
 async def test_keyset_walks_every_row_once_in_order(
     sessions: async_sessionmaker[AsyncSession], prefix: str, order: str, limit: int
@@ -140,7 +139,7 @@ def app(sessions: async_sessionmaker[AsyncSession], prefix: str) -> FastAPI:
 
     @application.get("/users")
     async def list_users(
-        session: SessionDep, sort: str = "failed_logins", limit: int = 50, cursor: str | None = Query(None)
+        session: SessionDep, sort: str = "version", limit: int = 50, cursor: str | None = Query(None)
     ) -> Page[dict[str, Any]]:
         order = parse_sort(sort, SORTS)
         rows = (await session.execute(keyset(base_query(prefix), order, users.c.id, limit, cursor))).all()
@@ -179,15 +178,15 @@ TAMPERED = {
     "not base64 at all": "%%%***",
     "base64 of garbage": base64.urlsafe_b64encode(b"\xff\xfe garbage").decode(),
     "json but not an object": raw_cursor([1, 2, 3]),
-    "missing fields": raw_cursor({"s": "failed_logins"}),
+    "missing fields": raw_cursor({"s": "version"}),
     "another sort": raw_cursor({"s": "username", "d": False, "v": "x", "id": str(uuid.uuid4())}),
-    "another direction": raw_cursor({"s": "failed_logins", "d": True, "v": 1, "id": str(uuid.uuid4())}),
-    "id not a uuid": raw_cursor({"s": "failed_logins", "d": False, "v": 1, "id": "1 OR 1=1"}),
-    "value of the wrong type": raw_cursor({"s": "failed_logins", "d": False, "v": "1; DROP", "id": str(uuid.uuid4())}),
-    "value an object": raw_cursor({"s": "failed_logins", "d": False, "v": {"x": 1}, "id": str(uuid.uuid4())}),
-    "value out of range": raw_cursor({"s": "failed_logins", "d": False, "v": 2**40, "id": str(uuid.uuid4())}),
-    "value a boolean": raw_cursor({"s": "failed_logins", "d": False, "v": True, "id": str(uuid.uuid4())}),
-    "value null": raw_cursor({"s": "failed_logins", "d": False, "v": None, "id": str(uuid.uuid4())}),
+    "another direction": raw_cursor({"s": "version", "d": True, "v": 1, "id": str(uuid.uuid4())}),
+    "id not a uuid": raw_cursor({"s": "version", "d": False, "v": 1, "id": "1 OR 1=1"}),
+    "value of the wrong type": raw_cursor({"s": "version", "d": False, "v": "1; DROP", "id": str(uuid.uuid4())}),
+    "value an object": raw_cursor({"s": "version", "d": False, "v": {"x": 1}, "id": str(uuid.uuid4())}),
+    "value out of range": raw_cursor({"s": "version", "d": False, "v": 2**40, "id": str(uuid.uuid4())}),
+    "value a boolean": raw_cursor({"s": "version", "d": False, "v": True, "id": str(uuid.uuid4())}),
+    "value null": raw_cursor({"s": "version", "d": False, "v": None, "id": str(uuid.uuid4())}),
     "bad timestamp": raw_cursor({"s": "created_at", "d": False, "v": {"t": "yesterday"}, "id": str(uuid.uuid4())}),
     "timestamp as number": raw_cursor({"s": "created_at", "d": False, "v": 12, "id": str(uuid.uuid4())}),
     "text as number": raw_cursor({"s": "username", "d": False, "v": 12, "id": str(uuid.uuid4())}),
@@ -197,7 +196,7 @@ SORT_OF = {"bad timestamp": "created_at", "timestamp as number": "created_at", "
 
 @pytest.mark.parametrize("case", sorted(TAMPERED))
 async def test_tampered_cursor_is_422(client: httpx.AsyncClient, case: str) -> None:
-    response = await client.get("/users", params={"cursor": TAMPERED[case], "sort": SORT_OF.get(case, "failed_logins")})
+    response = await client.get("/users", params={"cursor": TAMPERED[case], "sort": SORT_OF.get(case, "version")})
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"][0]["loc"] == ["query", "cursor"]

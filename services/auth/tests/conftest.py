@@ -3,10 +3,17 @@ service, with its own keys (no test issuer) and its bootstrap admin."""
 
 from __future__ import annotations
 
+import base64
+import os
+
 import httpx
 import pytest
 
 ADMIN_PASSWORD = "bootstrap-admin-password"
+# The key-encryption key of this session's signing keys (the service refuses to start without one).
+KEK = base64.urlsafe_b64encode(os.urandom(32)).decode()
+# A throttled address's first wait (1 s by default): long enough that no test outruns it on a busy machine.
+LOGIN_DELAY_SECONDS = "60"
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +28,24 @@ def trust_test_issuer() -> bool:
 
 @pytest.fixture(scope="session")
 def extra_env() -> dict[str, str]:
-    return {"ITSM_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD, "ITSM_LOCKOUT_SECONDS": "900"}
+    return {
+        "ITSM_BOOTSTRAP_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "ITSM_AUTH_KEK": KEK,
+        "ITSM_LOGIN_DELAY_SECONDS": LOGIN_DELAY_SECONDS,
+        # Short, so the tests see keys withdrawn and retired within seconds.
+        "ITSM_JWKS_REFRESH_SECONDS": "1",
+    }
 
 
-async def login(client: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+async def login(
+    client: httpx.AsyncClient, username: str, password: str, *, address: str | None = None
+) -> httpx.Response:
+    """A password grant, from `address` as the gateway would report it (X-Forwarded-For) when given."""
+    headers = {"X-Forwarded-For": address} if address else None
     return await client.post(
-        "/api/v1/auth/token", data={"grant_type": "password", "username": username, "password": password}
+        "/api/v1/auth/token",
+        data={"grant_type": "password", "username": username, "password": password},
+        headers=headers,
     )
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from itsm_shared.errors import DomainError
+from itsm_shared.errors import DomainError, Unavailable
 
 
 class OAuthError(DomainError):
@@ -16,8 +16,16 @@ class OAuthError(DomainError):
         self.keeps_writes = keeps_writes
 
 
+class Busy(Unavailable):
+    """Every password-hashing slot is taken and the queue is full: 503, retry in a second."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": "1"}
+
+
 def invalid_grant(*, keeps_writes: bool = False) -> OAuthError:
-    # One message for unknown user, wrong password, locked or disabled account: no enumeration.
+    # One message for unknown user, wrong password, throttled or disabled account: no enumeration.
     # keeps_writes: the refusal itself is recorded (a failed login counted, a reused token's family revoked).
     return OAuthError("invalid_grant", "the credentials are invalid", keeps_writes=keeps_writes)
 

@@ -9,7 +9,16 @@ from sqlalchemy import Boolean, Column, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
-__all__ = ["IdempotencyRecord", "InboxMessage", "OutboxMessage", "RefreshToken", "ServiceClient", "SigningKey", "User"]
+__all__ = [
+    "IdempotencyRecord",
+    "InboxMessage",
+    "LoginThrottle",
+    "OutboxMessage",
+    "RefreshToken",
+    "ServiceClient",
+    "SigningKey",
+    "User",
+]
 
 
 def roles_column() -> Any:
@@ -27,8 +36,6 @@ class User(SQLModel, table=True):
     password_hash: str = Field(sa_column=Column(Text, nullable=False))
     roles: list[str] = Field(default_factory=list, sa_column=roles_column())
     active: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default="true"))
-    failed_logins: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
-    locked_until: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
@@ -47,6 +54,8 @@ class ServiceClient(SQLModel, table=True):
     roles: list[str] = Field(default_factory=list, sa_column=roles_column())
     active: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default="true"))
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
+    updated_at: datetime | None = Field(default=None, sa_column=utc_column())
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
 
 
 class RefreshToken(SQLModel, table=True):
@@ -68,12 +77,30 @@ class RefreshToken(SQLModel, table=True):
 
 
 class SigningKey(SQLModel, table=True):
-    """Ed25519 keys. The newest unretired key signs; every unretired key is published in the JWKS."""
+    """Ed25519 keys. The newest unretired key signs; every key not past its `retire_at` is published in the JWKS;
+    a retired key's row is deleted once no token it signed can still be valid. The private key is kept encrypted
+    under the key-encryption key (security.KeyEncryption); `private_pem` is only ever set on rows written before
+    that, and the service encrypts such a row (and clears it) when it starts."""
 
     __tablename__ = "signing_key"
 
     kid: str = Field(sa_column=Column(String(64), primary_key=True))
-    private_pem: str = Field(sa_column=Column(Text, nullable=False))
+    private_pem: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    private_key_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     public_jwk: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=utc_column())
     retire_at: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Consecutive failed logins of one account name from one client address (CONTRACT §3). `account_key` is the
+    keyed hash of the name as typed (security.username_key), the same for names that are no account."""
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (Index("ix_login_throttle_last_failure_at", "last_failure_at"),)
+
+    account_key: str = Field(sa_column=Column(String(64), primary_key=True))
+    client_address: str = Field(sa_column=Column(String(64), primary_key=True))
+    failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    blocked_until: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
+    last_failure_at: datetime | None = Field(default=None, sa_column=utc_column())

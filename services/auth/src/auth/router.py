@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Path, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
@@ -11,11 +11,18 @@ from itsm_shared.http import IdempotencyKey, check_if_match, create_once, with_e
 from itsm_shared.pagination import Limit, Page
 
 from auth import keys, tokens, users
-from auth.config import get_settings
+from auth.config import MAX_PASSWORD, get_settings
 from auth.schemas import (
+    MAX_CLIENT_ID,
+    MAX_GRANT_TYPE,
+    MAX_SCOPE,
+    MAX_SECRET,
+    MAX_TOKEN,
+    MAX_USERNAME,
     ClientCreate,
     ClientCreated,
     ClientRead,
+    ClientUpdate,
     Me,
     SigningKeyRead,
     TokenRequest,
@@ -30,16 +37,29 @@ Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+def client_address(request: Request) -> str:
+    """The caller's address as the gateway reports it (X-Forwarded-For, counted from the right)."""
+    peer = request.client.host if request.client else None
+    return tokens.client_address(request.headers.get("X-Forwarded-For"), peer, get_settings().forwarded_for_depth)
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+ClientId = Annotated[str, Path(max_length=MAX_CLIENT_ID, pattern=r"^[A-Za-z0-9_.-]+$")]
+Kid = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 @router.post("/token", response_model=TokenResponse, summary="OAuth2 token endpoint (RFC 6749)")
 async def token(
     session: SessionDep,
-    grant_type: Annotated[str, Form()],
-    username: Annotated[str | None, Form()] = None,
-    password: Annotated[str | None, Form()] = None,
-    refresh_token: Annotated[str | None, Form()] = None,
-    client_id: Annotated[str | None, Form()] = None,
-    client_secret: Annotated[str | None, Form()] = None,
-    scope: Annotated[str | None, Form()] = None,  # accepted (RFC 6749 §3.3); the token's scope is the roles
+    address: ClientAddress,
+    grant_type: Annotated[str, Form(max_length=MAX_GRANT_TYPE)],
+    username: Annotated[str | None, Form(max_length=MAX_USERNAME)] = None,
+    password: Annotated[str | None, Form(max_length=MAX_PASSWORD)] = None,
+    refresh_token: Annotated[str | None, Form(max_length=MAX_SECRET)] = None,
+    client_id: Annotated[str | None, Form(max_length=MAX_CLIENT_ID)] = None,
+    client_secret: Annotated[str | None, Form(max_length=MAX_SECRET)] = None,
+    # Accepted (RFC 6749 §3.3); the token's scope is the roles.
+    scope: Annotated[str | None, Form(max_length=MAX_SCOPE)] = None,
 ) -> JSONResponse:
     form = TokenRequest(
         grant_type=grant_type,
@@ -49,15 +69,15 @@ async def token(
         client_id=client_id,
         client_secret=client_secret,
     )
-    result = await tokens.issue_token(session, get_settings(), form)
+    result = await tokens.issue_token(session, get_settings(), form, address)
     return JSONResponse(result.model_dump(exclude_none=True), headers=NO_STORE)
 
 
 @router.post("/revoke", status_code=200, summary="Revoke a refresh token and its family (RFC 7009)")
 async def revoke(
     session: SessionDep,
-    token: Annotated[str, Form()],
-    token_type_hint: Annotated[str | None, Form()] = None,
+    token: Annotated[str, Form(max_length=MAX_TOKEN)],
+    token_type_hint: Annotated[str | None, Form(max_length=MAX_GRANT_TYPE)] = None,
 ) -> Response:
     await tokens.revoke(session, token)
     return Response(status_code=200, headers=NO_STORE)
@@ -102,18 +122,25 @@ async def list_users(
 async def get_user(session: SessionDep, _: Admin, user_id: uuid.UUID, response: Response) -> UserRead:
     user = await users.get_user(session, user_id)
     with_etag(response, user.version)
-    return users.user_view(user)
+    return await users.user_read(session, user)
 
 
 @router.patch("/users/{user_id}", response_model=UserRead)
 async def update_user(
     request: Request, session: SessionDep, admin: Admin, user_id: uuid.UUID, data: UserUpdate, response: Response
 ) -> UserRead:
-    user = await users.get_user(session, user_id)
+    user = await users.get_user(session, user_id, for_update=True)
     check_if_match(request, user.version)
     updated = await users.update_user(session, user, data, admin)
     with_etag(response, updated.version)
     return updated
+
+
+@router.post("/users/{user_id}/unlock", response_model=UserRead, summary="Clear the user's failed logins")
+async def unlock_user(session: SessionDep, admin: Admin, user_id: uuid.UUID, response: Response) -> UserRead:
+    user = await users.get_user(session, user_id)
+    with_etag(response, user.version)
+    return await users.unlock_user(session, user, admin)
 
 
 @router.post("/clients", status_code=201, response_model=ClientCreated)
@@ -132,11 +159,62 @@ async def list_clients(session: SessionDep, _: Admin) -> list[ClientRead]:
     return await users.list_clients(session)
 
 
+@router.get("/clients/{client_id}", response_model=ClientRead)
+async def get_client(session: SessionDep, _: Admin, client_id: ClientId, response: Response) -> ClientRead:
+    client = await users.get_client(session, client_id)
+    with_etag(response, client.version)
+    return users.client_view(client)
+
+
+@router.patch("/clients/{client_id}", response_model=ClientRead)
+async def update_client(
+    request: Request, session: SessionDep, admin: Admin, client_id: ClientId, data: ClientUpdate, response: Response
+) -> ClientRead:
+    client = await users.get_client(session, client_id, for_update=True)
+    check_if_match(request, client.version)
+    updated = await users.update_client(session, client, data, admin)
+    with_etag(response, updated.version)
+    return updated
+
+
+@router.post("/clients/{client_id}/rotate-secret", response_model=ClientCreated, summary="A new client secret")
+async def rotate_client_secret(session: SessionDep, admin: Admin, client_id: ClientId) -> JSONResponse:
+    client = await users.get_client(session, client_id, for_update=True)
+    rotated = await users.rotate_client_secret(session, client, admin)
+    return JSONResponse(rotated.model_dump(mode="json"), headers=NO_STORE)  # the new secret, shown once
+
+
+@router.delete("/clients/{client_id}", status_code=204)
+async def delete_client(request: Request, session: SessionDep, admin: Admin, client_id: ClientId) -> Response:
+    client = await users.get_client(session, client_id, for_update=True)
+    check_if_match(request, client.version)
+    await users.delete_client(session, client, admin)
+    return Response(status_code=204)
+
+
 @router.get("/keys", response_model=list[SigningKeyRead])
 async def list_keys(session: SessionDep, _: Admin) -> list[SigningKeyRead]:
     return await keys.list_signing_keys(session)
 
 
+def reload_keys_after_commit(request: Request, background: BackgroundTasks) -> None:
+    """This process reloads the keys it verifies with once the change is committed (the seam commits before the
+    response is sent; background tasks run after it): its own tokens follow a rotation or revocation at once."""
+    source: keys.DatabaseKeySource = request.app.state.runtime.extras["keys"]
+    background.add_task(source.refresh, fresh=True)
+
+
 @router.post("/keys/rotate", status_code=201, response_model=SigningKeyRead)
-async def rotate_keys(session: SessionDep, _: Admin) -> SigningKeyRead:
-    return await keys.rotate_signing_key(session, get_settings())
+async def rotate_keys(request: Request, session: SessionDep, _: Admin, background: BackgroundTasks) -> SigningKeyRead:
+    rotated = await keys.rotate_signing_key(session, get_settings())
+    reload_keys_after_commit(request, background)
+    return rotated
+
+
+@router.post("/keys/{kid}/revoke", response_model=list[SigningKeyRead], summary="Emergency revocation of a signing key")
+async def revoke_key(
+    request: Request, session: SessionDep, admin: Admin, kid: Kid, background: BackgroundTasks
+) -> list[SigningKeyRead]:
+    remaining = await keys.revoke_signing_key(session, kid, admin)
+    reload_keys_after_commit(request, background)
+    return remaining

@@ -7,7 +7,15 @@ from typing import Annotated
 from itsm_shared.auth import Role
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-MIN_PASSWORD, MAX_PASSWORD = 12, 256
+from auth.config import MAX_PASSWORD, MIN_PASSWORD
+
+# Bounds of the token and revoke forms (CONTRACT §3): longer is 422 before any use case runs.
+MAX_USERNAME = 64
+MAX_CLIENT_ID = 64
+MAX_SECRET = 256  # client secrets and refresh tokens are 43 characters
+MAX_TOKEN = 4096  # /revoke takes refresh tokens, or an access token (a JWT of about 700 characters)
+MAX_SCOPE = 1024
+MAX_GRANT_TYPE = 64
 
 Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
 Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
@@ -55,6 +63,7 @@ class UserRead(BaseModel):
     email: str | None
     roles: list[str]
     active: bool
+    # Failed logins currently delay some client address before this account's password is even checked.
     locked: bool = False
     created_at: datetime | None
     updated_at: datetime | None
@@ -68,6 +77,17 @@ class ClientCreate(Strict):
     _roles = field_validator("roles")(_check_roles)
 
 
+class ClientUpdate(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    roles: list[str] | None = None
+    active: bool | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _check_roles(value)
+
+
 class ClientRead(BaseModel):
     id: uuid.UUID
     client_id: str
@@ -75,6 +95,8 @@ class ClientRead(BaseModel):
     roles: list[str]
     active: bool
     created_at: datetime | None
+    updated_at: datetime | None = None
+    version: int = 1
 
 
 class ClientCreated(ClientRead):

@@ -1,22 +1,35 @@
-"""OAuth2 grants (RFC 6749), refresh-token rotation and revocation (RFC 7009), access tokens. Each use case changes
-rows and appends its events to the outbox; the request's transaction seam commits them."""
+"""OAuth2 grants (RFC 6749), login throttling, refresh-token rotation and revocation (RFC 7009), access tokens.
+Each use case changes rows and appends its events to the outbox; the request's transaction seam commits them.
+
+Login throttling (CONTRACT §3): failures are counted per account name and client address. After
+`max_failed_logins` in a row from one address, that address waits `login_delay_seconds`, doubled by each further
+failure up to `login_max_delay_seconds`, before an attempt for that account is even checked; the owner from another
+address is not affected; a success from the address, an admin's unlock or a new password clears it. Names that are
+no account are throttled the same way (by their keyed hash), so the throttling itself tells nobody which exist.
+
+Locks: no row lock is held while a password is hashed. A user's row is locked only briefly, after the check: by a
+successful login, and by a refresh or revocation of the user's refresh tokens, which every change that revokes them
+(password, roles, disabling: users.update_user) also takes first. So a refresh and a revocation take turns, and the
+one that comes second sees what the first wrote (READ COMMITTED would otherwise let a token issued by a concurrent
+refresh survive the revocation of its family)."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from itsm_shared import outbox
 from itsm_shared.events import SYSTEM_ACTOR, new_event
-from sqlalchemy import update
+from sqlalchemy import delete, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth import keys, security
 from auth.config import SERVICE, AuthSettings
 from auth.errors import OAuthError, invalid_grant, invalid_request
-from auth.models import RefreshToken, ServiceClient, User
+from auth.models import LoginThrottle, RefreshToken, ServiceClient, User
 from auth.schemas import TokenRequest, TokenResponse
 
 
@@ -26,12 +39,13 @@ def _required(value: str | None, name: str) -> str:
     return value
 
 
-async def issue_token(session: AsyncSession, settings: AuthSettings, form: TokenRequest) -> TokenResponse:
+async def issue_token(
+    session: AsyncSession, settings: AuthSettings, form: TokenRequest, client_address: str
+) -> TokenResponse:
     """The token endpoint: the grant the form names, with the parameters that grant requires."""
     if form.grant_type == "password":
-        return await password_grant(
-            session, settings, _required(form.username, "username"), _required(form.password, "password")
-        )
+        username, password = _required(form.username, "username"), _required(form.password, "password")
+        return await password_grant(session, settings, username, password, client_address)
     if form.grant_type == "refresh_token":
         return await refresh_grant(session, settings, _required(form.refresh_token, "refresh_token"))
     if form.grant_type == "client_credentials":
@@ -41,15 +55,30 @@ async def issue_token(session: AsyncSession, settings: AuthSettings, form: Token
     raise OAuthError("unsupported_grant_type", f"grant_type {form.grant_type!r} is not supported")
 
 
+def client_address(forwarded_for: str | None, peer: str | None, depth: int) -> str:
+    """The client's address as the gateway reports it: the `depth`-th X-Forwarded-For entry from the right
+    (Traefik replaces whatever a client sends, so entry 1 is the TCP peer it saw), else the TCP peer. IPv6
+    addresses count per /64, the block one subscriber usually holds."""
+    entries = [e.strip() for e in (forwarded_for or "").split(",") if e.strip()]
+    raw = entries[-depth] if len(entries) >= depth else (entries[0] if entries else (peer or "unknown"))
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 async def _access_token(
     session: AsyncSession, settings: AuthSettings, *, subject: uuid.UUID, roles: list[str], kind: str, name: str | None
 ) -> str:
-    key = await keys.signing_key(session)
-    if key is None:
-        key = await keys.ensure_signing_key(session)
+    key = await keys.current_signing_key(session)
     return security.mint_access_token(
         kid=key.kid,
-        private_pem=key.private_pem,
+        private_pem=keys.private_pem(key),
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         subject=subject,
@@ -82,57 +111,153 @@ async def _issue_refresh(
     return token
 
 
-def _login_event(action: str, user: User | None, username: str, **data: Any) -> dict[str, Any]:
-    subject = user.id if user else None
+def _login_event(action: str, user: User | None, account_key: str, address: str, **data: Any) -> dict[str, Any]:
+    # A name that is no account is recorded only as its keyed hash: it may be a password typed in the wrong box.
+    who = {"user_id": str(user.id), "username": user.username} if user else {"user_id": None, "username": None}
     return new_event(
         service=SERVICE,
         type=f"auth.{action}",
-        subject=subject,
+        subject=user.id if user else None,
         actor=str(user.id) if user else SYSTEM_ACTOR,
-        data={"user_id": str(user.id) if user else None, "username": username, **data},
+        data={**who, "username_hmac": account_key, "client_address": address, **data},
     )
 
 
-async def password_grant(session: AsyncSession, settings: AuthSettings, username: str, password: str) -> TokenResponse:
-    user = (await session.exec(select(User).where(User.username == username).with_for_update())).first()
-    valid, upgraded = await security.verify_password(password, user.password_hash if user else None)
-    current = datetime.now(UTC)
-    locked = user is not None and user.locked_until is not None and user.locked_until > current
-    if user is None or not valid or locked or not user.active:
-        if user is not None and not locked:
-            user.failed_logins += 1
-            reason = "bad_password" if not valid else "inactive"
+# ---------------------------------------------------------------- login throttling
+
+# The wait counts from the failure (clock_timestamp), not from the start of its transaction (now()), which began
+# before the password was hashed.
+RECORD_FAILURE = text(
+    """
+    INSERT INTO login_throttle AS t (account_key, client_address, failures, blocked_until, last_failure_at)
+    VALUES (:account, :address, 1,
+            CASE WHEN :limit <= 1 THEN clock_timestamp() + make_interval(secs => :base) END, clock_timestamp())
+    ON CONFLICT (account_key, client_address) DO UPDATE SET
+        failures = t.failures + 1,
+        last_failure_at = clock_timestamp(),
+        blocked_until = CASE WHEN t.failures + 1 >= :limit THEN clock_timestamp() + make_interval(
+            secs => least(CAST(:cap AS double precision), :base * power(2, t.failures + 1 - :limit))) END
+    RETURNING failures, blocked_until
+    """
+)
+
+
+async def _record_failure(
+    session: AsyncSession, settings: AuthSettings, account_key: str, address: str
+) -> tuple[int, datetime | None]:
+    """One more failure of the account from the address, in one statement (the row is locked only by it)."""
+    row = (
+        await session.execute(
+            RECORD_FAILURE,
+            {
+                "account": account_key,
+                "address": address,
+                "limit": settings.max_failed_logins,
+                "base": float(settings.login_delay_seconds),
+                "cap": float(settings.login_max_delay_seconds),
+            },
+        )
+    ).one()
+    return int(row.failures), row.blocked_until
+
+
+async def clear_failures(session: AsyncSession, username: str) -> int:
+    """An admin's unlock, or a new password: every address may try this account again at once."""
+    result = await session.execute(
+        delete(LoginThrottle).where(col(LoginThrottle.account_key) == security.username_key(username))
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def throttled(session: AsyncSession, usernames: list[str]) -> set[str]:
+    """Which of these accounts some client address must currently wait for."""
+    by_key = {security.username_key(name): name for name in usernames}
+    result = await session.exec(
+        select(LoginThrottle.account_key).where(
+            col(LoginThrottle.account_key).in_(by_key), col(LoginThrottle.blocked_until) > datetime.now(UTC)
+        )
+    )
+    return {by_key[key] for key in result.all()}
+
+
+async def forget_old_failures(session: AsyncSession, settings: AuthSettings) -> int:
+    """Failures older than `login_failure_memory_seconds` that delay nobody any more are forgotten."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.login_failure_memory_seconds)
+    result = await session.execute(
+        delete(LoginThrottle).where(
+            col(LoginThrottle.last_failure_at) < cutoff,
+            col(LoginThrottle.blocked_until).is_(None) | (col(LoginThrottle.blocked_until) < datetime.now(UTC)),
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- grants
+
+
+async def _lock_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user's row, re-read and locked (FOR NO KEY UPDATE) until the transaction ends."""
+    result = await session.exec(
+        select(User).where(User.id == user_id).with_for_update(key_share=True).execution_options(populate_existing=True)
+    )
+    return result.first()
+
+
+async def password_grant(
+    session: AsyncSession, settings: AuthSettings, username: str, password: str, address: str
+) -> TokenResponse:
+    account_key = security.username_key(username)
+    throttle = await session.get(LoginThrottle, (account_key, address))
+    if throttle is not None and throttle.blocked_until is not None and throttle.blocked_until > datetime.now(UTC):
+        raise invalid_grant()  # this address waits: the password is not even checked, nothing is recorded
+    user = (await session.exec(select(User).where(User.username == username))).first()  # no lock while hashing
+    checked_hash = user.password_hash if user else None
+    valid, upgraded = await security.verify_password(password, checked_hash)
+    if user is None or not valid or not user.active:
+        failures, blocked_until = await _record_failure(session, settings, account_key, address)
+        reason = "unknown_user" if user is None else "bad_password" if not valid else "inactive"
+        await outbox.append(
+            session, _login_event("login_failed", user, account_key, address, reason=reason, failures=failures)
+        )
+        if user is not None and failures == settings.max_failed_logins and blocked_until is not None:
+            # Throttling starts for this account from this address (the event keeps its contract name).
             await outbox.append(
-                session, _login_event("login_failed", user, username, reason=reason, failed_logins=user.failed_logins)
+                session,
+                _login_event(
+                    "account_locked", user, account_key, address, failures=failures, until=blocked_until.isoformat()
+                ),
             )
-            if user.failed_logins >= settings.max_failed_logins:
-                user.locked_until = current + timedelta(seconds=settings.lockout_seconds)
-                user.failed_logins = 0
-                await outbox.append(
-                    session, _login_event("account_locked", user, username, locked_until=user.locked_until.isoformat())
-                )
-            session.add(user)
-        else:
-            await outbox.append(
-                session, _login_event("login_failed", user, username, reason="locked" if locked else "unknown_user")
+        raise invalid_grant(keeps_writes=True)  # the count and the events stand
+    # Checked: now lock the row briefly, and refuse if the password or the account changed during the check.
+    current = await _lock_user(session, user.id)
+    if current is None or not current.active or current.password_hash != checked_hash:
+        raise invalid_grant()
+    if throttle is not None:
+        await session.execute(
+            delete(LoginThrottle).where(
+                col(LoginThrottle.account_key) == account_key, col(LoginThrottle.client_address) == address
             )
-        raise invalid_grant(keeps_writes=True)  # the count, the lock and the events stand
+        )
     if upgraded:
-        user.password_hash = upgraded
-    user.failed_logins, user.locked_until = 0, None
-    session.add(user)
-    refresh = await _issue_refresh(session, settings, user)
-    access = await _access_token(session, settings, subject=user.id, roles=user.roles, kind="user", name=user.username)
-    await outbox.append(session, _login_event("login_succeeded", user, username, grant="password"))
+        current.password_hash = upgraded
+        session.add(current)
+    refresh = await _issue_refresh(session, settings, current)
+    access = await _access_token(
+        session, settings, subject=current.id, roles=current.roles, kind="user", name=current.username
+    )
+    await outbox.append(session, _login_event("login_succeeded", current, account_key, address, grant="password"))
     return TokenResponse(
         access_token=access,
         expires_in=settings.access_token_ttl_seconds,
         refresh_token=refresh,
-        scope=" ".join(user.roles),
+        scope=" ".join(current.roles),
     )
 
 
 async def revoke_user_families(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Revoke every refresh token of the user. The caller holds the user's row lock (users.update_user loads it
+    FOR UPDATE), so a concurrent refresh has either committed its new token, which this statement then sees, or
+    waits and then finds its token revoked."""
     await session.execute(
         update(RefreshToken)
         .where(col(RefreshToken.user_id) == user_id, col(RefreshToken.revoked_at).is_(None))
@@ -149,11 +274,23 @@ async def _revoke_family(session: AsyncSession, family_id: uuid.UUID) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def _refresh_token_row(session: AsyncSession, token: str) -> RefreshToken | None:
-    result = await session.exec(
-        select(RefreshToken).where(RefreshToken.token_hash == security.token_digest(token)).with_for_update()
-    )
-    return result.first()
+async def _refresh_token_row(session: AsyncSession, token: str) -> tuple[RefreshToken, User | None] | None:
+    """The token's row and its user, both locked: the user first (the order every revocation takes), then the
+    token re-read under that lock."""
+    digest = security.token_digest(token)
+    found = (await session.exec(select(RefreshToken.user_id).where(RefreshToken.token_hash == digest))).first()
+    if found is None:
+        return None
+    user = await _lock_user(session, found)
+    row = (
+        await session.exec(
+            select(RefreshToken)
+            .where(RefreshToken.token_hash == digest)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    return (row, user) if row is not None else None
 
 
 def _revoked_event(row: RefreshToken, *, actor: str, reason: str, revoked: int) -> dict[str, Any]:
@@ -167,9 +304,10 @@ def _revoked_event(row: RefreshToken, *, actor: str, reason: str, revoked: int) 
 
 
 async def refresh_grant(session: AsyncSession, settings: AuthSettings, token: str) -> TokenResponse:
-    row = await _refresh_token_row(session, token)
-    if row is None:
+    found = await _refresh_token_row(session, token)
+    if found is None:
         raise invalid_grant()
+    row, user = found
     if row.used_at is not None:
         # A spent token came back: someone holds a copy. End the whole family (ASVS 10.4.5), and keep it ended.
         revoked = await _revoke_family(session, row.family_id)
@@ -180,7 +318,6 @@ async def refresh_grant(session: AsyncSession, settings: AuthSettings, token: st
     if row.revoked_at is not None:
         raise invalid_grant()
     current = datetime.now(UTC)
-    user = await session.get(User, row.user_id)
     if row.expires_at <= current or row.family_expires_at <= current or user is None or not user.active:
         raise invalid_grant()
     row.used_at = current
@@ -214,9 +351,10 @@ async def client_credentials_grant(
 
 async def revoke(session: AsyncSession, token: str) -> None:
     """RFC 7009: revoke the refresh token's family; unknown tokens are not an error."""
-    row = await _refresh_token_row(session, token)
-    if row is None:
+    found = await _refresh_token_row(session, token)
+    if found is None:
         return
+    row, _ = found
     revoked = await _revoke_family(session, row.family_id)
     if revoked:
         await outbox.append(session, _revoked_event(row, actor=str(row.user_id), reason="revoked", revoked=revoked))

@@ -16,18 +16,30 @@ from sqlalchemy import text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth import security
+from auth import security, tokens
 from auth.config import SERVICE
 from auth.models import ServiceClient, User
-from auth.schemas import ClientCreate, ClientCreated, ClientRead, Me, UserCreate, UserRead, UserUpdate
-from auth.tokens import revoke_user_families
+from auth.schemas import (
+    ClientCreate,
+    ClientCreated,
+    ClientRead,
+    ClientUpdate,
+    Me,
+    UserCreate,
+    UserRead,
+    UserUpdate,
+)
 
 USER_SORTS = {"created_at": User.created_at, "username": User.username}
 
 
-def user_view(user: User) -> UserRead:
-    locked = user.locked_until is not None and user.locked_until > datetime.now(UTC)
-    return UserRead(**user.model_dump(exclude={"password_hash", "failed_logins", "locked_until"}), locked=locked)
+def user_view(user: User, *, locked: bool = False) -> UserRead:
+    return UserRead(**user.model_dump(exclude={"password_hash"}), locked=locked)
+
+
+async def user_read(session: AsyncSession, user: User) -> UserRead:
+    """The user as an admin sees it, `locked` when failed logins currently delay some client address."""
+    return user_view(user, locked=bool(await tokens.throttled(session, [user.username])))
 
 
 def _user_event(action: str, user: User, actor: str, **extra: Any) -> dict[str, Any]:
@@ -57,6 +69,7 @@ async def bootstrap_admin(session: AsyncSession, password: str) -> User | None:
         existing.roles = sorted({*existing.roles, Role.ADMIN})
         existing.active = True
         existing.password_hash = await security.hash_password(password)
+        await tokens.clear_failures(session, existing.username)
         existing.version += 1
         existing.updated_at = datetime.now(UTC)
         await outbox.append(session, _user_event("user_updated", existing, SYSTEM_ACTOR))
@@ -74,8 +87,10 @@ async def bootstrap_admin(session: AsyncSession, password: str) -> User | None:
     return user
 
 
-async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id)
+async def get_user(session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False) -> User:
+    """The user; `for_update` locks the row until the transaction ends (a write, and the order in which
+    revocations and refreshes of the user's tokens take turns: tokens.py)."""
+    user = await session.get(User, user_id, with_for_update=for_update or None, populate_existing=for_update)
     if user is None:
         raise NotFound("no such user")
     return user
@@ -119,14 +134,14 @@ async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor
         setattr(user, field, value)
     if data.password is not None:
         user.password_hash = await security.hash_password(data.password)
-        user.failed_logins, user.locked_until = 0, None
+        await tokens.clear_failures(session, user.username)
         changes["password"] = ["***", "***"]
     if not changes:
-        return user_view(user)
+        return await user_read(session, user)
     user.version += 1
     user.updated_at = datetime.now(UTC)
     if user.active is False or "roles" in changes or "password" in changes:
-        await revoke_user_families(session, user.id)
+        await tokens.revoke_user_families(session, user.id)  # the user's row is locked: see tokens.py
     session.add(user)
     await outbox.emit(
         session,
@@ -138,7 +153,22 @@ async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor
         sequence=user.version,
         changes=changes,
     )
-    return user_view(user)
+    return await user_read(session, user)
+
+
+async def unlock_user(session: AsyncSession, user: User, actor: Principal) -> UserRead:
+    """Clear the failed logins of the account from every address: the next attempt from anywhere is checked."""
+    cleared = await tokens.clear_failures(session, user.username)
+    if cleared:
+        await outbox.emit(
+            session,
+            service=SERVICE,
+            type="auth.user_unlocked",
+            subject=user.id,
+            actor=actor.actor,
+            data={"user_id": str(user.id), "username": user.username, "addresses": cleared},
+        )
+    return user_view(user, locked=False)
 
 
 async def list_users(
@@ -152,10 +182,30 @@ async def list_users(
         stmt = stmt.where(User.active == active)
     rows = (await session.exec(keyset(stmt, order, User.id, limit, cursor))).all()
     items, next_cursor = page_of(rows, order, limit, value_of=lambda u: getattr(u, order.name), id_of=lambda u: u.id)
-    return Page(items=[user_view(u) for u in items], next_cursor=next_cursor)
+    locked = await tokens.throttled(session, [u.username for u in items]) if items else set()
+    return Page(items=[user_view(u, locked=u.username in locked) for u in items], next_cursor=next_cursor)
 
 
 # ---------------------------------------------------------------- service clients
+
+
+def client_view(client: ServiceClient) -> ClientRead:
+    return ClientRead.model_validate(client, from_attributes=True)
+
+
+async def _client_event(
+    session: AsyncSession, action: str, client: ServiceClient, actor: Principal, **extra: Any
+) -> None:
+    await outbox.emit(
+        session,
+        service=SERVICE,
+        type=f"auth.{action}",
+        subject=client.id,
+        actor=actor.actor,
+        sequence=client.version,
+        data=client_view(client).model_dump(mode="json"),
+        **extra,
+    )
 
 
 async def create_client(session: AsyncSession, data: ClientCreate, actor: Principal) -> ClientCreated:
@@ -170,18 +220,61 @@ async def create_client(session: AsyncSession, data: ClientCreate, actor: Princi
     session.add(client)
     await session.flush()
     await session.refresh(client)
-    await outbox.emit(
-        session,
-        service=SERVICE,
-        type="auth.client_created",
-        subject=client.id,
-        actor=actor.actor,
-        sequence=1,
-        data={"id": str(client.id), "client_id": client.client_id, "name": client.name, "roles": client.roles},
-    )
-    return ClientCreated(**ClientRead.model_validate(client, from_attributes=True).model_dump(), client_secret=secret)
+    await _client_event(session, "client_created", client, actor)
+    return ClientCreated(**client_view(client).model_dump(), client_secret=secret)
 
 
 async def list_clients(session: AsyncSession) -> list[ClientRead]:
     clients = (await session.exec(select(ServiceClient).order_by(col(ServiceClient.created_at)))).all()
-    return [ClientRead.model_validate(c, from_attributes=True) for c in clients]
+    return [client_view(c) for c in clients]
+
+
+async def get_client(session: AsyncSession, client_id: str, *, for_update: bool = False) -> ServiceClient:
+    stmt = select(ServiceClient).where(ServiceClient.client_id == client_id)
+    if for_update:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    client = (await session.exec(stmt)).first()
+    if client is None:
+        raise NotFound("no such client")
+    return client
+
+
+def _touch(client: ServiceClient) -> None:
+    client.version += 1
+    client.updated_at = datetime.now(UTC)
+
+
+async def update_client(
+    session: AsyncSession, client: ServiceClient, data: ClientUpdate, actor: Principal
+) -> ClientRead:
+    """Name, roles, `active`. A disabled client gets no new token; the access tokens it already holds are
+    self-contained and stay valid until they expire (at most ITSM_ACCESS_TOKEN_TTL_SECONDS), as a user's do."""
+    changes: dict[str, list[Any]] = {}
+    for field, value in data.model_dump(exclude_unset=True).items():
+        if value is None or getattr(client, field) == value:
+            continue
+        changes[field] = [getattr(client, field), value]
+        setattr(client, field, value)
+    if not changes:
+        return client_view(client)
+    _touch(client)
+    session.add(client)
+    await _client_event(session, "client_updated", client, actor, changes=changes)
+    return client_view(client)
+
+
+async def rotate_client_secret(session: AsyncSession, client: ServiceClient, actor: Principal) -> ClientCreated:
+    """A new secret, returned once; the old one stops working now."""
+    secret = security.new_secret()
+    client.secret_hash = await security.hash_password(secret)
+    _touch(client)
+    session.add(client)
+    await _client_event(session, "client_secret_rotated", client, actor)
+    return ClientCreated(**client_view(client).model_dump(), client_secret=secret)
+
+
+async def delete_client(session: AsyncSession, client: ServiceClient, actor: Principal) -> None:
+    """The client is gone: its secret no longer authenticates (its issued access tokens run out, as above)."""
+    _touch(client)
+    await _client_event(session, "client_deleted", client, actor)
+    await session.delete(client)
