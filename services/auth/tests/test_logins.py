@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -160,30 +160,38 @@ def test_client_address_normalisation() -> None:
 # ---------------------------------------------------------------- finding 3: no row lock while hashing, capped Argon2
 
 
+class SlowHasher:
+    """Stands in for the password hasher: each check takes `seconds` (asleep, so the machine's load does not
+    matter) and fails; counts the checks running at once."""
+
+    def __init__(self, real: Any, seconds: float) -> None:
+        self.real, self.seconds = real, seconds
+        self.running = self.most = 0
+        self.lock = threading.Lock()
+
+    def verify_and_update(self, password: str, stored: str) -> tuple[bool, str | None]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.seconds)
+            return False, None
+        finally:
+            with self.lock:
+                self.running -= 1
+
+    def hash(self, password: str) -> str:
+        return str(self.real.hash(password))
+
+
 @pytest.fixture
-def slow_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[float], dict[str, int]]]:
-    """Each password check takes `seconds` (asleep, so the machine's load does not matter) and fails; returns
-    counters of the checks running at once."""
-    seen = {"running": 0, "most": 0}
-    lock = threading.Lock()
+def slow_hashing(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], SlowHasher]:
+    def install(seconds: float) -> SlowHasher:
+        hasher = SlowHasher(security._hasher, seconds)
+        monkeypatch.setattr(security, "_hasher", hasher)
+        return hasher
 
-    def install(seconds: float) -> dict[str, int]:
-        def slow(password: str, stored: str) -> tuple[bool, str | None]:
-            with lock:
-                seen["running"] += 1
-                seen["most"] = max(seen["most"], seen["running"])
-            try:
-                time.sleep(seconds)
-                return False, None
-            finally:
-                with lock:
-                    seen["running"] -= 1
-
-        monkeypatch.setattr(security, "_verify_and_update", slow)
-        return seen
-
-    yield install
-    security.use_hashing_slots(None)
+    return install
 
 
 @pytest.fixture
@@ -198,7 +206,7 @@ async def hashing_slots() -> AsyncIterator[Callable[..., security.HashingSlots]]
 
 
 async def test_parallel_attempts_do_not_queue_on_the_user_row(
-    client: httpx.AsyncClient, slow_hashing: Callable[[float], dict[str, int]], hashing_slots: Callable[..., Any]
+    client: httpx.AsyncClient, slow_hashing: Callable[[float], SlowHasher], hashing_slots: Callable[..., Any]
 ) -> None:
     """Each check holding the user's row lock made parallel attempts wait for each other (and, past the statement
     timeout, answer 500). Now they hash side by side and each answers 400."""
@@ -209,12 +217,12 @@ async def test_parallel_attempts_do_not_queue_on_the_user_row(
     answers = await asyncio.gather(*(login(client, str(user["username"]), WRONG, address=address()) for _ in range(6)))
     elapsed = time.monotonic() - started
     assert [r.status_code for r in answers] == [400] * 6
-    assert seen["most"] >= 3, seen  # they really ran side by side
+    assert seen.most >= 3, seen.most  # they really ran side by side
     assert elapsed < 2.4, f"serialised on the row lock: {elapsed:.1f}s for 6 checks of 0.6s"
 
 
 async def test_argon2_work_is_capped_and_a_full_queue_answers_503(
-    client: httpx.AsyncClient, slow_hashing: Callable[[float], dict[str, int]], hashing_slots: Callable[..., Any]
+    client: httpx.AsyncClient, slow_hashing: Callable[[float], SlowHasher], hashing_slots: Callable[..., Any]
 ) -> None:
     """A flood of logins: at most `concurrency` hashes at once (64 MiB each), `queue` more wait, the rest get 503
     with Retry-After at once instead of piling up."""
@@ -223,14 +231,14 @@ async def test_argon2_work_is_capped_and_a_full_queue_answers_503(
     names = [f"flood{uuid.uuid4().hex[:8]}" for _ in range(10)]
     answers = await asyncio.gather(*(login(client, name, WRONG, address=address()) for name in names))
     statuses = [r.status_code for r in answers]
-    assert seen["most"] == 1, seen
+    assert seen.most == 1, seen.most
     assert set(statuses) == {400, 503} and statuses.count(400) >= 3, statuses  # one hashing, two waiting
     busy = next(r for r in answers if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and busy.headers["content-type"] == "application/problem+json"
 
 
 async def test_a_slot_waited_for_too_long_is_503(
-    client: httpx.AsyncClient, slow_hashing: Callable[[float], dict[str, int]], hashing_slots: Callable[..., Any]
+    client: httpx.AsyncClient, slow_hashing: Callable[[float], SlowHasher], hashing_slots: Callable[..., Any]
 ) -> None:
     hashing_slots(1, 10, wait_seconds=0.3)
     slow_hashing(1.5)

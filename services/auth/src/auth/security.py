@@ -87,10 +87,6 @@ def use_hashing_slots(slots: HashingSlots | None) -> None:
     _slots = slots
 
 
-def _verify_and_update(password: str, stored: str) -> tuple[bool, str | None]:
-    return _hasher.verify_and_update(password, stored)
-
-
 async def hash_password(password: str) -> str:
     async with hashing_slots().slot():
         return await anyio.to_thread.run_sync(_hasher.hash, password)
@@ -99,7 +95,7 @@ async def hash_password(password: str) -> str:
 async def verify_password(password: str, stored: str | None) -> tuple[bool, str | None]:
     """(valid, new hash if the stored one should be upgraded). Runs in a worker thread, in one of the slots."""
     async with hashing_slots().slot():
-        valid, updated = await anyio.to_thread.run_sync(_verify_and_update, password, stored or _DUMMY_HASH)
+        valid, updated = await anyio.to_thread.run_sync(_hasher.verify_and_update, password, stored or _DUMMY_HASH)
     return (valid and stored is not None), updated
 
 
