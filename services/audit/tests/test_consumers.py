@@ -14,14 +14,13 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
-from audit.batch import Acker
 from audit.config import get_settings
-from audit.consumers import Ingest
+from audit.consumers import ingest
 from audit.ingest import Incoming, Outcome, Stored, store_batch
 from audit.verify import verify_chain
 from fastapi import FastAPI
 from itsm_shared.broker import make_broker
-from itsm_shared.db import asyncpg_dsn, transaction
+from itsm_shared.db import asyncpg_dsn
 from itsm_shared.testing import TestDatabase as Database
 from itsm_shared.testing import eventually
 from sqlalchemy.engine import make_url
@@ -51,45 +50,6 @@ def header(message: aio_pika.abc.AbstractIncomingMessage, name: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class FakeChannel:
-    is_closed = False
-
-
-class FakeDelivery:
-    def __init__(self, channel: FakeChannel, tag: int, acks: list[tuple[int, bool]]) -> None:
-        self.channel, self.delivery_tag, self._acks = channel, tag, acks
-
-    async def ack(self, multiple: bool = False) -> None:
-        self._acks.append((self.delivery_tag, multiple))
-
-
-async def test_acks_cover_only_settled_prefixes_and_never_a_tag_settled_otherwise() -> None:
-    acks: list[tuple[int, bool]] = []
-    channel, acker = FakeChannel(), Acker()
-    deliveries = [FakeDelivery(channel, tag, acks) for tag in range(1, 7)]
-    for d in deliveries:
-        acker.delivered(d)  # type: ignore[arg-type]
-    for tag in (2, 3):
-        acker.settle(deliveries[tag - 1])  # type: ignore[arg-type]
-    await acker.flush()
-    assert acks == []  # 1 is still in flight: acking 3 "multiple" would take it along
-    acker.settle(deliveries[0])  # type: ignore[arg-type]
-    await acker.flush()
-    assert acks == [(3, True)]
-    acker.settle(deliveries[4], acknowledge=False)  # type: ignore[arg-type]  # e.g. returned to the queue
-    acker.settle(deliveries[3])  # type: ignore[arg-type]
-    await acker.flush()
-    assert acks == [(3, True), (4, True)]  # not 5: it is no longer the broker's to acknowledge
-    acker.settle(deliveries[5])  # type: ignore[arg-type]
-    await acker.flush()
-    assert acks == [(3, True), (4, True), (6, True)]
-    other = FakeChannel()  # tags are per channel: a reconnect starts again at 1
-    acker.delivered(FakeDelivery(other, 1, acks))  # type: ignore[arg-type]
-    channel.is_closed = True
-    await acker.flush()
-    assert acks == [(3, True), (4, True), (6, True)]
-
-
 async def test_duplicate_deliveries_are_stored_once(
     app: FastAPI,
     amqp: aio_pika.abc.AbstractRobustConnection,
@@ -116,20 +76,19 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
     superuser: asyncpg.Connection,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """A second audit consumer (its own broker connection and batch writer, as a second process would have)
+    """A second audit consumer (its own broker connection and batch consumer, as a second process would have)
     on the same queue as the app's, with every event delivered twice: the deliveries spread over both."""
     settings = get_settings()
     second_stored: list[int] = []
 
-    async def store(batch: Sequence[Incoming]) -> list[Outcome]:
-        async with transaction(sessions) as session:
-            outcomes = await store_batch(session, batch)
+    async def store(session: AsyncSession, batch: Sequence[Incoming]) -> list[Outcome]:
+        outcomes = await store_batch(session, batch)
         second_stored.extend(o.seq for o in outcomes if isinstance(o, Stored))
         return outcomes
 
     broker = make_broker(settings)  # the second consumer parks through a broker of its own
     await broker.connect()
-    second = Ingest(settings=settings, audit=settings, broker=broker, store=store)
+    second = ingest(settings=settings, audit=settings, broker=broker, sessions=sessions, handle=store)
     consuming = asyncio.create_task(second.run())
     try:
         events = [event("change.updated") for _ in range(400)]

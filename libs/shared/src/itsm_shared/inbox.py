@@ -3,6 +3,7 @@
 Subscribers acknowledge by hand. A message that is not a valid CloudEvent, or whose handler fails on every
 allowed delivery, is parked in `<queue>.dlq` with its reason in the `x-itsm-error` header. While the database
 is away the handler waits and retries in place (holding the message) instead of burning deliveries.
+The batch consumers (`itsm_shared.batches`) follow the same rules, many messages per transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -56,6 +58,23 @@ async def claim(session: AsyncSession, consumer: str, event_id: object) -> bool:
     return inserted.scalar() is not None
 
 
+_CLAIM_ALL = text(
+    "INSERT INTO inbox (consumer, event_id) SELECT :c, e FROM unnest(CAST(:ids AS uuid[])) AS e ORDER BY e "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
+
+
+async def claim_all(session: AsyncSession, consumer: str, event_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """The ids this consumer sees for the first time, claimed in one statement; the rows commit with the
+    caller's effect. In id order, so two consumers claiming overlapping batches wait for each other, never
+    deadlock."""
+    ids = sorted(set(event_ids))
+    if not ids:
+        return set()
+    claimed = await session.execute(_CLAIM_ALL, {"c": consumer, "ids": ids})
+    return {uuid.UUID(str(event_id)) for event_id in claimed.scalars()}
+
+
 async def handle_once(
     sessions: async_sessionmaker[AsyncSession],
     consumer: str,
@@ -70,9 +89,18 @@ async def handle_once(
         return True
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
+# SQLSTATE classes of a failure that is the moment's, not the message's: the connection (08), a deadlock or a
+# serialization failure (40), the server out of resources (53), shutting down or starting up (57P01-03).
+TRANSIENT_SQLSTATES = ("08", "40", "53", "57P01", "57P02", "57P03")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database (or whatever the handler waits on) is away for now: retry in place, spend no delivery."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if str(getattr(exc.orig, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATES):
+            return True
     return isinstance(exc, TRANSIENT)
 
 
@@ -119,7 +147,7 @@ def subscribe(
         try:
             event = event_model.model_validate_json(msg.body)
         except ValidationError as exc:
-            await park_and_ack(broker, settings, queue, msg, f"not a valid event: {_short(exc)}")
+            await park_and_ack(broker, settings, queue, msg, f"not a valid event: {validation_summary(exc)}")
             return
         token = correlation_id.set(event.correlationid)
         try:
@@ -153,7 +181,7 @@ async def _run(
             await park_and_ack(broker, settings, queue, msg, f"{type(exc).__name__}: {exc}")
             return
         except Exception as exc:
-            if _is_transient(exc) and time.monotonic() < deadline:
+            if is_transient(exc) and time.monotonic() < deadline:
                 log.warning(
                     "transient failure, retrying in place",
                     extra={"queue": queue, "error": type(exc).__name__, "delay": delay},
@@ -191,5 +219,6 @@ async def park_and_ack(
     await msg.ack()
 
 
-def _short(exc: ValidationError) -> str:
+def validation_summary(exc: ValidationError) -> str:
+    """The first few of a message's validation errors, for the `x-itsm-error` header."""
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])

@@ -1,5 +1,5 @@
 """Storing events on the chain: what counts as an event, and appending a batch of them, in order, each event id
-once, in the caller's transaction (the batch writer's, `audit.batch`)."""
+once, in the caller's transaction (the batch consumer's, `itsm_shared.batches`; `audit.consumers`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from itsm_shared.batches import Duplicate as Duplicate
+from itsm_shared.batches import Rejected
 from itsm_shared.events import CloudEvent
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -100,15 +102,11 @@ class Stored:
 
 
 @dataclass(frozen=True, slots=True)
-class Duplicate:
-    """Already on the chain (a redelivery, or a replay reaching us again), or earlier in the same batch."""
+class Unstorable(Rejected):
+    """PostgreSQL refuses the document (jsonb: \\u0000, a lone surrogate): parked with the reason, the rest stored."""
 
 
-@dataclass(frozen=True, slots=True)
-class Unstorable:
-    reason: str
-
-
+# Duplicate: already on the chain (a redelivery, or a replay reaching us again), or earlier in the same batch.
 Outcome = Stored | Duplicate | Unstorable
 Form = tuple[str, str]  # (the document to store, the canonical JSON its stored value reads back as)
 
@@ -192,8 +190,8 @@ async def _forms(session: AsyncSession, batch: Sequence[Incoming]) -> list[Form 
 
 async def store_batch(session: AsyncSession, batch: Sequence[Incoming]) -> list[Outcome]:
     """Append the batch to the chain, in order, each event id once, in the caller's transaction: the caller
-    commits it (`audit.batch.committing`) and acknowledges the messages only after that commit. A refused
-    document costs a savepoint, never the caller's transaction."""
+    (the batch consumer) commits it and acknowledges the messages only after that commit. A refused document
+    costs a savepoint, never the caller's transaction."""
     forms = await _forms(session, batch)
     try:
         # The savepoint is two round trips a batch; without it a refused document would abort the transaction.

@@ -1,31 +1,47 @@
-"""The incident read model and automatic linking, from `incident.*` events: a thin adapter over `links`."""
+"""The incident read model and automatic linking, from `incident.*` events: a thin adapter over `links`.
+
+`problem.incidents` is consumed in batches (`itsm_shared.batches`): a burst of incident events is a few
+transactions, not one each. The inbox claims each batch's event ids in one statement, so a redelivery is a
+duplicate that changes nothing; what is not a CloudEvent, or not an incident, is parked."""
 
 from __future__ import annotations
 
-from functools import partial
+import uuid
 from typing import Any
 
 from itsm_shared.app import Runtime
+from itsm_shared.batches import cloud_events, consume_batches, run_batch_consumers
 from itsm_shared.events import CloudEvent
-from itsm_shared.inbox import handle_once, subscribe
 
 from problem import links
 
 QUEUE = "problem.incidents"
+# Up to this many events per transaction, collected for at most BATCH_WAIT seconds after the first.
+BATCH_SIZE = 100
+BATCH_WAIT = 0.005
+
+IncidentEvent = CloudEvent[dict[str, Any]]
+
+
+def _event_id(event: IncidentEvent) -> uuid.UUID:
+    return event.id
 
 
 def register(rt: Runtime) -> list[str]:
-    async def on_incident(event: CloudEvent[dict[str, Any]]) -> None:
-        await handle_once(rt.sessions, QUEUE, event, partial(links.on_incident_event, event=event))
-
     return [
-        subscribe(
-            rt.broker,
-            rt.settings,
+        consume_batches(
+            rt,
             queue=QUEUE,
             routing_key="incident.#",
-            event_model=CloudEvent[dict[str, Any]],
-            handler=on_incident,
+            parse=cloud_events(IncidentEvent),
+            handle=links.on_incident_events,
+            event_id=_event_id,
+            max_batch=BATCH_SIZE,
+            max_wait=BATCH_WAIT,
             description="Keeps the incident read model and links new incidents to open known errors",
         ),
     ]
+
+
+async def run(rt: Runtime) -> None:
+    await run_batch_consumers(rt)

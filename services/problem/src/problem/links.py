@@ -4,13 +4,19 @@ and the incident read model they rest on, kept from `incident.*` events."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from itsm_shared.auth import Principal
+from itsm_shared.batches import APPLIED, Rejected, RetryBatch
 from itsm_shared.errors import Conflict, Invalid, NotFound
 from itsm_shared.events import SYSTEM_ACTOR, CloudEvent
+from itsm_shared.inbox import PermanentError
+from itsm_shared.observability import correlation_id
 from itsm_shared.records import Event
+from sqlalchemy import text, tuple_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,9 +24,9 @@ from problem.models import OPEN_STATUSES, PROBLEMS, IncidentRef, Problem, Proble
 from problem.schemas import LinkedIncident
 from problem.service import FINAL, LINKERS, data, require, utcnow
 
-# note_added carries the note, not the incident: nothing for the read model.
 NOT_AN_INCIDENT = frozenset({"itsm.incident.note_added"})
 READ_MODEL_FIELDS = ("number", "title", "status", "priority", "category", "configuration_item", "caller_id")
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 async def linked_incidents(session: AsyncSession, problem: Problem) -> list[LinkedIncident]:
@@ -45,15 +51,23 @@ async def linked_incidents(session: AsyncSession, problem: Problem) -> list[Link
     ]
 
 
-async def _link(session: AsyncSession, problem: Problem, incident: IncidentRef, actor: str, *, automatic: bool) -> None:
+async def _link(
+    session: AsyncSession,
+    problem: Problem,
+    incident_id: uuid.UUID,
+    number: str | None,
+    actor: str,
+    *,
+    automatic: bool,
+) -> None:
     now = utcnow()
     session.add(
         ProblemIncident(
-            problem_id=problem.id, incident_id=incident.id, automatic=automatic, linked_by=actor, linked_at=now
+            problem_id=problem.id, incident_id=incident_id, automatic=automatic, linked_by=actor, linked_at=now
         )
     )
-    extra = {"incident_id": str(incident.id), "incident_number": incident.number, "automatic": automatic}
-    await _record_link(session, problem, actor, now, [None, str(incident.id)], Event("incident_linked", extra=extra))
+    extra = {"incident_id": str(incident_id), "incident_number": number, "automatic": automatic}
+    await _record_link(session, problem, actor, now, [None, str(incident_id)], Event("incident_linked", extra=extra))
 
 
 async def _record_link(
@@ -80,7 +94,7 @@ async def link_incident(
         if existing.problem_id != problem.id:
             raise Conflict(f"the incident is already linked to problem {existing.problem_id}; unlink it there first")
     else:
-        await _link(session, problem, incident, actor.actor, automatic=False)
+        await _link(session, problem, incident.id, incident.number, actor.actor, automatic=False)
         await session.flush()
     return next(i for i in await linked_incidents(session, problem) if i.incident_id == incident_id)
 
@@ -97,60 +111,164 @@ async def unlink_incident(session: AsyncSession, problem: Problem, incident_id: 
 
 # ---------------------------------------------------------------- from the incident service's events
 
+CREATED = "itsm.incident.created"
+DELETED = "itsm.incident.deleted"
+TEXT_FIELDS = ("number", "title", "status", "category", "configuration_item")
 
-async def on_incident_event(session: AsyncSession, event: CloudEvent[dict[str, Any]]) -> None:
-    """An `incident.*` event: keep the read model, and link a new incident to a matching known error."""
-    if event.type in NOT_AN_INCIDENT or "id" not in event.data:
+_LOCK_REFS = text(
+    "SELECT id, sequence, deleted FROM incident_ref WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+)
+_UPSERT_REFS = text(
+    """
+    INSERT INTO incident_ref
+        (id, number, title, status, priority, category, configuration_item, caller_id, deleted, sequence, updated_at)
+    SELECT r.*, CAST(:now AS timestamptz)
+    FROM unnest(CAST(:id AS uuid[]), CAST(:number AS text[]), CAST(:title AS text[]), CAST(:status AS text[]),
+                CAST(:priority AS smallint[]), CAST(:category AS text[]), CAST(:configuration_item AS text[]),
+                CAST(:caller_id AS uuid[]), CAST(:deleted AS boolean[]), CAST(:sequence AS bigint[]))
+         AS r(id, number, title, status, priority, category, configuration_item, caller_id, deleted, sequence)
+    ON CONFLICT (id) DO UPDATE SET
+        number = EXCLUDED.number, title = EXCLUDED.title, status = EXCLUDED.status, priority = EXCLUDED.priority,
+        category = EXCLUDED.category, configuration_item = EXCLUDED.configuration_item,
+        caller_id = EXCLUDED.caller_id, deleted = EXCLUDED.deleted, sequence = EXCLUDED.sequence,
+        updated_at = EXCLUDED.updated_at
+    RETURNING id, xmax = 0 AS inserted
+    """
+)
+
+
+@dataclass(slots=True)
+class _Ref:
+    """An incident's read-model row while a batch is folded in: `values` are the fields of the last event
+    applied (None: none was, the row stays as stored)."""
+
+    sequence: int
+    deleted: bool
+    values: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Created:
+    incident_id: uuid.UUID
+    event: CloudEvent[dict[str, Any]]
+    values: dict[str, Any]
+
+
+def _incident(event: CloudEvent[dict[str, Any]]) -> tuple[uuid.UUID, dict[str, Any]]:
+    """The incident's id and read-model fields from an event; PermanentError when they cannot be stored."""
+    try:
+        incident_id = uuid.UUID(str(event.data["id"]))
+        values = {f: event.data.get(f) for f in READ_MODEL_FIELDS}
+        if values["caller_id"] is not None:
+            values["caller_id"] = uuid.UUID(str(values["caller_id"]))
+    except ValueError as exc:
+        raise PermanentError(f"not an incident: {exc}") from exc
+    for name in TEXT_FIELDS:
+        if values[name] is not None and not isinstance(values[name], str):
+            raise PermanentError(f"not an incident: {name} is not a string")
+    priority = values["priority"]
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise PermanentError("not an incident: priority is not an integer")
+    return incident_id, values
+
+
+async def on_incident_events(session: AsyncSession, events: Sequence[CloudEvent[dict[str, Any]]]) -> list[object]:
+    """A batch of `incident.*` events, new to this consumer, in arrival order, with the effect of applying each in
+    turn: the incident read model upserted in one statement (an event older than what is stored is ignored,
+    `deleted` sticks once set), then the new incidents linked to matching open known errors."""
+    outcomes: list[object] = [APPLIED] * len(events)
+    incidents: list[tuple[uuid.UUID, dict[str, Any], CloudEvent[dict[str, Any]]]] = []
+    for n, event in enumerate(events):
+        # note_added carries the note, not the incident: nothing for the read model.
+        if event.type in NOT_AN_INCIDENT or "id" not in event.data:
+            continue
+        try:
+            incident_id, values = _incident(event)
+        except PermanentError as exc:
+            outcomes[n] = Rejected(f"{type(exc).__name__}: {exc}")
+            continue
+        incidents.append((incident_id, values, event))
+    if not incidents:
+        return outcomes
+    ids = sorted({incident_id for incident_id, _, _ in incidents})
+    stored = {row.id: _Ref(row.sequence, row.deleted) for row in await session.execute(_LOCK_REFS, {"ids": ids})}
+    refs = dict(stored)
+    created: list[_Created] = []
+    for incident_id, values, event in incidents:
+        sequence = event.sequence or 0
+        ref = refs.get(incident_id)
+        if ref is not None and ref.sequence >= sequence and event.type != DELETED:
+            continue  # older than what is applied already
+        refs[incident_id] = _Ref(
+            sequence=sequence if ref is None else max(ref.sequence, sequence),
+            deleted=(ref is not None and ref.deleted) or event.type == DELETED,
+            values=values,
+        )
+        if event.type == CREATED:
+            created.append(_Created(incident_id, event, values))
+    await _upsert(session, refs, stored)
+    await _auto_link(session, created)
+    return outcomes
+
+
+async def _upsert(session: AsyncSession, refs: dict[uuid.UUID, _Ref], stored: dict[uuid.UUID, _Ref]) -> None:
+    applied = {incident_id: ref.values for incident_id, ref in refs.items() if ref.values is not None}
+    if not applied:
         return
-    incident = await record_incident(session, event_type=event.type, data=event.data, sequence=event.sequence or 0)
-    if incident is not None and event.type == "itsm.incident.created":
-        await auto_link(session, incident)
+    changed = sorted(applied)  # in id order: concurrent batches lock rows in one order
+    columns: dict[str, list[Any]] = {"id": changed}
+    for name in READ_MODEL_FIELDS:
+        columns[name] = [applied[i][name] for i in changed]
+    columns["deleted"] = [refs[i].deleted for i in changed]
+    columns["sequence"] = [refs[i].sequence for i in changed]
+    written = await session.execute(_UPSERT_REFS, {**columns, "now": utcnow()})
+    if any(not row.inserted for row in written if row.id not in stored):
+        # Another consumer inserted an incident this batch read as absent: fold the batch again onto its row.
+        raise RetryBatch("incident_ref rows appeared while the batch was applied")
 
 
-async def record_incident(
-    session: AsyncSession, *, event_type: str, data: dict[str, Any], sequence: int
-) -> IncidentRef | None:
-    """Upsert the read model from an `incident.*` event, ignoring one older than what is stored.
-    Returns the incident when this event was applied."""
-    incident_id = uuid.UUID(str(data["id"]))
-    ref = await session.get(IncidentRef, incident_id, with_for_update=True)
-    if ref is not None and ref.sequence >= sequence and event_type != "itsm.incident.deleted":
-        return None
-    values = {f: data.get(f) for f in READ_MODEL_FIELDS}
-    if values["caller_id"] is not None:
-        values["caller_id"] = uuid.UUID(str(values["caller_id"]))
-    if ref is None:
-        ref = IncidentRef(id=incident_id, sequence=sequence)
-    for field, value in values.items():
-        setattr(ref, field, value)
-    ref.sequence = max(ref.sequence, sequence)
-    ref.deleted = ref.deleted or event_type == "itsm.incident.deleted"
-    ref.updated_at = utcnow()
-    session.add(ref)
-    return ref
+def _preferred(candidates: Sequence[Problem]) -> dict[tuple[str | None, str | None], Problem]:
+    """Per (configuration item, category), the known error a new incident links to: ORDER BY known_error_at DESC
+    (NULLs first, as PostgreSQL sorts them), id."""
+    ranked = sorted(candidates, key=lambda p: p.id)
+    ranked.sort(key=lambda p: (p.known_error_at is None, p.known_error_at or _EARLIEST), reverse=True)
+    best: dict[tuple[str | None, str | None], Problem] = {}
+    for problem in ranked:
+        best.setdefault((problem.configuration_item, problem.category), problem)
+    return best
 
 
-async def auto_link(session: AsyncSession, incident: IncidentRef) -> Problem | None:
-    """Link a new incident to the open known error with the same configuration item and category."""
-    if not incident.configuration_item or not incident.category:
-        return None
-    if (await session.exec(select(ProblemIncident).where(ProblemIncident.incident_id == incident.id))).first():
-        return None
-    problem = (
+async def _auto_link(session: AsyncSession, created: Sequence[_Created]) -> None:
+    """Link each new incident to the open known error with the same configuration item and category: one query
+    for the batch's candidates (locked), one for the incidents linked already."""
+    wanted = [c for c in created if c.values["configuration_item"] and c.values["category"]]
+    if not wanted:
+        return
+    ids = [c.incident_id for c in wanted]
+    linked = set(
+        (await session.exec(select(ProblemIncident.incident_id).where(col(ProblemIncident.incident_id).in_(ids)))).all()
+    )
+    pairs = sorted({(c.values["configuration_item"], c.values["category"]) for c in wanted})
+    candidates = (
         await session.exec(
             select(Problem)
             .where(
                 col(Problem.known_error),
                 col(Problem.status).in_(OPEN_STATUSES),
-                Problem.configuration_item == incident.configuration_item,
-                Problem.category == incident.category,
+                tuple_(col(Problem.configuration_item), col(Problem.category)).in_(pairs),
             )
-            .order_by(col(Problem.known_error_at).desc(), col(Problem.id))
-            .limit(1)
+            .order_by(col(Problem.id))
             .with_for_update()
         )
-    ).first()
-    if problem is None:
-        return None
-    await _link(session, problem, incident, SYSTEM_ACTOR, automatic=True)
-    return problem
+    ).all()
+    best = _preferred(candidates)
+    for c in wanted:
+        problem = best.get((c.values["configuration_item"], c.values["category"]))
+        if problem is None or c.incident_id in linked:
+            continue
+        token = correlation_id.set(c.event.correlationid)  # the link's events carry the incident event's
+        try:
+            await _link(session, problem, c.incident_id, c.values["number"], SYSTEM_ACTOR, automatic=True)
+        finally:
+            correlation_id.reset(token)
+        linked.add(c.incident_id)

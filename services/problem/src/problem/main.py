@@ -16,6 +16,7 @@ app = create_app(
         routers=[router, known_errors_router],
         settings=get_settings(),
         consumers=consumers.register,
+        background=[consumers.run],
         publishes={
             "itsm.problem.created": ProblemRead,
             "itsm.problem.updated": ProblemRead,

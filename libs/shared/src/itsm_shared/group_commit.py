@@ -1,7 +1,6 @@
-"""Group commit and grouped acknowledgements for the ingest: the batch writer stores up to `audit_batch_size`
-events (or what came within `audit_batch_wait_ms`) in one transaction, retrying the same batch while the
-database is away; once it committed, the acker acknowledges the longest run of settled deliveries of each
-channel with one `basic.ack(multiple)`."""
+"""Group commit and grouped acknowledgements, for the batch consumers (`itsm_shared.batches`): the batch writer
+hands up to `max_batch` items (or what came within `max_wait`) to one store call at a time, and the acker
+acknowledges the longest run of settled deliveries of each channel with one `basic.ack(multiple)`."""
 
 from __future__ import annotations
 
@@ -11,66 +10,55 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
-from itsm_shared.db import transaction
-from prometheus_client import Counter, Histogram
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from audit.ingest import Incoming, Outcome, store_batch
+from itsm_shared import faults
 
 log = logging.getLogger(__name__)
 
-RETRIES = Counter("itsm_audit_batch_retries_total", "Batch writes retried after a failure")
-BATCH_SIZE = Histogram("itsm_audit_batch_size", "Events per stored batch", buckets=(1, 5, 10, 25, 50, 100, 250, 500))
+T = TypeVar("T")
 
-StoreBatch = Callable[[Sequence[Incoming]], Awaitable[list[Outcome]]]
-Settle = Callable[[list[tuple[Any, Outcome]]], Awaitable[None]]
-
-
-def committing(sessions: async_sessionmaker[AsyncSession]) -> StoreBatch:
-    """The writer's unit of work: each batch in one transaction of the seam, committed before it returns, so
-    whatever the writer settles (acknowledges) is on the chain."""
-
-    async def store(batch: Sequence[Incoming]) -> list[Outcome]:
-        async with transaction(sessions) as session:
-            return await store_batch(session, batch)
-
-    return store
+# A fault point (`faults`): a batch committed, its messages not yet acknowledged.
+AFTER_COMMIT = "batches.after_commit"
 
 
 # ---------------------------------------------------------------- the batch writer
 
 
 @dataclass(slots=True)
-class _Pending:
-    item: Incoming
-    token: Any  # whatever the caller settles by (the delivery)
+class _Pending(Generic[T]):
+    item: T
+    message: AbstractIncomingMessage
     arrived: float
 
 
-class BatchWriter:
-    """Group commit for the chain: items are added without waiting; each committed batch is handed to
-    `settle` with the outcome of every item, in the order they were added."""
+class BatchWriter(Generic[T]):
+    """Group commit: items are added without waiting; `store` gets up to `max_batch` of them (or what came
+    within `max_wait` of the first) and returns one outcome each, committed; `settle` then gets the
+    (message, outcome) pairs in the order the items were added. One batch at a time: the next fills meanwhile."""
 
     def __init__(
-        self, store: StoreBatch, settle: Settle, *, max_batch: int, max_wait: float, retry_max_seconds: float = 5.0
+        self,
+        store: Callable[[list[T]], Awaitable[list[object]]],
+        settle: Callable[[list[tuple[AbstractIncomingMessage, object]]], Awaitable[None]],
+        *,
+        max_batch: int,
+        max_wait: float,
     ) -> None:
         self._store = store
         self._settle = settle
         self.max_batch = max_batch
         self.max_wait = max_wait
-        self.retry_max_seconds = retry_max_seconds
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Pending[T]] = deque()
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
 
-    def add(self, item: Incoming, token: Any) -> None:
-        self._pending.append(_Pending(item, token, time.monotonic()))
+    def add(self, item: T, message: AbstractIncomingMessage) -> None:
+        self._pending.append(_Pending(item, message, time.monotonic()))
         self._arrived.set()
         if len(self._pending) >= self.max_batch:
             self._full.set()
@@ -90,31 +78,12 @@ class BatchWriter:
                 self._full.clear()
             if not self._pending:
                 self._arrived.clear()
-            outcomes = await self._write([p.item for p in batch])
+            outcomes = await self._store([p.item for p in batch])
+            faults.reach(AFTER_COMMIT)
             try:
-                await self._settle([(p.token, o) for p, o in zip(batch, outcomes, strict=True)])
+                await self._settle([(p.message, o) for p, o in zip(batch, outcomes, strict=True)])
             except Exception:
-                log.exception("settling a stored batch failed; its deliveries come back as duplicates")
-
-    async def _write(self, items: list[Incoming]) -> list[Outcome]:
-        delay = 0.1
-        while True:
-            try:
-                outcomes = await self._store(items)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Whatever failed, the batch is still whole and unacknowledged: try it again, never drop it.
-                RETRIES.inc()
-                log.warning(
-                    "audit batch not stored, retrying",
-                    extra={"error": f"{type(exc).__name__}: {str(exc)[:300]}", "events": len(items), "delay": delay},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_seconds)
-                continue
-            BATCH_SIZE.observe(len(items))
-            return outcomes
+                log.exception("settling a committed batch failed; its deliveries come back as duplicates")
 
 
 # ---------------------------------------------------------------- acknowledgements, in order, many at once
@@ -129,16 +98,16 @@ class _ChannelTags:
 
 def _tag(message: AbstractIncomingMessage) -> int:
     tag = message.delivery_tag
-    if tag is None:  # only a no-ack delivery has none, and the ingest channel acknowledges
+    if tag is None:  # only a no-ack delivery has none, and the batch consumers acknowledge
         raise ValueError("delivery without a tag")
     return tag
 
 
 class Acker:
-    """`basic.ack(multiple=True)` for the longest prefix of settled deliveries of each channel: one frame per
-    batch instead of one per message. A delivery is acknowledged only once it and every delivery before it
-    on its channel are settled (stored, a duplicate, or parked), so an ack never covers a message still in
-    flight. Delivery tags are per channel; a channel that closed takes its deliveries back to the queue."""
+    """A delivery is acknowledged only once it and every delivery before it on its channel are settled (applied,
+    a duplicate, or parked), so an ack never covers a message still in flight. A delivery settled otherwise
+    (returned to the queue) is settled with `acknowledge=False`: the run passes it, no ack names it. Delivery
+    tags are per channel; a channel that closed takes its unacknowledged deliveries back to the queue."""
 
     def __init__(self) -> None:
         self._channels: dict[int, tuple[Any, _ChannelTags]] = {}
