@@ -48,8 +48,9 @@ class Role:
     CAB_MEMBER = "cab_member"
     AUDITOR = "auditor"
     REQUESTER = "requester"
+    INTEGRATOR = "integrator"  # manages its own webhook subscriptions
 
-    ALL = frozenset({ADMIN, AGENT, PROBLEM_MANAGER, CHANGE_MANAGER, CAB_MEMBER, AUDITOR, REQUESTER})
+    ALL = frozenset({ADMIN, AGENT, PROBLEM_MANAGER, CHANGE_MANAGER, CAB_MEMBER, AUDITOR, REQUESTER, INTEGRATOR})
 
 
 @dataclass(frozen=True)
