@@ -30,6 +30,10 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 BOOTSTRAP = "ITSM_BOOTSTRAP_ADMIN_PASSWORD"
 # The issuer's key-encryption key, a compose secret (from ITSM_AUTH_KEK on the host) mounted in its container only.
 KEK_SECRET = "auth_kek"  # noqa: S105 (the name of a compose secret, not its value)
+# The webhook service's key of the signing secrets, a compose secret (from ITSM_WEBHOOK_SECRET_KEY on the host)
+# mounted in its container only.
+WEBHOOK = "webhook"
+WEBHOOK_KEY_SECRET = "webhook_secret_key"  # noqa: S105 (the name of a compose secret, not its value)
 
 _BEGIN = re.compile(r"BEGIN generated: ([\w-]+)")
 
@@ -138,6 +142,7 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
     blocks: list[str] = []
     for s in table:
         is_issuer = s.name == services.ISSUER
+        is_webhook = s.name == WEBHOOK
         values = {
             "name": s.name,
             "port": s.port,
@@ -145,9 +150,17 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
             "extra_env": (
                 f"      {BOOTSTRAP}: ${{{BOOTSTRAP}:-}}\n      ITSM_AUTH_KEK_FILE: /run/secrets/{KEK_SECRET}\n"
                 if is_issuer
+                else f"      ITSM_WEBHOOK_SECRET_KEY_FILE: /run/secrets/{WEBHOOK_KEY_SECRET}\n"
+                if is_webhook
                 else ""
             ),
-            "secrets": f"    secrets: [{KEK_SECRET}]\n" if is_issuer else "",
+            "secrets": (
+                f"    secrets: [{KEK_SECRET}]\n"
+                if is_issuer
+                else f"    secrets: [{WEBHOOK_KEY_SECRET}]\n"
+                if is_webhook
+                else ""
+            ),
             # The others fetch the issuer's JWKS when they start.
             "issuer": "" if is_issuer else f"      {issuer.name}:\n        condition: service_healthy\n",
         }

@@ -43,12 +43,30 @@ DEFAULT_EXCHANGE = "itsm.events"
 DEFAULT_DEAD_LETTER_EXCHANGE = "itsm.dlx"
 # The auth service's key-encryption key (its signing keys are stored encrypted under it): given to auth only.
 KEK_VARIABLES = ("ITSM_AUTH_KEK", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS")
+# The webhook service's key of the subscriptions' signing secrets (stored encrypted under it): given to webhook only.
+WEBHOOK = "webhook"
+WEBHOOK_KEY_VARIABLES = ("ITSM_WEBHOOK_SECRET_KEY", "ITSM_WEBHOOK_SECRET_KEY_FILE")
 
 
 def auth_kek_file(run_dir: Path) -> Path:
     """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
     stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
     path = run_dir / "auth-kek"
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path
+        with os.fdopen(descriptor, "w") as file:
+            file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path
+
+
+def webhook_secret_key_file(run_dir: Path) -> Path:
+    """The key of the webhook signing secrets of the stack in `run_dir`, generated once (mode 0600) and kept there.
+    Unless the operator gives ITSM_WEBHOOK_SECRET_KEY or ITSM_WEBHOOK_SECRET_KEY_FILE."""
+    path = run_dir / "webhook-secret-key"
     if not path.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -234,7 +252,7 @@ class Stack:
         env = self._base_env()
         env.update(s.extra_env)
         env["ITSM_DATABASE_URL"] = s.database_url
-        for variable in KEK_VARIABLES:  # migrations never see the KEK
+        for variable in (*KEK_VARIABLES, *WEBHOOK_KEY_VARIABLES):  # migrations never see the KEK or the key
             env.pop(variable, None)
         with log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} migrate {name}\n".encode())
@@ -289,6 +307,11 @@ class Stack:
                 result.pop(variable, None)
         elif not result.get("ITSM_AUTH_KEK") and not result.get("ITSM_AUTH_KEK_FILE"):
             result["ITSM_AUTH_KEK_FILE"] = str(auth_kek_file(s.run_dir))
+        if name != WEBHOOK:
+            for variable in WEBHOOK_KEY_VARIABLES:  # only the webhook service is given its key, even from the shell
+                result.pop(variable, None)
+        elif not result.get("ITSM_WEBHOOK_SECRET_KEY") and not result.get("ITSM_WEBHOOK_SECRET_KEY_FILE"):
+            result["ITSM_WEBHOOK_SECRET_KEY_FILE"] = str(webhook_secret_key_file(s.run_dir))
         return result
 
     def start_service(self, name: str, env: Mapping[str, str] | None = None, *, wait: bool = True) -> None:
