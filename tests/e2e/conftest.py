@@ -22,10 +22,21 @@ sys.path.insert(0, str(REPO_ROOT / "deploy"))
 import service_table as services  # noqa: E402
 import stack as stack_module  # noqa: E402
 
+# The webhook service delivers to a receiver on this machine (test_webhooks.py): private addresses and plain http
+# allowed (development only), a short retry schedule, and claims that run out soon after a kill -9.
+WEBHOOK_ENV = {
+    "ITSM_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+    "ITSM_WEBHOOK_RETRY_SCHEDULE": "0,1,1,2",
+    "ITSM_WEBHOOK_CLAIM_SECONDS": "12",
+    "ITSM_WEBHOOK_POLL_SECONDS": "0.2",
+}
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Stack]:
-    settings = stack_module.StackSettings.isolated(tmp_path_factory.mktemp("e2e-run"), die_with_parent=True)
+    settings = stack_module.StackSettings.isolated(
+        tmp_path_factory.mktemp("e2e-run"), die_with_parent=True, service_env={"webhook": WEBHOOK_ENV}
+    )
     running = stack_module.Stack(settings)
     try:
         running.start()
