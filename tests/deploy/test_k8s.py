@@ -558,7 +558,7 @@ def test_no_secret_is_written_into_a_manifest() -> None:
                 assert "envFrom" not in container, f"{variant}: {workload}"
                 for name, entry in _env_of(container).items():
                     where = f"{variant}: {workload}: {name}"
-                    if credential.search(name):
+                    if credential.search(name) and not name.endswith("_FILE"):  # a file's path is no secret
                         assert set(entry) == {"name", "valueFrom"}, where
                         assert set(entry["valueFrom"]) == {"secretKeyRef"}, where
                     userinfo = url_with_userinfo.match(str(entry.get("value", "")))
@@ -598,7 +598,16 @@ def test_each_service_reads_its_own_credentials(app: list[Doc]) -> None:
             assert refs["ITSM_AUTH_KEK_PREVIOUS"] == {"name": "itsm-auth-kek", "key": "previous", "optional": True}
         else:
             assert not {"ITSM_BOOTSTRAP_ADMIN_PASSWORD", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS"} & set(env)
-            assert set(volumes) == {"tmp"}
+            assert set(volumes) == ({"tmp", "webhook-key"} if name == "webhook" else {"tmp"})
+
+        if name == "webhook":
+            # The key of the subscriptions' signing secrets: a file from a Secret, for the webhook service only.
+            assert volumes["webhook-key"]["secret"]["secretName"] == "itsm-webhook-secret-key"
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "webhook-key")
+            assert mount["readOnly"] is True
+            assert env["ITSM_WEBHOOK_SECRET_KEY_FILE"]["value"] == f"{mount['mountPath']}/key"
+        else:
+            assert "ITSM_WEBHOOK_SECRET_KEY_FILE" not in env
 
 
 def test_migrations_run_before_the_new_version_serves(app: list[Doc]) -> None:
@@ -660,6 +669,13 @@ def test_network_policies_allow_only_what_each_service_needs(app: list[Doc], app
         policy = the(app, "NetworkPolicy", full(name))["spec"]
         assert policy["policyTypes"] == ["Ingress", "Egress"]
         expected_egress = [postgres, rabbitmq, dns] + ([] if name == issuer.name else [jwks])
+        if name == "webhook":  # deliveries: any address but the private ranges
+            (deliveries,) = policy["egress"][len(expected_egress) :]
+            v4, v6 = (peer["ipBlock"] for peer in deliveries["to"])
+            assert v4["cidr"] == "0.0.0.0/0" and {"10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16"} <= set(v4["except"])
+            assert v6["cidr"] == "::/0" and {"fc00::/7", "fe80::/10", "::1/128"} <= set(v6["except"])
+            assert "ports" not in deliveries
+            expected_egress.append(deliveries)
         assert policy["egress"] == expected_egress, name
         (ingress,) = policy["ingress"]
         assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
