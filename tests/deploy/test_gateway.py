@@ -81,8 +81,9 @@ def stubs() -> Iterator[dict[str, StubServer]]:
         stub_backend("incident") as incident,
         stub_backend("problem") as problem,
         stub_backend("change") as change,
+        stub_backend("webhook") as webhook,
     ):
-        yield {"auth": auth, "incident": incident, "problem": problem, "change": change}
+        yield {"auth": auth, "incident": incident, "problem": problem, "change": change, "webhook": webhook}
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,18 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-WEBHOOK = services.Service(name="webhook", port=8106, prefixes=("/api/v1/webhooks",), queues=("webhook.deliveries",))
+SEVENTH = services.Service(name="report", port=8107, prefixes=("/api/v1/reports",), queues=("report.events",))
 
 
 def test_the_table() -> None:
     table = services.table()
-    assert services.names() == ("auth", "incident", "problem", "change", "audit")
+    assert services.names() == ("auth", "incident", "problem", "change", "audit", "webhook")
     assert services.get("incident").prefixes == ("/api/v1/incidents", "/api/v1/sla-policies")
     assert services.get("incident").docs_path == "/api/v1/incidents/docs"
     assert services.get("audit").upstream_env == "ITSM_AUDIT_UPSTREAM"
     assert services.get("audit").queues == ("audit.ingest",)
-    assert [s.port for s in table] == [8101, 8102, 8103, 8104, 8105]
+    assert services.get("webhook").queues == ("webhook.events",)
+    assert [s.port for s in table] == [8101, 8102, 8103, 8104, 8105, 8106]
     assert services.ISSUER in services.names()
     with pytest.raises(KeyError, match="no service 'nope'"):
         services.get("nope")
@@ -45,27 +46,27 @@ def test_committed_traefik_and_compose_files_are_what_the_table_makes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_sixth_service_is_one_entry() -> None:
-    table = (*services.table(), WEBHOOK)
+def test_a_new_service_is_one_entry() -> None:
+    table = (*services.table(), SEVENTH)
 
     compose = yaml.safe_load(configs.render_compose(table))
     entries = compose["services"]
-    assert entries["webhook"]["image"] == "itsm-webhook"
-    assert entries["webhook"]["expose"] == ["8106"]
-    assert entries["webhook"]["environment"]["PORT"] == "8106"
-    assert entries["webhook"]["depends_on"]["auth"]["condition"] == "service_healthy"
-    assert entries["migrate-webhook"]["command"] == ["python", "-m", "itsm_shared.migrate", "webhook"]
-    assert entries["traefik"]["environment"]["ITSM_WEBHOOK_UPSTREAM"] == "http://webhook:8106"
-    assert "webhook" in entries["traefik"]["depends_on"]
+    assert entries["report"]["image"] == "itsm-report"
+    assert entries["report"]["expose"] == ["8107"]
+    assert entries["report"]["environment"]["PORT"] == "8107"
+    assert entries["report"]["depends_on"]["auth"]["condition"] == "service_healthy"
+    assert entries["migrate-report"]["command"] == ["python", "-m", "itsm_shared.migrate", "report"]
+    assert entries["traefik"]["environment"]["ITSM_REPORT_UPSTREAM"] == "http://report:8107"
+    assert "report" in entries["traefik"]["depends_on"]
     # Everything else stays as it was.
     before = yaml.safe_load(configs.render_compose())
-    del entries["webhook"], entries["migrate-webhook"]
-    del entries["traefik"]["environment"]["ITSM_WEBHOOK_UPSTREAM"], entries["traefik"]["depends_on"]["webhook"]
+    del entries["report"], entries["migrate-report"]
+    del entries["traefik"]["environment"]["ITSM_REPORT_UPSTREAM"], entries["traefik"]["depends_on"]["report"]
     assert compose == before
 
     dynamic = configs.render_dynamic(table)
-    assert '{{- $services := list "auth" "incident" "problem" "change" "audit" "webhook" }}' in dynamic
-    assert '      "webhook" (list "/api/v1/webhooks") }}' in dynamic
+    assert '{{- $services := list "auth" "incident" "problem" "change" "audit" "webhook" "report" }}' in dynamic
+    assert '      "report" (list "/api/v1/reports") }}' in dynamic
 
 
 def test_the_generated_regions_are_found_or_the_generator_says_why(tmp_path: Path) -> None:
