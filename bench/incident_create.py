@@ -860,6 +860,8 @@ def main() -> int:
                 ("stack database", stack.drop_database),
                 ("broker topology", lambda: asyncio.run(remove_stack_topology(settings, ALL_QUEUES))),
             ]
+            if hasattr(stack, "drop_broker_users"):  # the harness's broker users of this stack, when it makes some
+                steps.append(("broker users", stack.drop_broker_users))
             if bare_db is not None:
                 name = bare_db
                 steps.append(

@@ -602,6 +602,8 @@ def main() -> int:
             steps: list[tuple[str, Callable[[], object]]] = [
                 ("broker topology", lambda: asyncio.run(remove_stack_topology(settings, INCIDENT_QUEUES))),
             ]
+            if hasattr(stack, "drop_broker_users"):  # the harness's broker users of this stack, when it makes some
+                steps.append(("broker users", stack.drop_broker_users))
             if created:
                 steps.append(("database", stack.drop_database))
             cleanup(steps)

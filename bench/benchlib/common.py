@@ -3,7 +3,6 @@ tokens, scratch databases and exchanges, and cleanup."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
@@ -439,22 +438,15 @@ INCIDENT_QUEUES = services.get("incident").queues
 
 
 def bench_settings(run_dir: Path, **overrides: Any) -> stack_module.StackSettings:
-    """An isolated stack (free ports, its own database, exchange and queue prefix) named for the benchmarks.
-
-    The auth service gets a key-encryption key for its signing keys (ITSM_AUTH_KEK, a new one per run, as an
-    operator gives one; unless the environment already has one): its database is new, so any key will do."""
+    """An isolated stack (free ports, its own database, exchange and queue prefix) named for the benchmarks. The
+    harness gives each service what it needs as under `make run` (keys and passwords kept in `run_dir`)."""
     token = secrets.token_hex(4)
-    service_env = {name: dict(env) for name, env in overrides.pop("service_env", {}).items()}
-    if not (os.environ.get("ITSM_AUTH_KEK") or os.environ.get("ITSM_AUTH_KEK_FILE")):
-        kek = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-        service_env.setdefault(services.ISSUER, {}).setdefault("ITSM_AUTH_KEK", kek)
     values: dict[str, Any] = {
         "database_name": f"itsm_bench_{token}",
         "exchange": f"itsm_bench_{token}.events",
         "dead_letter_exchange": f"itsm_bench_{token}.dlx",
         "queue_prefix": f"itsm_bench_{token}.",
         "die_with_parent": True,
-        "service_env": service_env,
     }
     values.update(overrides)
     return stack_module.StackSettings.isolated(run_dir, **values)
