@@ -119,29 +119,32 @@ def all_processes() -> dict[int, ProcStat]:
     return found
 
 
-def _system_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine since boot, over all cores."""
+def _system_seconds() -> tuple[float, float]:
+    """(busy, of which interrupts) CPU seconds of the whole machine since boot, over all cores. Interrupt time
+    (irq + softirq: the network stack, loopback included, when it runs outside a process) is no process's."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / CLK_TCK  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]  # user nice system idle iowait irq softirq steal
+    return (sum(values[:8]) - idle) / CLK_TCK, (values[5] + values[6]) / CLK_TCK
 
 
 @dataclass
 class CpuSnapshot:
     at: float
     busy: float
+    interrupts: float
     processes: dict[int, tuple[str, float]]  # pid -> (group, CPU seconds so far)
 
 
 POSTGRES = "postgresql"
 RABBITMQ = "rabbitmq (beam.smp)"
 MACHINE = "machine busy"
+INTERRUPTS = "kernel interrupts (irq + softirq)"
 NOT_OURS = "not ours (rest of the machine)"
 OTHER = "~"  # prefix of the groups of processes that are not ours: "~<command>"
 
 
 def is_ours(group: str) -> bool:
-    return group not in (MACHINE, NOT_OURS) and not group.startswith(OTHER)
+    return group not in (MACHINE, INTERRUPTS, NOT_OURS) and not group.startswith(OTHER)
 
 
 @dataclass
@@ -195,7 +198,8 @@ class CpuMeter:
             elif stat.comm == "beam.smp":
                 group = RABBITMQ
             found[pid] = (group, stat.seconds)
-        return CpuSnapshot(time.monotonic(), _system_busy_seconds(), found)
+        busy, interrupts = _system_seconds()
+        return CpuSnapshot(time.monotonic(), busy, interrupts, found)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -203,14 +207,16 @@ class CpuMeter:
 
     @staticmethod
     def seconds(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
-        """CPU seconds per group over the interval, with MACHINE (all cores) and NOT_OURS."""
+        """CPU seconds per group over the interval, with MACHINE (all cores), INTERRUPTS (of the machine, no
+        process's) and NOT_OURS (the machine's busy time beyond our groups and the interrupts: other processes,
+        and processes that started and ended between the two snapshots)."""
         groups: dict[str, float] = {}
         for pid, (group, used) in end.processes.items():
             before = start.processes.get(pid, (group, 0.0))[1]
             groups[group] = groups.get(group, 0.0) + max(0.0, used - before)
-        busy = end.busy - start.busy
+        busy, interrupts = end.busy - start.busy, end.interrupts - start.interrupts
         ours = sum(v for k, v in groups.items() if is_ours(k))
-        return {MACHINE: busy, **groups, NOT_OURS: max(0.0, busy - ours)}
+        return {MACHINE: busy, **groups, INTERRUPTS: interrupts, NOT_OURS: max(0.0, busy - ours - interrupts)}
 
 
 def cores_line(start: CpuSnapshot, end: CpuSnapshot) -> str:
@@ -222,7 +228,7 @@ def cores_line(start: CpuSnapshot, end: CpuSnapshot) -> str:
     ours = [f"{k} {v / wall:.2f}" for k, v in used.items() if is_ours(k) and v / wall >= 0.01]
     others = sorted(((v, k) for k, v in used.items() if k.startswith(OTHER) and v / wall >= 0.02), reverse=True)
     text = f"cores used (of {CPUS}): machine {used[MACHINE] / wall:.2f}; " + ", ".join(ours)
-    text += f"; not ours {used[NOT_OURS] / wall:.2f}"
+    text += f"; interrupts {used[INTERRUPTS] / wall:.2f}; not ours {used[NOT_OURS] / wall:.2f}"
     if others:
         text += " (" + ", ".join(f"{k[len(OTHER) :]} {v / wall:.2f}" for v, k in others[:4]) + ")"
     return text
