@@ -2,9 +2,10 @@
 
 A scratch database gets the audit service's real migrations. N records are built with the service's own
 chain functions (`audit.chain`: canonical JSON, SHA-256 over the previous hash) from CloudEvents shaped like
-the services' (an `incident.updated` with a compact incident in `data`), and copied in as the service's login
-role (COPY needs only INSERT, which is all it has besides SELECT). Then, with the service's code
-(`audit.verify.verify_chain`, chunked keyset reads, hashing off the event loop), as the service's role:
+the services' (an `incident.updated` with a compact incident in `data`), with an anchor signed per 250 records
+(`audit.anchors`, as the writer signs each batch), and copied in as the service's login role (COPY needs only
+INSERT, which is all it has besides SELECT). Then, with the service's code (`audit.verify.verify_chain`, chunked
+keyset reads, hashing and checking the anchors off the event loop), as the service's role:
 
 1. full: `verify_chain(full=True)` re-hashes all N records and appends a checkpoint at the end;
 2. incremental, nothing new: `verify_chain()` starts from that checkpoint and checks nothing;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import time
@@ -52,6 +54,8 @@ COLUMNS = (
     "hash",
 )
 START = datetime(2026, 1, 1, tzinfo=UTC)
+# Records per anchor: the ingest's default batch size.
+BATCH = 250
 
 
 def an_event(n: int) -> dict[str, Any]:
@@ -104,8 +108,11 @@ def build(first_seq: int, count: int, prev: str) -> tuple[list[tuple[Any, ...]],
 
 
 async def load(dsn: str, total: int) -> None:
+    """N records, and an anchor per BATCH of them signed with the service's anchor key, as the writer leaves them."""
+    from audit.anchors import anchor_keys
     from audit.chain import GENESIS
 
+    keys = anchor_keys()
     conn = await asyncpg.connect(dsn)
     try:
         prev, seq, chunk = GENESIS, 1, 20000
@@ -114,6 +121,14 @@ async def load(dsn: str, total: int) -> None:
             count = min(chunk, total - seq + 1)
             records, prev = build(seq, count, prev)
             await conn.copy_records_to_table("audit_event", records=records, columns=COLUMNS, schema_name="audit")
+            anchors = []
+            for first in range(0, count, BATCH):
+                last = records[min(first + BATCH, count) - 1]
+                signed = keys.sign(records[first][0], last[0], last[-1])
+                anchors.append((signed.seq, signed.from_seq, signed.kid, signed.signature))
+            await conn.copy_records_to_table(
+                "audit_anchor", records=anchors, columns=("seq", "from_seq", "kid", "signature"), schema_name="audit"
+            )
             seq += count
             if (seq - 1) % 200000 == 0:
                 print(f"  loaded {seq - 1:>9,} records ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -126,6 +141,8 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     args = parser.parse_args()
 
+    # The anchor key the service would be given (verify checks every anchor with it).
+    os.environ.setdefault("ITSM_AUDIT_ANCHOR_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
     db = await create_database(SERVER, "itsm_bench_audit")
     try:
         result = migrate("audit", db.admin_url)

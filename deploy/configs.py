@@ -34,6 +34,9 @@ KEK_SECRET = "auth_kek"  # noqa: S105 (the name of a compose secret, not its val
 # mounted in its container only.
 WEBHOOK = "webhook"
 WEBHOOK_KEY_SECRET = "webhook_secret_key"  # noqa: S105 (the name of a compose secret, not its value)
+# The audit service's anchor key (it signs each batch of its hash chain), a compose secret (from ITSM_AUDIT_ANCHOR_KEY
+# on the host) mounted in its container only.
+ANCHOR_SECRET = "audit_anchor_key"  # noqa: S105 (the name of a compose secret, not its value)
 
 _BEGIN = re.compile(r"BEGIN generated: ([\w-]+)")
 
@@ -142,6 +145,7 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
     blocks: list[str] = []
     for s in table:
         is_issuer = s.name == services.ISSUER
+        is_auditor = s.name == services.AUDITOR
         is_webhook = s.name == WEBHOOK
         values = {
             "name": s.name,
@@ -152,6 +156,9 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
                 if is_issuer
                 else f"      ITSM_WEBHOOK_SECRET_KEY_FILE: /run/secrets/{WEBHOOK_KEY_SECRET}\n"
                 if is_webhook
+                else f"      ITSM_AUDIT_ANCHOR_KEY_FILE: /run/secrets/{ANCHOR_SECRET}\n"
+                f"      ITSM_AUDIT_REPLAY_QUEUES: {','.join(services.replay_queues(table))}\n"
+                if is_auditor
                 else ""
             ),
             "secrets": (
@@ -159,6 +166,8 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
                 if is_issuer
                 else f"    secrets: [{WEBHOOK_KEY_SECRET}]\n"
                 if is_webhook
+                else f"    secrets: [{ANCHOR_SECRET}]\n"
+                if is_auditor
                 else ""
             ),
             # The others fetch the issuer's JWKS when they start.

@@ -125,6 +125,16 @@ def get(name: str) -> Service:
     raise KeyError(f"no service {name!r} in {TABLE} (known: {', '.join(names())})")
 
 
+# The service that keeps the audit log; it may replay stored events to the other services' consumer queues.
+AUDITOR = "audit"
+
+
+def replay_queues(table_: Sequence[Service] | None = None) -> tuple[str, ...]:
+    """The queues the audit service's replay may publish to (ITSM_AUDIT_REPLAY_QUEUES): every consumer queue of the
+    table but the log's own (replaying the log into itself would only bring duplicates)."""
+    return tuple(q for s in (table() if table_ is None else table_) if s.name != AUDITOR for q in s.queues)
+
+
 def main(argv: Sequence[str]) -> int:
     if argv == ["names"]:
         print(" ".join(names()))

@@ -43,6 +43,8 @@ DEFAULT_EXCHANGE = "itsm.events"
 DEFAULT_DEAD_LETTER_EXCHANGE = "itsm.dlx"
 # The auth service's key-encryption key (its signing keys are stored encrypted under it): given to auth only.
 KEK_VARIABLES = ("ITSM_AUTH_KEK", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS")
+# The audit service's anchor key (it signs its hash chain with it, README, Audit): given to audit only.
+ANCHOR_VARIABLES = ("ITSM_AUDIT_ANCHOR_KEY", "ITSM_AUDIT_ANCHOR_KEY_FILE")
 # The webhook service's key of the subscriptions' signing secrets (stored encrypted under it): given to webhook only.
 WEBHOOK = "webhook"
 WEBHOOK_KEY_VARIABLES = ("ITSM_WEBHOOK_SECRET_KEY", "ITSM_WEBHOOK_SECRET_KEY_FILE")
@@ -52,6 +54,22 @@ def auth_kek_file(run_dir: Path) -> Path:
     """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
     stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
     path = run_dir / "auth-kek"
+    if not path.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path
+        with os.fdopen(descriptor, "w") as file:
+            file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path
+
+
+def audit_anchor_key_file(run_dir: Path) -> Path:
+    """The anchor key of the stack in `run_dir` (the audit service signs each batch of its chain with it), generated
+    once (mode 0600) and kept there, given to the audit service only. Unless the operator gives
+    ITSM_AUDIT_ANCHOR_KEY or ITSM_AUDIT_ANCHOR_KEY_FILE."""
+    path = run_dir / "audit-anchor-key"
     if not path.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -252,7 +270,7 @@ class Stack:
         env = self._base_env()
         env.update(s.extra_env)
         env["ITSM_DATABASE_URL"] = s.database_url
-        for variable in (*KEK_VARIABLES, *WEBHOOK_KEY_VARIABLES):  # migrations never see the KEK or the key
+        for variable in (*KEK_VARIABLES, *ANCHOR_VARIABLES, *WEBHOOK_KEY_VARIABLES):  # migrations never see the keys
             env.pop(variable, None)
         with log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} migrate {name}\n".encode())
@@ -307,6 +325,13 @@ class Stack:
                 result.pop(variable, None)
         elif not result.get("ITSM_AUTH_KEK") and not result.get("ITSM_AUTH_KEK_FILE"):
             result["ITSM_AUTH_KEK_FILE"] = str(auth_kek_file(s.run_dir))
+        if name != services.AUDITOR:
+            for variable in ANCHOR_VARIABLES:  # only the audit service is given the anchor key, even from the shell
+                result.pop(variable, None)
+        else:
+            if not result.get("ITSM_AUDIT_ANCHOR_KEY") and not result.get("ITSM_AUDIT_ANCHOR_KEY_FILE"):
+                result["ITSM_AUDIT_ANCHOR_KEY_FILE"] = str(audit_anchor_key_file(s.run_dir))
+            result.setdefault("ITSM_AUDIT_REPLAY_QUEUES", ",".join(services.replay_queues()))
         if name != WEBHOOK:
             for variable in WEBHOOK_KEY_VARIABLES:  # only the webhook service is given its key, even from the shell
                 result.pop(variable, None)

@@ -15,6 +15,8 @@
 #                                                          URL-safe base64; keep it, the signing keys need it)
 #   <name>-webhook-secret-key   Opaque                     key (the key of the webhook signing secrets: 32 random
 #                                                          bytes, URL-safe base64; keep it as long as the database)
+#   <name>-audit-anchor-key     Opaque                     key (the audit log's anchor key: 32 random bytes,
+#                                                          URL-safe base64; keep it as long as the log)
 # <name> is itsm, the charts' `name` value (the per-service names follow it; the others are values of
 # their own: postgres.superuserSecret, gateway.redis.secret, secrets.*). Passwords go into connection URLs
 # as they are: keep them URL-safe (these are hex). The services are those of deploy/services.toml.
@@ -57,4 +59,5 @@ secret "$name-gateway-redis" kubernetes.io/basic-auth username default password 
 secret "$name-auth-bootstrap" Opaque password "$(password)"
 secret "$name-auth-kek" Opaque kek "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')"
 secret "$name-webhook-secret-key" Opaque key "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')"
+secret "$name-audit-anchor-key" Opaque key "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')"
 echo "the first admin's password: kubectl -n $namespace get secret $name-auth-bootstrap -o jsonpath='{.data.password}' | base64 -d"

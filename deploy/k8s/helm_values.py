@@ -37,10 +37,14 @@ def _flow(values: Sequence[str]) -> str:
 
 
 def app_region(table: Sequence[services.Service]) -> str:
-    """Each service's port and gateway prefixes, and where the issuer's JWKS is."""
+    """Each service's port and gateway prefixes (and the audit service's replay queues), and where the issuer's JWKS
+    is."""
     lines = ["services:\n"]
     for s in table:
         lines.append(f"  {s.name}:\n    port: {s.port}\n    prefixes: {_flow(s.prefixes)}\n")
+        if s.name == services.AUDITOR:  # where its replay may publish: the other services' consumer queues
+            queues = json.dumps(",".join(services.replay_queues(table)))
+            lines.append(f"    env: {{ITSM_AUDIT_REPLAY_QUEUES: {queues}}}\n")
     lines.append(f"jwks:\n  service: {services.ISSUER}\n  path: {services.JWKS_PATH}\n")
     return "".join(lines)
 

@@ -598,7 +598,16 @@ def test_each_service_reads_its_own_credentials(app: list[Doc]) -> None:
             assert refs["ITSM_AUTH_KEK_PREVIOUS"] == {"name": "itsm-auth-kek", "key": "previous", "optional": True}
         else:
             assert not {"ITSM_BOOTSTRAP_ADMIN_PASSWORD", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS"} & set(env)
-            assert set(volumes) == ({"tmp", "webhook-key"} if name == "webhook" else {"tmp"})
+            assert set(volumes) == {"tmp", *{"audit": ["anchor-key"], "webhook": ["webhook-key"]}.get(name, [])}
+        if name == "audit":
+            # The key that signs the log's hash chain: a file from a Secret, for the audit service only.
+            assert volumes["anchor-key"]["secret"]["secretName"] == "itsm-audit-anchor-key"
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "anchor-key")
+            assert mount["readOnly"] is True
+            assert env["ITSM_AUDIT_ANCHOR_KEY_FILE"]["value"] == f"{mount['mountPath']}/key"
+            assert env["ITSM_AUDIT_REPLAY_QUEUES"]["value"].split(",") == list(services.replay_queues())
+        else:
+            assert not {"ITSM_AUDIT_ANCHOR_KEY_FILE", "ITSM_AUDIT_REPLAY_QUEUES"} & set(env)
 
         if name == "webhook":
             # The key of the subscriptions' signing secrets: a file from a Secret, for the webhook service only.

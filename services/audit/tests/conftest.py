@@ -1,17 +1,21 @@
 """Audit tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the audit
 service, plus what the log's own tests need: direct database connections (as the service's role, and as a
-superuser who can tamper) and a publisher onto the session's exchange."""
+superuser who can tamper), the rewrite the table's owner can do, and a publisher onto the session's exchange."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
 import asyncpg
 import pytest
+from audit.anchors import AnchorKeys
+from audit.chain import canonical_json, format_received_at, record_hash
 from fastapi import FastAPI
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event
@@ -39,10 +43,23 @@ def consumer_queues() -> tuple[str, ...]:
     return ("audit.ingest",)
 
 
+# The session's anchor key: the service holds it; an attacker of the database does not. Tests use it only to put
+# back what an attack changed.
+ANCHOR_SEED = os.urandom(32)
+ANCHOR_KEYS = AnchorKeys.of(ANCHOR_SEED)
+# The consumer queues a replay may go to in this session (the runner gives the table's).
+REPLAY_QUEUES = ("problem.incidents", "incident.problem-linked")
+
+
 @pytest.fixture(scope="session")
 def extra_env() -> dict[str, str]:
     # Short retry pauses: the outage test waits for the writer to notice the database is back.
-    return {"ITSM_AUDIT_RETRY_MAX_SECONDS": "2", "ITSM_DB_POOL_SIZE": "5"}
+    return {
+        "ITSM_AUDIT_RETRY_MAX_SECONDS": "2",
+        "ITSM_DB_POOL_SIZE": "5",
+        "ITSM_AUDIT_ANCHOR_KEY": base64.urlsafe_b64encode(ANCHOR_SEED).decode(),
+        "ITSM_AUDIT_REPLAY_QUEUES": ",".join(REPLAY_QUEUES),
+    }
 
 
 @pytest.fixture
@@ -144,3 +161,61 @@ async def assert_chain_is_gap_free(superuser: asyncpg.Connection) -> int:
     assert row is not None
     assert row["n"] == 0 or (row["low"] == 1 and row["high"] == row["n"]), dict(row)
     return int(row["n"])
+
+
+async def rewrite_chain(
+    conn: asyncpg.Connection,
+    since: int,
+    events: Mapping[int, str] | None = None,
+    *,
+    drop_anchors: bool = False,
+    anchors_back: Sequence[asyncpg.Record] = (),
+    keys: AnchorKeys | None = None,
+) -> None:
+    """What the owner of the audit tables can do (`conn` is a superuser's; it acts as `audit_owner`): switch the
+    append-only triggers off, change events, recompute the hash of every record from `since` to the end (the
+    recipe is public), drop the checkpoints that would give it away (and, with `drop_anchors`, the anchors from
+    `since` on), switch the triggers back on. All under the writer's chain lock. With `keys` (which only the
+    audit service holds) it also re-signs the anchors from `since` on, after putting back `anchors_back`: the
+    tests' way to undo an attack."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('itsm.audit.chain'))")
+        await conn.execute("SET LOCAL ROLE audit_owner")
+        tables = ("audit_event", "audit_anchor", "audit_checkpoint")
+        for table in tables:
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        for seq, event in (events or {}).items():
+            await conn.execute("UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", seq, event)
+        prev = await conn.fetchval("SELECT prev_hash FROM audit_event WHERE seq = $1", since)
+        rows = await conn.fetch(
+            "SELECT seq, event_id, received_at, event::text AS event FROM audit_event WHERE seq >= $1 ORDER BY seq",
+            since,
+        )
+        hashes: list[tuple[int, str, str]] = []
+        for row in rows:
+            received = format_received_at(row["received_at"])
+            digest = record_hash(
+                prev, row["seq"], str(row["event_id"]), received, canonical_json(json.loads(row["event"]))
+            )
+            hashes.append((row["seq"], prev, digest))
+            prev = digest
+        await conn.executemany("UPDATE audit_event SET prev_hash = $2, hash = $3 WHERE seq = $1", hashes)
+        await conn.execute("DELETE FROM audit_checkpoint WHERE seq >= $1", since)
+        if drop_anchors:
+            await conn.execute("DELETE FROM audit_anchor WHERE seq >= $1", since)
+        if anchors_back:
+            await conn.executemany(
+                "INSERT INTO audit_anchor (seq, from_seq, kid, signature) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (seq) DO NOTHING",
+                [(a["seq"], a["from_seq"], a["kid"], a["signature"]) for a in anchors_back],
+            )
+        if keys is not None:
+            by_seq = {seq: digest for seq, _, digest in hashes}
+            anchors = await conn.fetch("SELECT seq, from_seq FROM audit_anchor WHERE seq >= $1", since)
+            signed = [keys.sign(a["from_seq"], a["seq"], by_seq[a["seq"]]) for a in anchors]
+            await conn.executemany(
+                "UPDATE audit_anchor SET kid = $2, signature = $3 WHERE seq = $1",
+                [(a.seq, a.kid, a.signature) for a in signed],
+            )
+        for table in tables:
+            await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")

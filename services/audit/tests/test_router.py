@@ -1,9 +1,11 @@
-"""CONTRACT §7 over HTTP: who may read, the filters and keyset pages, the NDJSON export (verified here with
-nothing but the standard library, as a third party would), verify, and replay."""
+"""CONTRACT §7 over HTTP: who may read, the filters and keyset pages, the NDJSON export (verified here as a third
+party would: the chain with the standard library, the anchors with the published public key), verify, and
+replay (only to the services' consumer queues)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import uuid
@@ -15,6 +17,7 @@ import aio_pika
 import asyncpg
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from itsm_shared.testing_fixtures import Actor
 
 from .conftest import event, publish, wait_stored
@@ -51,7 +54,7 @@ async def trio(
 # ---------------------------------------------------------------- who may read
 
 
-@pytest.mark.parametrize("path", [EVENTS, "/api/v1/audit/verify", "/api/v1/audit/export"])
+@pytest.mark.parametrize("path", [EVENTS, "/api/v1/audit/verify", "/api/v1/audit/export", "/api/v1/audit/anchor-keys"])
 async def test_only_auditors_and_admins_read(client: httpx.AsyncClient, actor: Callable[..., Actor], path: str) -> None:
     assert (await client.get(path)).status_code == 401
     for role in ("agent", "requester", "problem_manager", "change_manager", "cab_member"):
@@ -157,14 +160,26 @@ async def test_bad_queries_are_422_problems(client: httpx.AsyncClient, auditor: 
 # ---------------------------------------------------------------- export and verify
 
 
-def verify_export(lines: list[dict[str, Any]]) -> None:
-    """A third party's check of an export, from the README's recipe alone."""
+def verify_export(lines: list[dict[str, Any]], public_keys: dict[str, str]) -> None:
+    """A third party's check of an export, from the README's recipe alone: the chain, then the anchors with the
+    public keys pinned from GET /anchor-keys."""
     for before, line in zip([None, *lines], lines, strict=False):
         record = {k: line[k] for k in ("seq", "event_id", "received_at", "event")}
         canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert hashlib.sha256((line["prev_hash"] + canonical).encode()).hexdigest() == line["hash"], line["seq"]
         if before is not None:
             assert line["seq"] == before["seq"] + 1 and line["prev_hash"] == before["hash"]
+    covered = None  # the seq the next anchor must start at
+    for line in lines:
+        if "anchor" not in line:
+            continue
+        anchor = line["anchor"]
+        key = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(public_keys[anchor["kid"]] + "=="))
+        signed = f"itsm-audit-anchor:{anchor['from_seq']}:{line['seq']}:{line['hash']}".encode()
+        key.verify(base64.urlsafe_b64decode(anchor["signature"] + "=="), signed)  # raises InvalidSignature
+        assert anchor["from_seq"] == covered if covered is not None else anchor["from_seq"] <= lines[0]["seq"]
+        covered = line["seq"] + 1
+    assert covered == lines[-1]["seq"] + 1, "the export ends on an anchored record"
 
 
 async def test_export_streams_a_time_range_that_verifies_on_its_own(
@@ -182,7 +197,9 @@ async def test_export_streams_a_time_range_that_verifies_on_its_own(
         e["id"] for e in trio
     ]
     assert lines[0]["prev_hash"] == first["prev_hash"]
-    verify_export(lines)
+    keys = (await client.get("/api/v1/audit/anchor-keys", headers=auditor.headers)).json()
+    assert [k["current"] for k in keys] == [True] and len(base64.urlsafe_b64decode(keys[0]["public_key"] + "=")) == 32
+    verify_export(lines, {k["kid"]: k["public_key"] for k in keys})
     empty = await client.get(
         "/api/v1/audit/export",
         headers=auditor.headers,
@@ -206,12 +223,24 @@ async def test_verify_answers_ok_checked_and_first_bad_seq(
 
 
 @pytest.fixture
-async def replay_queue(amqp: aio_pika.abc.AbstractRobustConnection) -> Any:
+async def consumer_queue(amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any]) -> Any:
+    """problem's consumer queue of this session (ITSM_QUEUE_PREFIX + problem.incidents): a replay target."""
     channel = await amqp.channel()
-    queue = await channel.declare_queue(f"audit-replay-test-{uuid.uuid4().hex[:8]}", durable=True)
+    queue = await channel.declare_queue(f"{names['queue_prefix']}problem.incidents", durable=True)
     yield queue
     await channel.queue_delete(queue.name)
     await channel.close()
+
+
+async def drain(queue: Any, at_least: int = 0) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    for _ in range(100):
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            got.append(message)
+        if len(got) >= at_least:
+            break
+        await asyncio.sleep(0.05)
+    return got
 
 
 async def test_replay_republishes_a_range_with_the_original_ids(
@@ -220,23 +249,17 @@ async def test_replay_republishes_a_range_with_the_original_ids(
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
-    replay_queue: Any,
+    consumer_queue: Any,
 ) -> None:
     since = datetime.now(UTC) - timedelta(seconds=1)
     kind = "replay" + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:8])  # an entity of its own
     wanted = [event(f"{kind}.created"), event(f"{kind}.updated"), event(f"{kind}.deleted")]
     await published_and_stored(amqp, names, superuser, [wanted[0], event("incident.created"), *wanted[1:]])
-    body = {"queue": replay_queue.name, "type": f"{kind}.*", "since": since.isoformat()}
+    body = {"queue": "problem.incidents", "type": f"{kind}.*", "since": since.isoformat()}
     response = await client.post("/api/v1/audit/replay", headers=admin.headers, json=body)
     assert response.status_code == 200, response.text
-    assert response.json()["published"] == 3
-    got = []
-    for _ in range(100):
-        while (message := await replay_queue.get(no_ack=True, fail=False)) is not None:
-            got.append(message)
-        if len(got) >= 3:
-            break
-        await asyncio.sleep(0.05)
+    assert response.json()["published"] == 3 and response.json()["queue"] == "problem.incidents"
+    got = await drain(consumer_queue, 3)
     assert [m.message_id for m in got] == [e["id"] for e in wanted]  # in log order
     assert [json.loads(m.body) for m in got] == wanted
     assert {m.content_type for m in got} == {"application/cloudevents+json"}
@@ -247,7 +270,7 @@ async def test_replay_republishes_a_range_with_the_original_ids(
 async def test_replay_is_for_admins_and_needs_an_existing_queue(
     client: httpx.AsyncClient, admin: Actor, auditor: Actor
 ) -> None:
-    body = {"queue": f"no-such-queue-{uuid.uuid4().hex[:8]}"}
+    body = {"queue": "incident.problem-linked"}  # a consumer queue this session has not declared
     assert (await client.post("/api/v1/audit/replay", headers=auditor.headers, json=body)).status_code == 403
     missing = await client.post("/api/v1/audit/replay", headers=admin.headers, json=body)
     assert missing.status_code == 422 and "does not exist" in missing.json()["detail"]
@@ -255,3 +278,39 @@ async def test_replay_is_for_admins_and_needs_an_existing_queue(
     assert bad_type.status_code == 422
     extra = await client.post("/api/v1/audit/replay", headers=admin.headers, json={**body, "seq": 1})
     assert extra.status_code == 422
+
+
+@pytest.mark.parametrize("queue", ["ª§", "problem.incidents§", "Problem.incidents", "problem", "a.b.c", "", " " * 3])
+async def test_replay_refuses_a_queue_name_that_is_no_queue_name(
+    client: httpx.AsyncClient, admin: Actor, queue: str
+) -> None:
+    """Issue #11, finding 11 (found by schemathesis): a non-ASCII queue name was a 500."""
+    response = await client.post("/api/v1/audit/replay", headers=admin.headers, json={"queue": queue})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_replay_goes_only_to_the_services_consumer_queues(
+    client: httpx.AsyncClient,
+    admin: Actor,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    names: dict[str, Any],
+    superuser: asyncpg.Connection,
+) -> None:
+    """Issue #11, finding 11: replay published the stored events to any queue it was given, so an admin token
+    could feed the whole log (logins included) into a queue of anyone's choosing, or events of any type into a
+    queue whose consumer trusts what it gets. Now only the consumer queues of the table are targets."""
+    await published_and_stored(amqp, names, superuser, [event("incident.created")])
+    channel = await amqp.channel()
+    sink = await channel.declare_queue(f"sink{uuid.uuid4().hex[:8]}.events", durable=True)  # anyone's queue
+    try:
+        for queue in (sink.name, "audit.ingest", "auth.events"):
+            response = await client.post("/api/v1/audit/replay", headers=admin.headers, json={"queue": queue})
+            assert response.status_code == 422, (queue, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert "not a consumer queue" in response.json()["detail"]
+        await asyncio.sleep(0.2)
+        assert (await channel.declare_queue(sink.name, passive=True)).declaration_result.message_count == 0
+    finally:
+        await channel.queue_delete(sink.name)
+        await channel.close()

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from itsm_shared.settings import ServiceSettings
-from pydantic import model_validator
+from pydantic import SecretStr, field_validator, model_validator
 
 
 class AuditSettings(ServiceSettings):
@@ -19,6 +21,23 @@ class AuditSettings(ServiceSettings):
     audit_verify_chunk: int = 5000
     audit_export_chunk: int = 1000
     audit_replay_chunk: int = 500
+    # The anchor key (README, Audit): the Ed25519 private key (its 32-byte seed, URL-safe base64) that signs each
+    # batch appended to the chain. Given to this service only, in the environment or in a file; never to the
+    # database, the migration job or another service. The public halves of former keys (comma-separated, URL-safe
+    # base64) still verify the anchors those keys signed.
+    audit_anchor_key: SecretStr | None = None
+    audit_anchor_key_file: Path | None = None
+    audit_anchor_public_keys: str = ""
+    # Upgrading a log from before anchoring: sign records 1..N at start, once (N as the service logs it).
+    audit_anchor_adopt_through: int | None = None
+    # The queues a replay may publish to: the services' consumer queues (deploy/services.toml) without
+    # ITSM_QUEUE_PREFIX, comma-separated. The runner, compose and the chart set it from the table; empty: none.
+    audit_replay_queues: str = ""
+
+    @field_validator("audit_anchor_adopt_through", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _a_batch_fits_the_prefetch(self) -> AuditSettings:
@@ -27,6 +46,10 @@ class AuditSettings(ServiceSettings):
         if self.audit_batch_size < 1:
             raise ValueError("ITSM_AUDIT_BATCH_SIZE must be at least 1")
         return self
+
+    @property
+    def replay_queues(self) -> frozenset[str]:
+        return frozenset(q.strip() for q in self.audit_replay_queues.split(",") if q.strip())
 
 
 @lru_cache

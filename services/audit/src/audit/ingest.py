@@ -1,25 +1,33 @@
 """Storing events on the chain: what counts as an event, and appending a batch of them, in order, each event id
-once, in the caller's transaction (the batch consumer's, `itsm_shared.batches`; `audit.consumers`)."""
+once, with the batch's anchor (`audit.anchors`), in the caller's transaction (the batch consumer's,
+`itsm_shared.batches`; `audit.consumers`)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from itsm_shared.app import Runtime
 from itsm_shared.batches import Duplicate as Duplicate
 from itsm_shared.batches import Rejected
+from itsm_shared.db import transaction
 from itsm_shared.events import CloudEvent
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from audit.anchors import AnchorKeys, anchor_keys, reset_anchor_keys
 from audit.chain import GENESIS, canonical_json, format_received_at, record_hash
-from audit.errors import InvalidEvent
+from audit.config import get_settings
+from audit.errors import AnchorKeyError, InvalidEvent
+
+log = logging.getLogger(__name__)
 
 # Every writer of the chain, in any process, takes this transaction-scoped lock before reading the tail.
 CHAIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext('itsm.audit.chain'))"
@@ -122,17 +130,23 @@ _TAIL = text(
     LEFT JOIN LATERAL (SELECT seq, hash, received_at FROM audit_event ORDER BY seq DESC LIMIT 1) AS t ON true
     """
 )
+# The batch's records and its anchor, in one statement.
 _INSERT = text(
     """
-    INSERT INTO audit_event
-        (seq, event_id, type, source, subject, actor, correlation_id, time, received_at, event, prev_hash, hash)
-    SELECT r.seq, r.event_id, r.type, r.source, r.subject, r.actor, r.correlation_id, r.time, :received_at,
-           CAST(r.event AS jsonb), r.prev_hash, r.hash
-    FROM unnest(CAST(:seq AS bigint[]), CAST(:event_id AS uuid[]), CAST(:type AS text[]), CAST(:source AS text[]),
-                CAST(:subject AS text[]), CAST(:actor AS text[]), CAST(:correlation_id AS text[]),
-                CAST(:time AS timestamptz[]), CAST(:event AS text[]), CAST(:prev_hash AS text[]),
-                CAST(:hash AS text[]))
-         AS r(seq, event_id, type, source, subject, actor, correlation_id, time, event, prev_hash, hash)
+    WITH records AS (
+        INSERT INTO audit_event
+            (seq, event_id, type, source, subject, actor, correlation_id, time, received_at, event, prev_hash, hash)
+        SELECT r.seq, r.event_id, r.type, r.source, r.subject, r.actor, r.correlation_id, r.time, :received_at,
+               CAST(r.event AS jsonb), r.prev_hash, r.hash
+        FROM unnest(CAST(:seq AS bigint[]), CAST(:event_id AS uuid[]), CAST(:type AS text[]),
+                    CAST(:source AS text[]), CAST(:subject AS text[]), CAST(:actor AS text[]),
+                    CAST(:correlation_id AS text[]), CAST(:time AS timestamptz[]), CAST(:event AS text[]),
+                    CAST(:prev_hash AS text[]), CAST(:hash AS text[]))
+             AS r(seq, event_id, type, source, subject, actor, correlation_id, time, event, prev_hash, hash)
+        RETURNING 1
+    )
+    INSERT INTO audit_anchor (seq, from_seq, kid, signature)
+    VALUES (:anchor_seq, :anchor_from_seq, :anchor_kid, :anchor_signature)
     """
 )
 
@@ -188,15 +202,19 @@ async def _forms(session: AsyncSession, batch: Sequence[Incoming]) -> list[Form 
     return [form for form in forms if form is not None]
 
 
-async def store_batch(session: AsyncSession, batch: Sequence[Incoming]) -> list[Outcome]:
-    """Append the batch to the chain, in order, each event id once, in the caller's transaction: the caller
-    (the batch consumer) commits it and acknowledges the messages only after that commit. A refused document
-    costs a savepoint, never the caller's transaction."""
+async def store_batch(
+    session: AsyncSession, batch: Sequence[Incoming], keys: AnchorKeys | None = None
+) -> list[Outcome]:
+    """Append the batch to the chain, in order, each event id once, and sign what it appended (one anchor), in
+    the caller's transaction: the caller (the batch consumer) commits it and acknowledges the messages only
+    after that commit. A refused document costs a savepoint, never the caller's transaction. `keys`: the
+    process's anchor keys unless given."""
+    keys = anchor_keys() if keys is None else keys
     forms = await _forms(session, batch)
     try:
         # The savepoint is two round trips a batch; without it a refused document would abort the transaction.
         async with session.begin_nested():
-            return await _append(session, batch, forms)
+            return await _append(session, batch, forms, keys)
     except DBAPIError as exc:
         if not _is_data_exception(exc):
             raise
@@ -205,10 +223,12 @@ async def store_batch(session: AsyncSession, batch: Sequence[Incoming]) -> list[
     for i, checked in zip(plain, await _one_by_one(session, [batch[i].document for i in plain]), strict=True):
         if isinstance(checked, Unstorable):
             forms[i] = checked
-    return await _append(session, batch, forms)
+    return await _append(session, batch, forms, keys)
 
 
-async def _append(session: AsyncSession, batch: Sequence[Incoming], forms: list[Form | Unstorable]) -> list[Outcome]:
+async def _append(
+    session: AsyncSession, batch: Sequence[Incoming], forms: list[Form | Unstorable], keys: AnchorKeys
+) -> list[Outcome]:
     outcomes: list[Outcome] = [form if isinstance(form, Unstorable) else Duplicate() for form in forms]
     candidates = [i for i, form in enumerate(forms) if not isinstance(form, Unstorable)]
     await session.execute(text(CHAIN_LOCK))
@@ -237,5 +257,50 @@ async def _append(session: AsyncSession, batch: Sequence[Incoming], forms: list[
         outcomes[i] = Stored(seq)
         prev = digest
     if rows["seq"]:
-        await session.execute(_INSERT, {**rows, "received_at": received_at})
+        # The anchor signs this batch's stretch with the hash the chain has at its end (audit.anchors).
+        anchor = keys.sign(rows["seq"][0], rows["seq"][-1], rows["hash"][-1])
+        params = {
+            "anchor_seq": anchor.seq,
+            "anchor_from_seq": anchor.from_seq,
+            "anchor_kid": anchor.kid,
+            "anchor_signature": anchor.signature,
+        }
+        await session.execute(_INSERT, {**rows, "received_at": received_at, **params})
     return outcomes
+
+
+# ---------------------------------------------------------------- at start
+
+
+async def adopt_unanchored(session: AsyncSession, keys: AnchorKeys, through: int) -> bool:
+    """Sign records 1..`through` as one stretch, when no anchor covers any of them: the records of a log from
+    before anchoring (README, Audit, "Upgrading"). Asked for by whoever holds the key, once; nothing else ever
+    signs records the writer did not append itself. False when there was nothing to adopt."""
+    await session.execute(text(CHAIN_LOCK))
+    anchored = (
+        await session.execute(text("SELECT min(seq) FROM audit_anchor WHERE from_seq <= :n"), {"n": through})
+    ).scalar()
+    if anchored is not None:
+        log.info("ITSM_AUDIT_ANCHOR_ADOPT_THROUGH: records up to %s are anchored already; remove the setting", through)
+        return False
+    digest = (await session.execute(text("SELECT hash FROM audit_event WHERE seq = :n"), {"n": through})).scalar()
+    if digest is None:
+        raise AnchorKeyError(f"ITSM_AUDIT_ANCHOR_ADOPT_THROUGH={through}: there is no record {through}")
+    anchor = keys.sign(1, through, digest)
+    await session.execute(
+        text("INSERT INTO audit_anchor (seq, from_seq, kid, signature) VALUES (:seq, 1, :kid, :signature)"),
+        {"seq": through, "kid": anchor.kid, "signature": anchor.signature},
+    )
+    log.warning("signed records 1..%s, stored before anchoring, as one anchor; remove the setting now", through)
+    return True
+
+
+async def prepare(rt: Runtime) -> None:
+    """At start: refuse to run without a usable anchor key (`AnchorKeyError` says what to set), and adopt the
+    records of a log from before anchoring when asked to (ITSM_AUDIT_ANCHOR_ADOPT_THROUGH)."""
+    reset_anchor_keys()
+    keys = anchor_keys()
+    through = get_settings().audit_anchor_adopt_through
+    if through is not None:
+        async with transaction(rt.sessions) as session:
+            await adopt_unanchored(session, keys, through)

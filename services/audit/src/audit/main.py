@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from itsm_shared.app import ServiceSpec, create_app
 
-from audit import consumers
+from audit import consumers, ingest
 from audit.config import get_settings
 from audit.router import router
 
@@ -14,6 +14,7 @@ app = create_app(
         routers=[router],
         settings=get_settings(),
         consumers=consumers.register,
+        on_startup=[ingest.prepare],
         background=[consumers.run_ingest],
         outbox=False,
     )

@@ -1,6 +1,7 @@
-"""The audit log: one row per event, chained by hash, and the checkpoints of past verifications.
+"""The audit log: one row per event, chained by hash; the anchors that sign it (a key the database does not hold,
+`audit.anchors`); and the checkpoints of past verifications.
 
-Both tables are append-only: the service's role may SELECT and INSERT them, nothing else (granted in the
+All three tables are append-only: the service's role may SELECT and INSERT them, nothing else (granted in the
 migration), and triggers refuse UPDATE, DELETE and TRUNCATE to every role short of one that switches triggers
 off. Deliberately no shared outbox/inbox tables here: the audit service emits no events of its own (it publishes
 only what it parks and what an admin replays, both outside any transaction of its own) and needs no inbox, its
@@ -58,3 +59,15 @@ class AuditCheckpoint(SQLModel, table=True):
     verified_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )
+
+
+class AuditAnchor(SQLModel, table=True):
+    """One batch as the writer appended it: records `from_seq`..`seq`, and the Ed25519 signature (key `kid`) of
+    `itsm-audit-anchor:<from_seq>:<seq>:<hash of record seq>` (`audit.anchors`)."""
+
+    __tablename__ = "audit_anchor"
+
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    from_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    kid: str = Field(sa_column=Column(String(16), nullable=False))
+    signature: str = Field(sa_column=Column(Text, nullable=False))

@@ -1,5 +1,5 @@
-"""Reading the log: filters, the list, one record, the NDJSON export, and the chunked walk along `seq` that the
-export, verification and replay share."""
+"""Reading the log: filters, the list, one record, the NDJSON export (with the anchors), the anchor keys, and the
+chunked walk along `seq` that the export, verification and replay share."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from audit.anchors import anchor_keys
 from audit.chain import format_received_at
-from audit.models import AuditEvent
-from audit.schemas import TYPE_MATCH, EventFilter
+from audit.models import AuditAnchor, AuditEvent
+from audit.schemas import TYPE_MATCH, AnchorKeyRead, EventFilter
 
 SORTS = {"seq": col(AuditEvent.seq)}
 
@@ -157,26 +158,25 @@ async def seq_range(session: AsyncSession, since: datetime | None, until: dateti
     return int(first), int(last)
 
 
-ChunkQuery = Select[int, uuid.UUID, str, str | None, datetime, str, str, str]
-
-
-def _chunk_query(low: int, high: int, n: int, by_type: ColumnElement[bool] | None) -> ChunkQuery:
+def _chunk_query(
+    low: int, high: int, n: int, by_type: ColumnElement[bool] | None, anchors: bool
+) -> Select[tuple[Any, ...]]:
     seq = col(AuditEvent.seq)
-    stmt = (
-        sa_select(
-            seq,
-            col(AuditEvent.event_id),
-            col(AuditEvent.type),
-            col(AuditEvent.correlation_id),
-            col(AuditEvent.received_at),
-            cast(col(AuditEvent.event), Text).label("event"),
-            col(AuditEvent.prev_hash),
-            col(AuditEvent.hash),
-        )
-        .where(seq >= low, seq <= high)
-        .order_by(seq)
-        .limit(n)
-    )
+    columns: list[Any] = [
+        seq,
+        col(AuditEvent.event_id),
+        col(AuditEvent.type),
+        col(AuditEvent.correlation_id),
+        col(AuditEvent.received_at),
+        cast(col(AuditEvent.event), Text).label("event"),
+        col(AuditEvent.prev_hash),
+        col(AuditEvent.hash),
+    ]
+    if anchors:  # the anchor that ends at this record, if one does: (from_seq, kid, signature) or NULLs
+        columns += [col(AuditAnchor.from_seq), col(AuditAnchor.kid), col(AuditAnchor.signature)]
+    stmt = sa_select(*columns).where(seq >= low, seq <= high).order_by(seq).limit(n)
+    if anchors:
+        stmt = stmt.select_from(AuditEvent).outerjoin(AuditAnchor, col(AuditAnchor.seq) == seq)
     return stmt if by_type is None else stmt.where(by_type)
 
 
@@ -186,12 +186,15 @@ async def walk(
     high: int,
     chunk: int,
     by_type: ColumnElement[bool] | None = None,
+    *,
+    anchors: bool = False,
 ) -> AsyncIterator[Sequence[Row[Any]]]:
     """Rows low..high in seq order, `chunk` at a time, each chunk its own short query and connection: a slow
-    reader holds neither a transaction nor a pool connection between chunks."""
+    reader holds neither a transaction nor a pool connection between chunks. With `anchors`, each row also has
+    the anchor ending at it (`from_seq`, `kid`, `signature`; NULLs where none does)."""
     while low <= high:
         async with sessions() as session:
-            rows = (await session.execute(_chunk_query(low, high, chunk, by_type))).all()
+            rows = (await session.execute(_chunk_query(low, high, chunk, by_type, anchors))).all()
         if not rows:
             return
         yield rows
@@ -202,18 +205,19 @@ async def walk(
 
 
 def export_line(row: Row[Any]) -> bytes:
-    """One NDJSON line: exactly what the hash covers, with the hashes; `event` as stored, verbatim."""
-    head = json.dumps(
-        {
-            "seq": row.seq,
-            "event_id": str(row.event_id),
-            "received_at": format_received_at(row.received_at),
-            "prev_hash": row.prev_hash,
-            "hash": row.hash,
-        },
-        separators=(",", ":"),
-    )
-    return f'{head[:-1]},"event":{row.event}}}\n'.encode()
+    """One NDJSON line: exactly what the hash covers, with the hashes, and the anchor that ends at this record
+    when one does; `event` as stored, verbatim."""
+    head: dict[str, Any] = {
+        "seq": row.seq,
+        "event_id": str(row.event_id),
+        "received_at": format_received_at(row.received_at),
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    }
+    if row.signature is not None:
+        head["anchor"] = {"from_seq": row.from_seq, "kid": row.kid, "signature": row.signature}
+    text = json.dumps(head, separators=(",", ":"))
+    return f'{text[:-1]},"event":{row.event}}}\n'.encode()
 
 
 async def export(
@@ -223,5 +227,14 @@ async def export(
         bounds = await seq_range(session, since, until)
     if bounds is None:
         return
-    async for rows in walk(sessions, bounds[0], bounds[1], chunk):
+    async for rows in walk(sessions, bounds[0], bounds[1], chunk, anchors=True):
         yield b"".join(export_line(row) for row in rows)
+
+
+# ---------------------------------------------------------------- the anchor keys
+
+
+def anchor_key_list() -> list[AnchorKeyRead]:
+    """The public keys whose anchors verify: the one signing now first, then former ones still accepted."""
+    keys = anchor_keys().public_keys()
+    return [AnchorKeyRead(kid=kid, public_key=public, current=current) for kid, public, current in keys]

@@ -1,7 +1,11 @@
-"""Replay: republish a stretch of the log, verbatim, to an existing queue, so a new subscriber or a rebuilt read
+"""Replay: republish a stretch of the log, verbatim, to one of the services' consumer queues, so a rebuilt read
 model catches up. The one place the audit service publishes events (besides parking messages it cannot store):
 straight to the queue through the default exchange, with publisher confirms, from the admin's request. What it
-publishes is committed already, so there is no transaction for an outbox to tie it to."""
+publishes is committed already, so there is no transaction for an outbox to tie it to.
+
+Only the consumer queues of the table of services (deploy/services.toml, given as ITSM_AUDIT_REPLAY_QUEUES by the
+runner, compose and the chart) are targets: a replay cannot feed events to a queue of anyone's choosing. A replay
+goes around the queue's bindings, so each consumer checks the types it takes (itsm_shared.trust)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from audit.errors import QueueMissing
+from audit.errors import QueueMissing, QueueNotReplayable
 from audit.models import AuditEvent
 from audit.queries import seq_range, type_condition, walk
 from audit.schemas import ReplayRequest, ReplayResult
@@ -47,11 +51,17 @@ async def replay_events(
     amqp_url: str,
     request: ReplayRequest,
     chunk: int,
+    allowed: frozenset[str],
+    queue_prefix: str = "",
 ) -> ReplayResult:
-    """Republish the stored events of [since, until) (of a type or type prefix) to the existing queue, in seq
-    order, each with its own id as message id: a consumer that is idempotent on the id ignores what it has
-    already seen. 422 (`QueueMissing`) before anything is published when the queue does not exist."""
-    await ensure_queue_exists(amqp_url, request.queue)
+    """Republish the stored events of [since, until) (of a type or type prefix) to one of the `allowed` consumer
+    queues (named without `queue_prefix`), in seq order, each with its own id as message id: a consumer that is
+    idempotent on the id ignores what it has already seen. 422 before anything is published when the queue is
+    not one of them (`QueueNotReplayable`) or does not exist (`QueueMissing`)."""
+    if request.queue not in allowed:
+        raise QueueNotReplayable(request.queue, allowed)
+    queue = f"{queue_prefix}{request.queue}"
+    await ensure_queue_exists(amqp_url, queue)
     by_type = type_condition(request.type, col(AuditEvent.type)) if request.type else None
     async with sessions() as session:
         bounds = await seq_range(session, request.since, request.until)
@@ -62,11 +72,11 @@ async def replay_events(
     last: int | None = None
     async for rows in walk(sessions, bounds[0], bounds[1], chunk, by_type):
         # One channel publishes in the order calls reach it; the confirms of a chunk are awaited together.
-        await asyncio.gather(*(_republish(broker, request.queue, row) for row in rows))
+        await asyncio.gather(*(_republish(broker, queue, row) for row in rows))
         published += len(rows)
         first = rows[0].seq if first is None else first
         last = rows[-1].seq
-    log.info("replayed", extra={"queue": request.queue, "published": published, "first_seq": first, "last_seq": last})
+    log.info("replayed", extra={"queue": queue, "published": published, "first_seq": first, "last_seq": last})
     return ReplayResult(queue=request.queue, published=published, first_seq=first, last_seq=last)
 
 

@@ -1,4 +1,5 @@
-"""CONTRACT §7 behind /api/v1/audit: auditors and admins read, verify and export; admins replay."""
+"""CONTRACT §7 behind /api/v1/audit: auditors and admins read, verify, export and get the anchor keys; admins
+replay."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from audit import queries
 from audit.config import get_settings
 from audit.replay import replay_events
-from audit.schemas import AuditRecord, EventFilter, ReplayRequest, ReplayResult, SortOrder, TimeRange, VerifyResult
+from audit.schemas import (
+    AnchorKeyRead,
+    AuditRecord,
+    EventFilter,
+    ReplayRequest,
+    ReplayResult,
+    SortOrder,
+    TimeRange,
+    VerifyResult,
+)
 from audit.verify import verify_chain
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -78,22 +88,34 @@ async def export(sessions: Sessions, _: Reader, period: Annotated[TimeRange, Que
 @router.get("/verify", response_model=VerifyResult, summary="Walk the hash chain")
 async def verify(sessions: Sessions, _: Reader, full: bool = False) -> VerifyResult:
     """From the last checkpoint (a prefix an earlier walk found intact) to the newest record, or with
-    `full=true` from the first record. An intact walk appends a checkpoint at its end."""
+    `full=true` from the first record: every hash, every link, no seq missing, and every anchor's signature
+    (a key the database does not hold) with the anchors covering the chain end to end, so a rewrite with every
+    hash recomputed is found too. An intact walk appends a checkpoint at its end."""
     return await verify_chain(sessions, full=full, chunk=get_settings().audit_verify_chunk)
 
 
-@router.post("/replay", response_model=ReplayResult, summary="Republish stored events to a queue")
+@router.get("/anchor-keys", response_model=list[AnchorKeyRead], summary="The public keys of the anchors")
+async def anchor_keys(_: Reader) -> list[AnchorKeyRead]:
+    """The Ed25519 public keys that verify the anchors of the chain (the export carries them): the key signing
+    now first, then former keys still accepted. Pin them outside the system to check an export on your own."""
+    return queries.anchor_key_list()
+
+
+@router.post("/replay", response_model=ReplayResult, summary="Republish stored events to a consumer queue")
 async def replay(
     body: ReplayRequest, sessions: Sessions, _: Admin, runtime: Annotated[Runtime, Depends(_runtime)]
 ) -> ReplayResult:
     """Publishes the events received in [since, until) (of `type`, exact or a prefix like `incident.*`) to
-    the existing queue `queue` through the default exchange, in log order, persistent, each with its event id
-    as message id: a new subscriber or a rebuilt read model catches up, idempotent consumers skip what they
-    have. 422 if the queue does not exist."""
+    `queue`, one of the services' consumer queues (deploy/services.toml), through the default exchange, in log
+    order, persistent, each with its event id as message id: a rebuilt read model catches up, idempotent
+    consumers skip what they have. 422 if the queue is not a consumer queue or does not exist."""
+    settings = get_settings()
     return await replay_events(
         sessions,
         runtime.broker,
         amqp_url=runtime.settings.amqp_url,
         request=body,
-        chunk=get_settings().audit_replay_chunk,
+        chunk=settings.audit_replay_chunk,
+        allowed=settings.replay_queues,
+        queue_prefix=runtime.settings.queue_prefix,
     )

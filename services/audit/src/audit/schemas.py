@@ -96,13 +96,31 @@ class VerifyResult(BaseModel):
     reason: str | None = None
 
 
+# A consumer queue as the table of services names it (deploy/services.toml): `<service>.<purpose>`, ASCII.
+QUEUE_PATTERN = r"^[a-z][a-z0-9]*\.[a-z0-9-]+$"
+
+
 class ReplayRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    queue: str = Field(min_length=1, max_length=255, description="an existing queue; events go to it directly")
+    queue: str = Field(
+        min_length=3,
+        max_length=200,
+        pattern=QUEUE_PATTERN,
+        description="one of the services' consumer queues (deploy/services.toml, e.g. problem.incidents), without "
+        "ITSM_QUEUE_PREFIX; events go to it directly",
+    )
     since: AwareDatetime | None = None
     until: Until = None
     type: TypePattern | None = Field(default=None, description="an event type, or a prefix such as incident.*")
+
+
+class AnchorKeyRead(BaseModel):
+    """A public key that verifies anchors: pin it outside the system to check exports on your own."""
+
+    kid: str = Field(description="the first 16 hex digits of SHA-256 of the raw public key")
+    public_key: str = Field(description="the raw 32-byte Ed25519 public key, URL-safe base64 without padding")
+    current: bool = Field(description="whether it signs new anchors (the others signed earlier ones)")
 
 
 class ReplayResult(BaseModel):
