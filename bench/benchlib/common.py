@@ -4,6 +4,7 @@ tokens, scratch databases and exchanges, and cleanup."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -454,6 +455,8 @@ def bench_settings(run_dir: Path, **overrides: Any) -> stack_module.StackSetting
         "queue_prefix": f"itsm_bench_{token}.",
         "die_with_parent": True,
     }
+    if "broker_user_prefix" in {f.name for f in dataclasses.fields(stack_module.StackSettings)}:
+        values["broker_user_prefix"] = f"itsm_bench_{token}."  # one broker user per service, when the harness has them
     values.update(overrides)
     return stack_module.StackSettings.isolated(run_dir, **values)
 
