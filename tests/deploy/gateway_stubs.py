@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from fastapi.openapi.docs import get_swagger_ui_html
+from itsm_shared.docs import swagger_ui_html
 
 
 class StubServer(ThreadingHTTPServer):
@@ -70,8 +70,10 @@ class StubHandler(BaseHTTPRequestHandler):
                 self.server.in_flight -= 1
         if path.endswith("/docs"):
             openapi_url = path.removesuffix("/docs") + "/openapi.json"
-            html = get_swagger_ui_html(openapi_url=openapi_url, title=f"{self.server.service} docs")
-            self._reply(200, bytes(html.body), "text/html; charset=utf-8")
+            html = swagger_ui_html(
+                title=f"{self.server.service} docs", openapi_url=openapi_url, assets_url=path + "/assets"
+            )
+            self._reply(200, html.encode(), "text/html; charset=utf-8")
             return
         echo = {
             "service": self.server.service,

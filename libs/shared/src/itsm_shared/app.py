@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from faststream.rabbit import RabbitBroker
 from faststream.specification import AsyncAPI
 from sqlalchemy import text
@@ -23,6 +22,7 @@ from itsm_shared import faults
 from itsm_shared.auth import JWKSCache, KeySource, TokenVerifier
 from itsm_shared.broker import declare_dead_letter_queue, declare_topology, events_exchange, make_broker
 from itsm_shared.db import make_engine, session_factory
+from itsm_shared.docs import docs_router
 from itsm_shared.errors import install_error_handlers
 from itsm_shared.events import CloudEvent, routing_key
 from itsm_shared.observability import configure_logging, health_router, install_request_context
@@ -143,7 +143,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
                 await jwks.aclose()
             await engine.dispose()
 
-    app = FastAPI(title=spec.title, lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app = FastAPI(title=spec.title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
     install_request_context(app)
 
@@ -178,7 +178,8 @@ def _document_publications(rt: Runtime, publishes: Mapping[str, Any]) -> None:
 
 
 def _install_docs(app: FastAPI, spec: ServiceSpec) -> None:
-    """Docs and specs also under the API prefix, so they are reachable through the gateway."""
+    """Docs and specs also under the API prefix, so they are reachable through the gateway. The docs pages (`/docs`,
+    `<api_prefix>/docs`) serve Swagger UI's files themselves (itsm_shared.docs)."""
     docs = APIRouter(include_in_schema=False)
     openapi_path = f"{spec.api_prefix}/openapi.json"
 
@@ -186,9 +187,8 @@ def _install_docs(app: FastAPI, spec: ServiceSpec) -> None:
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @docs.get(f"{spec.api_prefix}/docs")
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=openapi_path, title=f"{spec.title} docs")
+    pages = {"/docs": "/openapi.json", f"{spec.api_prefix}/docs": openapi_path}
+    docs.include_router(docs_router(title=f"{spec.title} docs", pages=pages))
 
     async def asyncapi() -> JSONResponse:
         document = AsyncAPI(app.state.runtime.broker, title=f"{spec.title} events", version="1.0.0")

@@ -28,6 +28,8 @@ from typing import Annotated, Any, Protocol, Self
 import httpx
 import jwt
 from fastapi import Depends, Request
+from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2
 
 from itsm_shared.errors import Forbidden, Unauthorized, Unavailable
 
@@ -322,7 +324,36 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def current_principal(request: Request) -> Principal:
+# The token endpoint through the gateway (a URL relative to the API's origin, as Swagger UI and clients resolve it).
+TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 (a URL, not a secret)
+
+# How a client gets and sends a token, for the OpenAPI documents: every operation that depends on
+# `current_principal` lists these two (either will do), so Swagger UI has an Authorize button and generated clients
+# send the token. Neither checks anything (auto_error=False): `current_principal` reads and verifies the header.
+OAUTH2 = OAuth2(
+    flows=OAuthFlows(
+        password=OAuthFlowPassword(tokenUrl=TOKEN_URL, refreshUrl=TOKEN_URL),
+        clientCredentials=OAuthFlowClientCredentials(tokenUrl=TOKEN_URL),
+    ),
+    scheme_name="oauth2",
+    description="A user logs in with the password grant, a service client with client_credentials; either way the "
+    "access token is sent as `Authorization: Bearer <token>`. Roles come with the token, not as OAuth2 scopes.",
+    auto_error=False,
+)
+BEARER = HTTPBearer(
+    bearerFormat="JWT",
+    scheme_name="bearer",
+    description="An access token from `POST /api/v1/auth/token` (EdDSA-signed JWT, `typ` at+jwt).",
+    auto_error=False,
+)
+
+
+async def current_principal(
+    request: Request,
+    # Declared for the OpenAPI documents only (see OAUTH2): the header is read and verified below.
+    _oauth2: Annotated[str | None, Depends(OAUTH2)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+) -> Principal:
     verifier: TokenVerifier = request.app.state.verifier
     return await verifier.verify(bearer_token(request))
 
