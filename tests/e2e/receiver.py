@@ -25,6 +25,8 @@ class Answer:
     delay: float = 0.0
     body: bytes = b"ok"
     headers: tuple[tuple[str, str], ...] = ()
+    # Held until the event is set: the request stays in flight for as long as the test wants.
+    gate: threading.Event | None = None
 
 
 class Receiver:
@@ -48,6 +50,8 @@ class Receiver:
                     answer = script.popleft() if script else Answer()
                 if answer.delay:
                     time.sleep(answer.delay)
+                if answer.gate is not None:
+                    answer.gate.wait(timeout=120)
                 try:
                     self.send_response(answer.status)
                     for name, value in answer.headers:
