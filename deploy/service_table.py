@@ -23,6 +23,8 @@ JWKS_PATH = "/api/v1/auth/jwks.json"
 
 _NAME = re.compile(r"[a-z][a-z0-9]*")
 _PREFIX = re.compile(r"/api/v1/[a-z0-9-]+")
+# A well-known URI (RFC 8615) a service answers at the root: auth's RFC 8414 metadata. Never the first prefix.
+_WELL_KNOWN = re.compile(r"/\.well-known/[a-z0-9-]+")
 
 
 class TableError(ValueError):
@@ -88,8 +90,16 @@ def _check(service: Service, where: str) -> None:
         raise TableError(f"{where}: name {service.name!r} must be lowercase letters and digits")
     if not isinstance(service.port, int) or not 1024 <= service.port <= 65535:
         raise TableError(f"{where}: port {service.port!r} must be an integer from 1024 to 65535")
-    if not service.prefixes or not all(isinstance(p, str) and _PREFIX.fullmatch(p) for p in service.prefixes):
-        raise TableError(f"{where}: prefixes {list(service.prefixes)} must be /api/v1/<segment>, at least one")
+    first, *others = service.prefixes or ("",)
+    if not (
+        isinstance(first, str)
+        and _PREFIX.fullmatch(first)
+        and all(isinstance(p, str) and (_PREFIX.fullmatch(p) or _WELL_KNOWN.fullmatch(p)) for p in others)
+    ):
+        raise TableError(
+            f"{where}: prefixes {list(service.prefixes)} must be /api/v1/<segment>, at least one, first; "
+            "then /api/v1/<segment> or /.well-known/<name>"
+        )
     for queue in service.queues:
         # ARCHITECTURE.md: queues are named <consumer>.<purpose>.
         if not isinstance(queue, str) or not re.fullmatch(rf"{service.name}\.[a-z0-9-]+", queue):

@@ -315,6 +315,8 @@ class Stack:
             }
         )
         result.setdefault("ITSM_LOG_LEVEL", "INFO")
+        # The token issuer is the gateway's URL (RFC 8414 finds the metadata there; README, Auth), unless given.
+        result.setdefault("ITSM_JWT_ISSUER", s.gateway_url)
         # A fault point must be asked for explicitly on each start, never inherited.
         result.pop("ITSM_FAULT_POINT", None)
         if name == services.ISSUER and s.bootstrap_admin_password:

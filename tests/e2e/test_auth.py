@@ -43,13 +43,13 @@ async def new_user(http: httpx.AsyncClient, admin: str, roles: list[str]) -> str
 
 
 async def test_password_grant_token_verifies_with_an_independent_jose_library(
-    http: httpx.AsyncClient, admin: str
+    http: httpx.AsyncClient, admin: str, gateway: str
 ) -> None:
     jwks = (await http.get("/api/v1/auth/jwks.json")).json()
     keys = KeySet.import_key_set(jwks)
     decoded = jose_jwt.decode(admin, keys, algorithms=["EdDSA"])
     claims = jose_jwt.JWTClaimsRegistry(
-        iss={"essential": True, "value": "itsm-auth"},
+        iss={"essential": True, "value": gateway},  # the issuer is the gateway's URL (test_oauth.py)
         aud={"essential": True, "value": "itsm"},
         exp={"essential": True},
         sub={"essential": True},

@@ -77,6 +77,16 @@ capabilities:
 {{- printf "http://%s-%s:%v%s" .Values.name .Values.jwks.service $issuer.port .Values.jwks.path -}}
 {{- end -}}
 
+{{/* The token issuer, ITSM_JWT_ISSUER (README, Auth): gateway.publicUrl, else the gateway's host (https:// with tls,
+http:// without); neither set: empty, and the services keep their default. */}}
+{{- define "itsm.issuer" -}}
+{{- if .Values.gateway.publicUrl -}}
+{{- trimSuffix "/" .Values.gateway.publicUrl -}}
+{{- else if .Values.gateway.host -}}
+{{- printf "%s://%s" (ternary "https" "http" (not (empty .Values.gateway.tls))) .Values.gateway.host -}}
+{{- end -}}
+{{- end -}}
+
 {{/* An env entry read from a Secret: (list envName secretName key [optional]) */}}
 {{- define "itsm.secretEnv" -}}
 - name: {{ index . 0 }}

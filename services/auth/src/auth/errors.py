@@ -32,3 +32,8 @@ def invalid_grant(*, keeps_writes: bool = False) -> OAuthError:
 
 def invalid_request(parameter: str) -> OAuthError:
     return OAuthError("invalid_request", f"missing parameter: {parameter}")
+
+
+def invalid_client(description: str = "client authentication failed") -> OAuthError:
+    # RFC 6749 §5.2: 401 with WWW-Authenticate: Basic (the scheme the token endpoint accepts).
+    return OAuthError("invalid_client", description, status=401)

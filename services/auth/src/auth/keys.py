@@ -151,6 +151,7 @@ async def revoke_signing_key(session: AsyncSession, kid: str, actor: Principal) 
         type="auth.key_revoked",
         subject=kid,
         actor=actor.actor,
+        sequence=1,  # a key has no version; its revocation, after which it is gone, is the one event about it
         data={"kid": kid, "was_signing": was_signing, "replaced_by": replacement.kid if replacement else None},
     )
     await session.flush()

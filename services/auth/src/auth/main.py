@@ -11,7 +11,7 @@ from itsm_shared.db import transaction
 from auth import keys, security, tokens, users
 from auth.config import get_settings
 from auth.keys import DatabaseKeySource
-from auth.router import router
+from auth.router import router, well_known
 from auth.schemas import ClientRead, UserRead
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ app = create_app(
         name="auth",
         title="ITSM auth service",
         api_prefix="/api/v1/auth",
-        routers=[router],
+        routers=[router, well_known],
         settings=get_settings(),
         key_source=key_source,
         on_startup=[prepare],

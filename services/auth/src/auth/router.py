@@ -10,9 +10,11 @@ from itsm_shared.db import SessionDep
 from itsm_shared.http import IdempotencyKey, check_if_match, create_once, with_etag
 from itsm_shared.pagination import Limit, Page
 
-from auth import keys, tokens, users
+from auth import keys, metadata, tokens, users
 from auth.config import MAX_PASSWORD, get_settings
+from auth.errors import invalid_client
 from auth.schemas import (
+    MAX_AUTHORIZATION,
     MAX_CLIENT_ID,
     MAX_GRANT_TYPE,
     MAX_SCOPE,
@@ -24,6 +26,7 @@ from auth.schemas import (
     ClientRead,
     ClientUpdate,
     Me,
+    ServerMetadata,
     SigningKeyRead,
     TokenRequest,
     TokenResponse,
@@ -32,7 +35,9 @@ from auth.schemas import (
     UserUpdate,
 )
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+router = APIRouter(prefix=metadata.API_PREFIX, tags=["auth"])
+# RFC 8414 §3: at the root, where the issuer's URL puts it (the gateway routes it to this service).
+well_known = APIRouter(tags=["auth"])
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -44,6 +49,18 @@ def client_address(request: Request) -> str:
 
 
 ClientAddress = Annotated[str, Depends(client_address)]
+
+
+def authorization_header(request: Request) -> str | None:
+    """The Authorization header, for client authentication by HTTP Basic (tokens.basic_credentials). Read here
+    rather than declared as a header parameter: OpenAPI ignores a parameter named Authorization."""
+    value = request.headers.get("Authorization")
+    if value is not None and len(value) > MAX_AUTHORIZATION:
+        raise invalid_client("the Authorization header is too long")
+    return value
+
+
+Authorization = Annotated[str | None, Depends(authorization_header)]
 ClientId = Annotated[str, Path(max_length=MAX_CLIENT_ID, pattern=r"^[A-Za-z0-9_.-]+$")]
 Kid = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -52,6 +69,7 @@ Kid = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 async def token(
     session: SessionDep,
     address: ClientAddress,
+    authorization: Authorization,
     grant_type: Annotated[str, Form(max_length=MAX_GRANT_TYPE)],
     username: Annotated[str | None, Form(max_length=MAX_USERNAME)] = None,
     password: Annotated[str | None, Form(max_length=MAX_PASSWORD)] = None,
@@ -68,6 +86,7 @@ async def token(
         refresh_token=refresh_token,
         client_id=client_id,
         client_secret=client_secret,
+        authorization=authorization,
     )
     result = await tokens.issue_token(session, get_settings(), form, address)
     return JSONResponse(result.model_dump(exclude_none=True), headers=NO_STORE)
@@ -81,6 +100,14 @@ async def revoke(
 ) -> Response:
     await tokens.revoke(session, token)
     return Response(status_code=200, headers=NO_STORE)
+
+
+@well_known.get(
+    metadata.WELL_KNOWN_PATH, response_model=ServerMetadata, summary="Authorization server metadata (RFC 8414)"
+)
+async def server_metadata(request: Request) -> JSONResponse:
+    document = metadata.server_metadata(get_settings(), str(request.base_url))
+    return JSONResponse(document.model_dump(), headers={"Cache-Control": "public, max-age=300"})
 
 
 @router.get("/jwks.json", summary="Public signing keys (RFC 7517)")

@@ -16,6 +16,8 @@ MAX_SECRET = 256  # client secrets and refresh tokens are 43 characters
 MAX_TOKEN = 4096  # /revoke takes refresh tokens, or an access token (a JWT of about 700 characters)
 MAX_SCOPE = 1024
 MAX_GRANT_TYPE = 64
+# An Authorization header of HTTP Basic client credentials: the client_id and secret above, form-urlencoded, base64.
+MAX_AUTHORIZATION = 2048
 
 Username = Annotated[str, StringConstraints(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
 Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
@@ -112,6 +114,8 @@ class TokenRequest(BaseModel):
     refresh_token: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    # The Authorization header as sent: client authentication by HTTP Basic (RFC 6749 §2.3.1).
+    authorization: str | None = None
 
 
 class TokenResponse(BaseModel):
@@ -136,3 +140,21 @@ class SigningKeyRead(BaseModel):
     created_at: datetime | None
     retire_at: datetime | None
     signing: bool
+
+
+class ServerMetadata(BaseModel):
+    """RFC 8414 authorization server metadata (`/.well-known/oauth-authorization-server`)."""
+
+    issuer: str = Field(description="the `iss` of every access token (ITSM_JWT_ISSUER)")
+    token_endpoint: str
+    revocation_endpoint: str
+    jwks_uri: str
+    grant_types_supported: list[str]
+    # No authorization endpoint, hence no response type (REQUIRED by RFC 8414, so present, and empty).
+    response_types_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    revocation_endpoint_auth_methods_supported: list[str]
+    access_token_signing_alg_values_supported: list[str] = Field(
+        description="the JWS algorithms of the access tokens (an extension: RFC 8414 registers none for them)"
+    )
+    service_documentation: str

@@ -15,10 +15,13 @@ refresh survive the revocation of its family)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote_plus
 
 from itsm_shared import outbox
 from itsm_shared.events import SYSTEM_ACTOR, new_event
@@ -28,9 +31,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from auth import keys, security
 from auth.config import SERVICE, AuthSettings
-from auth.errors import OAuthError, invalid_grant, invalid_request
+from auth.errors import OAuthError, invalid_client, invalid_grant, invalid_request
 from auth.models import LoginThrottle, RefreshToken, ServiceClient, User
-from auth.schemas import TokenRequest, TokenResponse
+from auth.schemas import MAX_CLIENT_ID, MAX_SECRET, TokenRequest, TokenResponse
+
+GRANT_TYPES = ("password", "refresh_token", "client_credentials")
+# RFC 7591 names; `none`: the password and refresh grants of public clients, which do not authenticate.
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 
 
 def _required(value: str | None, name: str) -> str:
@@ -42,17 +49,63 @@ def _required(value: str | None, name: str) -> str:
 async def issue_token(
     session: AsyncSession, settings: AuthSettings, form: TokenRequest, client_address: str
 ) -> TokenResponse:
-    """The token endpoint: the grant the form names, with the parameters that grant requires."""
+    """The token endpoint: the grant the form names, with the parameters that grant requires. Client credentials
+    (HTTP Basic or the form) are taken first; only the client_credentials grant is open to service clients."""
+    credentials = client_credentials(form)
+    if form.grant_type not in GRANT_TYPES:
+        raise OAuthError("unsupported_grant_type", f"grant_type {form.grant_type!r} is not supported")
+    if form.grant_type == "client_credentials":
+        if credentials is None:
+            raise invalid_client("client authentication required: HTTP Basic, or client_id and client_secret")
+        return await client_credentials_grant(session, settings, *credentials)
+    if credentials is not None:
+        # Users' grants are for public clients: a refresh token is not bound to a client (RFC 6749 §6 would want
+        # it bound to one that authenticated), and service clients are registered for client_credentials only.
+        await authenticate_client(session, *credentials)
+        raise OAuthError("unauthorized_client", f"this client may not use the {form.grant_type} grant")
     if form.grant_type == "password":
         username, password = _required(form.username, "username"), _required(form.password, "password")
         return await password_grant(session, settings, username, password, client_address)
-    if form.grant_type == "refresh_token":
-        return await refresh_grant(session, settings, _required(form.refresh_token, "refresh_token"))
-    if form.grant_type == "client_credentials":
-        return await client_credentials_grant(
-            session, settings, _required(form.client_id, "client_id"), _required(form.client_secret, "client_secret")
-        )
-    raise OAuthError("unsupported_grant_type", f"grant_type {form.grant_type!r} is not supported")
+    return await refresh_grant(session, settings, _required(form.refresh_token, "refresh_token"))
+
+
+def basic_credentials(authorization: str | None) -> tuple[str, str] | None:
+    """RFC 6749 §2.3.1 (client_secret_basic): `Basic base64(urlencode(client_id) ":" urlencode(secret))`. None
+    without the header; a header that is not Basic, or not decodable, fails client authentication."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise invalid_client("unsupported client authentication: use HTTP Basic, or the form (client_secret_post)")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise invalid_client("malformed HTTP Basic credentials") from exc
+    raw_id, colon, raw_secret = decoded.partition(":")
+    if not colon:
+        raise invalid_client("malformed HTTP Basic credentials: no colon")
+    client_id, secret = unquote_plus(raw_id), unquote_plus(raw_secret)
+    if len(client_id) > MAX_CLIENT_ID or len(secret) > MAX_SECRET:
+        raise invalid_client("malformed HTTP Basic credentials: too long")
+    return client_id, secret
+
+
+def client_credentials(form: TokenRequest) -> tuple[str, str] | None:
+    """The (client_id, secret) the client authenticates with, by HTTP Basic or in the form, else None: a public
+    client. One method per request (RFC 6749 §2.3). An empty user-id or password in the Basic header is no
+    authentication (Swagger UI sends `Basic Og==`, an empty pair, with a password grant); a client_id without a
+    secret only names a client."""
+    basic = basic_credentials(form.authorization)
+    body_id, body_secret = form.client_id or None, form.client_secret or None
+    if body_secret is not None and body_id is None:
+        raise invalid_request("client_id")
+    if basic is None or not basic[0] or not basic[1]:
+        return (body_id, body_secret) if body_id is not None and body_secret is not None else None
+    if body_secret is not None:
+        raise OAuthError("invalid_request", "client credentials in both the Authorization header and the form")
+    if body_id is not None and body_id != basic[0]:
+        raise OAuthError("invalid_request", "client_id differs from the client of the Authorization header")
+    return basic
 
 
 def client_address(forwarded_for: str | None, peer: str | None, depth: int) -> str:
@@ -112,13 +165,16 @@ async def _issue_refresh(
 
 
 def _login_event(action: str, user: User | None, account_key: str, address: str, **data: Any) -> dict[str, Any]:
-    # A name that is no account is recorded only as its keyed hash: it may be a password typed in the wrong box.
+    """A login event about the user: `sequence` is the user's version when it happened (a login changes no field of
+    the user, so it repeats that version). A name that is no account is recorded only as its keyed hash, which is
+    then the subject, at version 0 (no account): it may be a password typed in the wrong box."""
     who = {"user_id": str(user.id), "username": user.username} if user else {"user_id": None, "username": None}
     return new_event(
         service=SERVICE,
         type=f"auth.{action}",
-        subject=user.id if user else None,
+        subject=user.id if user else account_key,
         actor=str(user.id) if user else SYSTEM_ACTOR,
+        sequence=user.version if user else 0,
         data={**who, "username_hmac": account_key, "client_address": address, **data},
     )
 
@@ -293,12 +349,14 @@ async def _refresh_token_row(session: AsyncSession, token: str) -> tuple[Refresh
     return (row, user) if row is not None else None
 
 
-def _revoked_event(row: RefreshToken, *, actor: str, reason: str, revoked: int) -> dict[str, Any]:
+def _revoked_event(row: RefreshToken, user: User | None, *, actor: str, reason: str, revoked: int) -> dict[str, Any]:
+    """About the user whose tokens they were, at the user's version (the user's row is locked: tokens.py)."""
     return new_event(
         service=SERVICE,
         type="auth.token_revoked",
         subject=row.user_id,
         actor=actor,
+        sequence=user.version if user is not None else 0,
         data={"user_id": str(row.user_id), "family_id": str(row.family_id), "reason": reason, "revoked": revoked},
     )
 
@@ -312,7 +370,7 @@ async def refresh_grant(session: AsyncSession, settings: AuthSettings, token: st
         # A spent token came back: someone holds a copy. End the whole family (ASVS 10.4.5), and keep it ended.
         revoked = await _revoke_family(session, row.family_id)
         await outbox.append(
-            session, _revoked_event(row, actor=SYSTEM_ACTOR, reason="refresh_token_reuse", revoked=revoked)
+            session, _revoked_event(row, user, actor=SYSTEM_ACTOR, reason="refresh_token_reuse", revoked=revoked)
         )
         raise invalid_grant(keeps_writes=True)
     if row.revoked_at is not None:
@@ -334,13 +392,19 @@ async def refresh_grant(session: AsyncSession, settings: AuthSettings, token: st
     )
 
 
-async def client_credentials_grant(
-    session: AsyncSession, settings: AuthSettings, client_id: str, secret: str
-) -> TokenResponse:
+async def authenticate_client(session: AsyncSession, client_id: str, secret: str) -> ServiceClient:
+    """The active service client whose secret this is; else 401 invalid_client (unknown, wrong or disabled alike)."""
     client = (await session.exec(select(ServiceClient).where(ServiceClient.client_id == client_id))).first()
     valid, _ = await security.verify_password(secret, client.secret_hash if client else None)
     if client is None or not valid or not client.active:
-        raise OAuthError("invalid_client", "client authentication failed", status=401)
+        raise invalid_client()
+    return client
+
+
+async def client_credentials_grant(
+    session: AsyncSession, settings: AuthSettings, client_id: str, secret: str
+) -> TokenResponse:
+    client = await authenticate_client(session, client_id, secret)
     access = await _access_token(
         session, settings, subject=client.id, roles=client.roles, kind="client", name=client.client_id
     )
@@ -354,7 +418,9 @@ async def revoke(session: AsyncSession, token: str) -> None:
     found = await _refresh_token_row(session, token)
     if found is None:
         return
-    row, _ = found
+    row, user = found
     revoked = await _revoke_family(session, row.family_id)
     if revoked:
-        await outbox.append(session, _revoked_event(row, actor=str(row.user_id), reason="revoked", revoked=revoked))
+        await outbox.append(
+            session, _revoked_event(row, user, actor=str(row.user_id), reason="revoked", revoked=revoked)
+        )

@@ -166,6 +166,7 @@ async def unlock_user(session: AsyncSession, user: User, actor: Principal) -> Us
             type="auth.user_unlocked",
             subject=user.id,
             actor=actor.actor,
+            sequence=user.version,  # an unlock changes no field of the user: its version as it stands
             data={"user_id": str(user.id), "username": user.username, "addresses": cleared},
         )
     return user_view(user, locked=False)
