@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from itsm_shared import faults
+from itsm_shared import faults, trust
 from itsm_shared.batches import BatchConsumer, cloud_events
 from itsm_shared.broker import make_broker
 from itsm_shared.db import make_engine, session_factory
@@ -42,6 +42,9 @@ def event_id(event: Event) -> uuid.UUID:
 
 
 async def main(queue: str, routing_key: str, max_batch: int) -> None:
+    from support import SERVICE, SERVICE_ROLE  # run as a script: its directory is on sys.path
+
+    trust.ROLES[SERVICE] = SERVICE_ROLE  # as the tests' conftest: the test service publishes any routing key
     settings = ServiceSettings()
     faults.arm(settings.fault_point)
     engine = make_engine(settings.database_url, pool_size=2)

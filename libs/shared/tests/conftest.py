@@ -3,33 +3,48 @@
 The session gets a database of its own, built by the auth service's real migrations (they carry exactly the
 shared tables, outbox / inbox / idempotency_key, plus auth's own), and is used through the `auth_app` login role
 as a running service would. Exchanges and queues carry this session's own names and are deleted at the end.
+Test events come from the service `shared` (support.SERVICE), which may publish any routing key: the tests
+publish them as its broker user (`publisher`), created for the session like the services' (`broker_users`).
 Nothing waits by sleeping: `eventually` (itsm_shared.testing) polls a condition until a deadline, and `listen`
 (the `itsm` pytest plugin) opens `EventProbe`s on the session's exchange.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from faststream.rabbit import RabbitBroker
+from itsm_shared import trust
 from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make_broker, unrouted_name
 from itsm_shared.db import make_engine, session_factory
 from itsm_shared.events import CloudEvent
 from itsm_shared.inbox import subscribe
 from itsm_shared.outbox import OutboxRelay
 from itsm_shared.settings import ServiceSettings
-from itsm_shared.testing import TestDatabase, create_database, drop_database, infrastructure, migrate, test_names
+from itsm_shared.testing import (
+    BrokerUsers,
+    TestDatabase,
+    create_broker_users,
+    create_database,
+    drop_database,
+    infrastructure,
+    migrate,
+    session_topology,
+    test_names,
+)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import SERVICE, Handler
+from .support import SERVICE, SERVICE_ROLE
 
 # SQLModel nags on every AsyncSession.execute(); here it runs Core statements and text(), which is what it is for.
 SQLMODEL_EXECUTE_NOTICE = r"ignore:\s*\W*\s*You probably want to use `session.exec\(\)`:DeprecationWarning"
@@ -67,11 +82,29 @@ def names() -> dict[str, Any]:
     return test_names()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_role() -> Iterator[None]:
+    """The test service `shared` publishes any routing key (batch_worker.py says the same in its process)."""
+    with mock.patch.dict(trust.ROLES, {SERVICE: SERVICE_ROLE}):
+        yield
+
+
+@pytest.fixture(scope="session")
+async def broker_users(infra: tuple[str, str], names: dict[str, Any]) -> AsyncIterator[BrokerUsers]:
+    """This session's broker users: `shared`, and the services' (for the attacks on the trust checks)."""
+    users = await create_broker_users(
+        infra[1], session_topology(names), [*trust.ROLES, SERVICE], {SERVICE: SERVICE_ROLE}
+    )
+    yield users
+    await asyncio.to_thread(users.delete)
+
+
 @pytest.fixture(scope="session")
 def settings(database: TestDatabase, infra: tuple[str, str], names: dict[str, Any]) -> ServiceSettings:
     return ServiceSettings(
         database_url=database.app_url("auth"),
         amqp_url=infra[1],
+        broker_user_prefix=names["queue_prefix"],
         exchange=names["exchange"],
         dead_letter_exchange=names["dead_letter_exchange"],
         outbox_sweep_seconds=0.2,
@@ -96,6 +129,14 @@ async def amqp(infra: tuple[str, str]) -> AsyncIterator[AbstractRobustConnection
     conn = await aio_pika.connect_robust(infra[1])
     yield conn
     await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def publisher(broker_users: BrokerUsers, broker: RabbitBroker) -> AsyncIterator[AbstractChannel]:
+    """A confirming channel as the `shared` service's broker user (test_inbox.publish sets its user_id)."""
+    connection = await aio_pika.connect_robust(broker_users.url(SERVICE))
+    yield await connection.channel(publisher_confirms=True)
+    await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -170,15 +211,16 @@ async def relays(
 @pytest.fixture
 async def consumers(
     settings: ServiceSettings, broker: RabbitBroker, amqp: AbstractRobustConnection
-) -> AsyncIterator[Callable[[list[tuple[str, str, Handler]]], Awaitable[RabbitBroker]]]:
-    """Start a consuming broker the way app.py does (subscribe, connect, topology, DLQs, start)."""
+) -> AsyncIterator[Callable[[list[tuple[Any, ...]]], Awaitable[RabbitBroker]]]:
+    """Start a consuming broker the way app.py does (subscribe, connect, topology, DLQs, start). Each subscription
+    is (queue, routing key, handler), or with the one publisher the queue takes as a fourth."""
     brokers: list[RabbitBroker] = []
     queues: list[str] = []
 
-    async def start(subscriptions: list[tuple[str, str, Handler]]) -> RabbitBroker:
+    async def start(subscriptions: list[tuple[Any, ...]]) -> RabbitBroker:
         b = make_broker(settings)
         brokers.append(b)
-        for queue, routing_key, handler in subscriptions:
+        for queue, routing_key, handler, *publisher in subscriptions:
             queues.append(queue)
             subscribe(
                 b,
@@ -187,10 +229,11 @@ async def consumers(
                 routing_key=routing_key,
                 event_model=CloudEvent[dict[str, Any]],
                 handler=handler,
+                publisher=publisher[0] if publisher else None,
             )
         await b.connect()
         await declare_topology(b, settings)
-        for queue, _, _ in subscriptions:
+        for queue in queues[-len(subscriptions) :]:
             await declare_dead_letter_queue(b, settings, queue)
         await b.start()
         return b

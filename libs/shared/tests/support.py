@@ -8,10 +8,13 @@ from typing import Any
 
 from itsm_shared.events import CloudEvent
 from itsm_shared.outbox import append
+from itsm_shared.trust import EVERYTHING, Role
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 SERVICE = "shared"  # events below come from /itsm/shared; relays listen on itsm_outbox_shared
+# The test service's role in the trust table (conftest.shared_role): it publishes, and binds, any routing key.
+SERVICE_ROLE = Role(publishes=(EVERYTHING,), binds=(EVERYTHING,))
 Handler = Callable[[CloudEvent[dict[str, Any]]], Awaitable[None]]
 
 

@@ -220,6 +220,7 @@ async def test_claim_all_returns_only_the_unseen_ids_in_one_statement(
 async def test_a_batch_commits_once_and_duplicates_are_skipped(
     batch_consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     sessions: async_sessionmaker[AsyncSession],
     names: dict[str, Any],
@@ -233,8 +234,8 @@ async def test_a_batch_commits_once_and_duplicates_are_skipped(
 
     _, consumed = await batch_consumers(queue, "batched.*", handle, max_batch=25, max_wait=0.3)
     events = [named(names, "batched", n) for n in range(40)]
-    await publish_all(channel, settings, events + events[:10])  # the first ten twice, in later batches
-    await publish_all(channel, settings, [events[20]] * 2)  # and one twice more, back to back
+    await publish_all(publisher, settings, events + events[:10])  # the first ten twice, in later batches
+    await publish_all(publisher, settings, [events[20]] * 2)  # and one twice more, back to back
     wanted = [e["data"]["name"] for e in events]
     found = await all_applied(sessions, wanted)
     await eventually(lambda: _settled(consumed, 52), what="every delivery settled")
@@ -254,6 +255,7 @@ async def _settled(consumed: Consumed, count: int) -> bool:
 async def test_a_poison_message_is_parked_while_the_rest_of_its_batch_commits(
     batch_consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     sessions: async_sessionmaker[AsyncSession],
     names: dict[str, Any],
@@ -277,7 +279,7 @@ async def test_a_poison_message_is_parked_while_the_rest_of_its_batch_commits(
     too_long = named(names, "poison", 99, name="x" * 100)  # user_account.username is varchar(64)
     permanent = named(names, "poison", 98, permanent=True)
     rejected = named(names, "poison", 97, reject=True)
-    await publish_all(channel, settings, [*good[:4], too_long, *good[4:8], permanent, *good[8:], rejected])
+    await publish_all(publisher, settings, [*good[:4], too_long, *good[4:8], permanent, *good[8:], rejected])
     wanted = [e["data"]["name"] for e in good]
     await all_applied(sessions, wanted)
     dead = {m.message_id: m for m in await parked(channel, queue, 3)}
@@ -302,6 +304,7 @@ async def test_a_poison_message_is_parked_while_the_rest_of_its_batch_commits(
 async def test_invalid_messages_are_parked_and_the_batch_goes_on(
     batch_consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     sessions: async_sessionmaker[AsyncSession],
     names: dict[str, Any],
@@ -309,8 +312,8 @@ async def test_invalid_messages_are_parked_and_the_batch_goes_on(
     queue = queue_name(names, "invalid")
     await batch_consumers(queue, "invalid.*", record_events, max_batch=10, max_wait=0.2)
     good = [named(names, "invalid", n) for n in range(3)]
-    await publish(channel, settings, b"{not json", "invalid.created", message_id="bad-1")
-    await publish_all(channel, settings, good)
+    await publish(publisher, settings, b"{not json", "invalid.created", message_id="bad-1")
+    await publish_all(publisher, settings, good)
     await all_applied(sessions, [e["data"]["name"] for e in good])
     (dead,) = await parked(channel, queue, 1)
     assert dead.message_id == "bad-1" and dead.body == b"{not json"
@@ -332,6 +335,7 @@ class Outage:
 async def test_a_database_outage_is_retried_in_place_without_losing_or_duplicating(
     batch_consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     sessions: async_sessionmaker[AsyncSession],
     database: Database,
@@ -346,7 +350,7 @@ async def test_a_database_outage_is_retried_in_place_without_losing_or_duplicati
             queue, "outage.*", record_events, with_sessions=session_factory(engine), retry_max_seconds=0.3
         )
         before = [named(names, "outage", n) for n in range(5)]
-        await publish_all(channel, settings, before)
+        await publish_all(publisher, settings, before)
         await all_applied(sessions, [e["data"]["name"] for e in before])
         outage.down = True
         admin = await asyncpg.connect(asyncpg_dsn(database.admin_url))
@@ -357,7 +361,7 @@ async def test_a_database_outage_is_retried_in_place_without_losing_or_duplicati
         finally:
             await admin.close()
         during = [named(names, "outage", n) for n in range(5, 25)]
-        await publish_all(channel, settings, during)
+        await publish_all(publisher, settings, during)
         await asyncio.sleep(3)  # retried in place meanwhile, at most 0.3 s apart
         assert await effects(sessions, [e["data"]["name"] for e in during]) == {}
         assert (REGISTRY.get_sample_value("itsm_consumer_batch_retries_total", {"queue": queue}) or 0) >= 3
@@ -377,6 +381,7 @@ async def test_killed_between_commit_and_ack_the_redeliveries_change_nothing(
     batch_consumers: Start,
     broker: RabbitBroker,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     sessions: async_sessionmaker[AsyncSession],
     names: dict[str, Any],
@@ -388,11 +393,12 @@ async def test_killed_between_commit_and_ack_the_redeliveries_change_nothing(
     await declared.bind(settings.exchange, routing_key="killed.*")
     await declare_dead_letter_queue(broker, settings, queue)
     events = [named(names, "killed", n) for n in range(30)]
-    await publish_all(channel, settings, events)
+    await publish_all(publisher, settings, events)
     env = {
         **os.environ,
         "ITSM_DATABASE_URL": settings.database_url,
         "ITSM_AMQP_URL": settings.amqp_url,
+        "ITSM_BROKER_USER_PREFIX": settings.broker_user_prefix,
         "ITSM_EXCHANGE": settings.exchange,
         "ITSM_DEAD_LETTER_EXCHANGE": settings.dead_letter_exchange,
         "ITSM_CONSUMER_DELIVERY_LIMIT": str(settings.consumer_delivery_limit),

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import Handler
+from .support import SERVICE, Handler
 
 Start = Callable[[list[tuple[str, str, Handler]]], Awaitable[RabbitBroker]]
 Event = CloudEvent[dict[str, Any]]
@@ -32,6 +32,7 @@ def queue_name(names: dict[str, Any], what: str) -> str:
 async def publish(
     channel: AbstractChannel, settings: ServiceSettings, body: bytes, routing_key: str, message_id: str | None = None
 ) -> None:
+    """Publish as the test service does: `channel` is the `publisher` fixture's (its broker user), user_id set."""
     exchange = await channel.get_exchange(settings.exchange)
     await exchange.publish(
         aio_pika.Message(
@@ -39,6 +40,7 @@ async def publish(
             message_id=message_id or str(uuid.uuid4()),
             content_type=CLOUDEVENTS_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=f"{settings.broker_user_prefix}{SERVICE}",
         ),
         routing_key=routing_key,
     )
@@ -132,6 +134,7 @@ async def test_handle_once_runs_the_effect_once_even_concurrently(sessions: asyn
 async def test_the_same_event_delivered_twice_has_one_effect(
     consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     sessions: async_sessionmaker[AsyncSession],
     names: dict[str, Any],
@@ -146,7 +149,7 @@ async def test_the_same_event_delivered_twice_has_one_effect(
     await consumers([(queue, "dup.*", handler)])
     event = new_event(service="shared", type="dup.created", subject=uuid.uuid4(), data={"n": 1})
     for _ in range(2):
-        await publish(channel, settings, encoded(event), "dup.created", message_id=event["id"])
+        await publish(publisher, settings, encoded(event), "dup.created", message_id=event["id"])
 
     async def both_handled() -> bool:
         return len(deliveries) == 2
@@ -159,6 +162,7 @@ async def test_the_same_event_delivered_twice_has_one_effect(
 async def test_malformed_messages_are_parked_and_the_queue_keeps_flowing(
     consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     names: dict[str, Any],
 ) -> None:
@@ -173,11 +177,11 @@ async def test_malformed_messages_are_parked_and_the_queue_keeps_flowing(
     not_a_cloudevent = json.dumps({"hello": "world", "type": "itsm.malformed.created"}).encode()
     wrong_type = new_event(service="shared", type="Malformed.Created", subject=None, data={})
     valid = [new_event(service="shared", type="malformed.created", subject=None, data={"n": n}) for n in range(2)]
-    await publish(channel, settings, not_json, "malformed.created", message_id="bad-1")
-    await publish(channel, settings, not_a_cloudevent, "malformed.created", message_id="bad-2")
-    await publish(channel, settings, encoded(wrong_type), "malformed.created", message_id="bad-3")
+    await publish(publisher, settings, not_json, "malformed.created", message_id="bad-1")
+    await publish(publisher, settings, not_a_cloudevent, "malformed.created", message_id="bad-2")
+    await publish(publisher, settings, encoded(wrong_type), "malformed.created", message_id="bad-3")
     for e in valid:
-        await publish(channel, settings, encoded(e), "malformed.created", message_id=e["id"])
+        await publish(publisher, settings, encoded(e), "malformed.created", message_id=e["id"])
 
     async def valid_handled() -> bool:
         return len(handled) == 2
@@ -197,6 +201,7 @@ async def test_malformed_messages_are_parked_and_the_queue_keeps_flowing(
 async def test_permanent_error_parks_at_once(
     consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     names: dict[str, Any],
 ) -> None:
@@ -211,8 +216,8 @@ async def test_permanent_error_parks_at_once(
     await consumers([(queue, "permanent.*", handler)])
     poison = new_event(service="shared", type="permanent.created", subject=None, data={"poison": True})
     fine = new_event(service="shared", type="permanent.created", subject=None, data={})
-    await publish(channel, settings, encoded(poison), "permanent.created", message_id=poison["id"])
-    await publish(channel, settings, encoded(fine), "permanent.created", message_id=fine["id"])
+    await publish(publisher, settings, encoded(poison), "permanent.created", message_id=poison["id"])
+    await publish(publisher, settings, encoded(fine), "permanent.created", message_id=fine["id"])
 
     (dead,) = await parked(channel, queue, 1)
     assert dead.message_id == poison["id"]
@@ -229,6 +234,7 @@ async def test_permanent_error_parks_at_once(
 async def test_failing_handler_is_redelivered_then_parked_at_the_delivery_limit(
     consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     names: dict[str, Any],
 ) -> None:
@@ -248,8 +254,8 @@ async def test_failing_handler_is_redelivered_then_parked_at_the_delivery_limit(
     await consumers([(queue, "failing.*", handler)])
     broken = new_event(service="shared", type="failing.created", subject=None, data={"always_fails": True})
     flaky = new_event(service="shared", type="failing.created", subject=None, data={"fails_once": True})
-    await publish(channel, settings, encoded(broken), "failing.created", message_id=broken["id"])
-    await publish(channel, settings, encoded(flaky), "failing.created", message_id=flaky["id"])
+    await publish(publisher, settings, encoded(broken), "failing.created", message_id=broken["id"])
+    await publish(publisher, settings, encoded(flaky), "failing.created", message_id=flaky["id"])
 
     (dead,) = await parked(channel, queue, 1)
     assert dead.message_id == broken["id"]
@@ -275,6 +281,7 @@ async def parked_count(channel: AbstractChannel, queue: str) -> int:
 async def test_transient_failure_is_retried_in_place_without_spending_deliveries(
     consumers: Start,
     channel: AbstractChannel,
+    publisher: AbstractChannel,
     settings: ServiceSettings,
     names: dict[str, Any],
 ) -> None:
@@ -290,7 +297,7 @@ async def test_transient_failure_is_retried_in_place_without_spending_deliveries
 
     await consumers([(queue, "transient.*", handler)])
     e = new_event(service="shared", type="transient.created", subject=None, data={})
-    await publish(channel, settings, encoded(e), "transient.created", message_id=e["id"])
+    await publish(publisher, settings, encoded(e), "transient.created", message_id=e["id"])
 
     async def handled() -> bool:
         return len(calls) == outage + 1

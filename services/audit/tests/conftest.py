@@ -8,7 +8,7 @@ import base64
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -106,8 +106,29 @@ def event(type: str = "incident.created", subject: Any = None, **data: Any) -> d
     return made
 
 
+AmqpAs = Callable[[str], Awaitable[aio_pika.abc.AbstractRobustConnection]]
+
+
+def _publisher_of(item: dict[str, Any] | bytes, routing_key: str | None) -> tuple[bytes, str, str, str]:
+    """(body, message id, routing key, service): an event goes out as the service its source names would publish
+    it; bytes as that of the event they hold, if any, else as the incident service (key `incident.junk`)."""
+    if not isinstance(item, bytes):
+        service = item["source"].rsplit("/", 1)[-1]
+        return json.dumps(item).encode(), item["id"], routing_key or item["type"].removeprefix("itsm."), service
+    try:
+        held = json.loads(item)
+    except ValueError:
+        held = None
+    source = held.get("source") if isinstance(held, dict) else None
+    service = source.rsplit("/", 1)[-1] if isinstance(source, str) and source.startswith("/itsm/") else "incident"
+    kind = held.get("type") if isinstance(held, dict) else None
+    own = isinstance(kind, str) and kind.startswith(f"itsm.{service}.")
+    key = routing_key or (str(kind).removeprefix("itsm.") if own else f"{service}.junk")
+    return item, str(uuid.uuid4()), key, service
+
+
 async def publish(
-    amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     events: Sequence[dict[str, Any] | bytes],
     *,
@@ -115,28 +136,31 @@ async def publish(
     times: int = 1,
 ) -> None:
     """Publish to the session's exchange with confirms, `times` deliveries of each (a duplicate delivery is
-    what at-least-once gives a consumer)."""
-    channel = await amqp.channel(publisher_confirms=True)
+    what at-least-once gives a consumer), each as its service's broker user (`amqp_as`), `user_id` set."""
+    channels: dict[str, tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractExchange, str | None]] = {}
     try:
-        exchange = await channel.get_exchange(names["exchange"])
         for _ in range(times):
             for item in events:
-                if isinstance(item, bytes):
-                    body, message_id, key = item, str(uuid.uuid4()), routing_key or "junk.created"
-                else:
-                    body, message_id = json.dumps(item).encode(), item["id"]
-                    key = routing_key or item["type"].removeprefix("itsm.")
+                body, message_id, key, service = _publisher_of(item, routing_key)
+                if service not in channels:
+                    connection = await amqp_as(service)
+                    channel = await connection.channel(publisher_confirms=True)
+                    exchange = await channel.get_exchange(names["exchange"])
+                    channels[service] = (channel, exchange, connection.url.user)
+                _, exchange, user = channels[service]
                 await exchange.publish(
                     aio_pika.Message(
                         body,
                         message_id=message_id,
                         content_type=CLOUDEVENTS_CONTENT_TYPE,
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        user_id=user,
                     ),
                     routing_key=key,
                 )
     finally:
-        await channel.close()
+        for channel, _, _ in channels.values():
+            await channel.close()
 
 
 async def stored(superuser: asyncpg.Connection, ids: Sequence[str]) -> dict[str, int]:

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .conftest import assert_chain_is_gap_free, event, publish, stored, wait_stored
+from .conftest import AmqpAs, assert_chain_is_gap_free, event, publish, stored, wait_stored
 
 OUTAGE_SECONDS = 30
 
@@ -53,11 +53,12 @@ def header(message: aio_pika.abc.AbstractIncomingMessage, name: str) -> str:
 async def test_duplicate_deliveries_are_stored_once(
     app: FastAPI,
     amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
 ) -> None:
     events = [event("incident.updated") for _ in range(20)]
-    await publish(amqp, names, events, times=3)
+    await publish(amqp_as, names, events, times=3)
     ids = [e["id"] for e in events]
     found = await wait_stored(superuser, ids)
     await asyncio.sleep(0.5)  # let the later deliveries arrive too: they must change nothing
@@ -72,6 +73,7 @@ async def test_duplicate_deliveries_are_stored_once(
 async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
     app: FastAPI,
     amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
     sessions: async_sessionmaker[AsyncSession],
@@ -92,7 +94,7 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
     consuming = asyncio.create_task(second.run())
     try:
         events = [event("change.updated") for _ in range(400)]
-        producers = [publish(amqp, names, events[i::4], times=2) for i in range(4)]  # four producers at once
+        producers = [publish(amqp_as, names, events[i::4], times=2) for i in range(4)]  # four producers at once
         await asyncio.gather(*producers)
         ids = [e["id"] for e in events]
         found = await wait_stored(superuser, ids, timeout=30)
@@ -111,6 +113,7 @@ async def test_two_consumers_at_once_store_each_event_once_on_one_chain(
 async def test_poison_is_parked_with_its_reason_and_the_stream_goes_on(
     app: FastAPI,
     amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
     ingest_queue: str,
@@ -120,7 +123,7 @@ async def test_poison_is_parked_with_its_reason_and_the_stream_goes_on(
     unstorable = json.dumps(event()).replace('"n": 1', '"n": "nul \\u0000 inside"').encode()
     not_a_cloudevent = json.dumps({"hello": "world"}).encode()
     wrong_type = json.dumps({**event(), "type": "NotOurs"}).encode()
-    await publish(amqp, names, [before, b"{this is not json", not_a_cloudevent, wrong_type, unstorable, after])
+    await publish(amqp_as, names, [before, b"{this is not json", not_a_cloudevent, wrong_type, unstorable, after])
     await wait_stored(superuser, [before["id"], after["id"]])
 
     async def four_parked() -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -178,6 +181,7 @@ async def _accepts_connections(url: str) -> bool:
 async def test_a_postgresql_outage_loses_nothing_and_parks_nothing(
     app: FastAPI,
     amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     database: Database,
     ingest_queue: str,
@@ -196,7 +200,7 @@ async def test_a_postgresql_outage_loses_nothing_and_parks_nothing(
     async def produce() -> None:
         while flowing:
             e = event("incident.updated", subject=subject)
-            await publish(amqp, names, [e])
+            await publish(amqp_as, names, [e])
             published.append(e["id"])
             await asyncio.sleep(0.05)
 

@@ -20,25 +20,23 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from itsm_shared.testing_fixtures import Actor
 
-from .conftest import event, publish, wait_stored
+from .conftest import AmqpAs, event, publish, wait_stored
 
 EVENTS = "/api/v1/audit/events"
 
 
 async def published_and_stored(
-    amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
     events: list[dict[str, Any]],
 ) -> None:
-    await publish(amqp, names, events)
+    await publish(amqp_as, names, events)
     await wait_stored(superuser, [e["id"] for e in events])
 
 
 @pytest.fixture
-async def trio(
-    amqp: aio_pika.abc.AbstractRobustConnection, names: dict[str, Any], superuser: asyncpg.Connection
-) -> list[dict[str, Any]]:
+async def trio(amqp_as: AmqpAs, names: dict[str, Any], superuser: asyncpg.Connection) -> list[dict[str, Any]]:
     """Three events about one subject, by one actor, in one correlation, oldest first."""
     subject, actor, correlation = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     events = []
@@ -47,7 +45,7 @@ async def trio(
         e |= {"actorid": actor, "correlationid": correlation}
         events.append(e)
     for e in events:  # one by one: three batches, three distinct moments
-        await published_and_stored(amqp, names, superuser, [e])
+        await published_and_stored(amqp_as, names, superuser, [e])
     return events
 
 
@@ -247,6 +245,7 @@ async def test_replay_republishes_a_range_with_the_original_ids(
     client: httpx.AsyncClient,
     admin: Actor,
     amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
     consumer_queue: Any,
@@ -254,7 +253,7 @@ async def test_replay_republishes_a_range_with_the_original_ids(
     since = datetime.now(UTC) - timedelta(seconds=1)
     kind = "replay" + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:8])  # an entity of its own
     wanted = [event(f"{kind}.created"), event(f"{kind}.updated"), event(f"{kind}.deleted")]
-    await published_and_stored(amqp, names, superuser, [wanted[0], event("incident.created"), *wanted[1:]])
+    await published_and_stored(amqp_as, names, superuser, [wanted[0], event("incident.created"), *wanted[1:]])
     body = {"queue": "problem.incidents", "type": f"{kind}.*", "since": since.isoformat()}
     response = await client.post("/api/v1/audit/replay", headers=admin.headers, json=body)
     assert response.status_code == 200, response.text
@@ -294,13 +293,14 @@ async def test_replay_goes_only_to_the_services_consumer_queues(
     client: httpx.AsyncClient,
     admin: Actor,
     amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: AmqpAs,
     names: dict[str, Any],
     superuser: asyncpg.Connection,
 ) -> None:
     """Issue #11, finding 11: replay published the stored events to any queue it was given, so an admin token
     could feed the whole log (logins included) into a queue of anyone's choosing, or events of any type into a
     queue whose consumer trusts what it gets. Now only the consumer queues of the table are targets."""
-    await published_and_stored(amqp, names, superuser, [event("incident.created")])
+    await published_and_stored(amqp_as, names, superuser, [event("incident.created")])
     channel = await amqp.channel()
     sink = await channel.declare_queue(f"sink{uuid.uuid4().hex[:8]}.events", durable=True)  # anyone's queue
     try:

@@ -7,114 +7,26 @@ through the HTTP API and the database; every wait polls against a deadline."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aio_pika
 import asyncpg
 import httpx
-import pytest
 from fastapi import FastAPI
 from incident import automation
 from itsm_shared.contracts import ProblemIncidentLinkEvent
-from itsm_shared.db import asyncpg_dsn
-from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
 from itsm_shared.inbox import handle_once
 from itsm_shared.testing import EventProbe, eventually
 
-from .conftest import Actor, create
+from .conftest import LINKED, RESOLVED, Actor, Problems, create
 
-if TYPE_CHECKING:  # imported by name, pytest would try to collect it
-    from itsm_shared.testing import TestDatabase
-
-LINKED, UNLINKED, RESOLVED = "problem.incident_linked", "problem.incident_unlinked", "problem.resolved"
 LINK_CONSUMER = "incident.problem-links"  # the inbox name of the link/unlink handler
 RESOLVE_CONSUMER = "incident.problem-resolved"
 SYSTEM = "system"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-class Problems:
-    """Publishes as the problem service does, onto the test session's exchange."""
-
-    def __init__(self, exchange: aio_pika.abc.AbstractExchange) -> None:
-        self.exchange = exchange
-        self.numbers = iter(range(1, 10**6))
-
-    def event(
-        self,
-        type_: str,
-        problem_id: uuid.UUID,
-        *,
-        sequence: int,
-        number: str | None = None,
-        **data: Any,
-    ) -> dict[str, Any]:
-        body = {"id": str(problem_id), "number": number or f"PRB{next(self.numbers):07d}", **data}
-        event = new_event(service="problem", type=type_, subject=problem_id, data=body, sequence=sequence)
-        return event
-
-    def link(
-        self,
-        problem_id: uuid.UUID,
-        incident_id: str | uuid.UUID,
-        *,
-        sequence: int,
-        linked: bool = True,
-        workaround: str | None = None,
-        number: str | None = None,
-    ) -> dict[str, Any]:
-        return self.event(
-            LINKED if linked else UNLINKED,
-            problem_id,
-            sequence=sequence,
-            number=number,
-            incident_id=str(incident_id),
-            workaround=workaround,
-            status="root_cause_analysis",
-            known_error=workaround is not None,
-        )
-
-    async def publish(self, event: dict[str, Any]) -> None:
-        await self.publish_raw(json.dumps(event).encode(), routing_key(event["type"]), event["id"])
-
-    async def publish_raw(self, body: bytes, key: str, message_id: str) -> None:
-        await self.exchange.publish(
-            aio_pika.Message(
-                body,
-                message_id=message_id,
-                content_type=CLOUDEVENTS_CONTENT_TYPE,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=key,
-            mandatory=True,
-        )
-
-
-@pytest.fixture
-async def channel(
-    app: FastAPI, amqp: aio_pika.abc.AbstractRobustConnection
-) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
-    """A confirming channel, opened once the app has declared its topology and started its consumers."""
-    ch = await amqp.channel(publisher_confirms=True)
-    yield ch
-    await ch.close()
-
-
-@pytest.fixture
-async def problems(channel: aio_pika.abc.AbstractChannel, names: dict[str, Any]) -> Problems:
-    return Problems(await channel.get_exchange(names["exchange"]))
-
-
-@pytest.fixture
-async def db(database: TestDatabase) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(asyncpg_dsn(database.admin_url))
-    yield conn
-    await conn.close()
 
 
 async def inbox_has(db: asyncpg.Connection, consumer: str, *events: dict[str, Any]) -> bool:
@@ -385,9 +297,10 @@ async def test_problem_resolved_resolves_open_linked_incidents_only(
     await problems.publish(keep)
     # A second problem's true resolve on the same queue, published after: once it shows, the first was consumed.
     marker = await create(client, agent, title="Marker incident")
-    flag = problems.event(
-        RESOLVED, uuid.uuid4(), sequence=2, resolve_linked_incidents=True, incident_ids=[marker["id"]]
-    )
+    other = uuid.uuid4()
+    await problems.publish(problems.link(other, marker["id"], sequence=1))
+    await eventually(lambda: get(client, agent, marker["id"]), lambda i: i["problem_id"] == str(other))
+    flag = problems.event(RESOLVED, other, sequence=2, resolve_linked_incidents=True, incident_ids=[marker["id"]])
     await problems.publish(flag)
     await eventually(lambda: get(client, agent, marker["id"]), lambda i: i["status"] == "resolved")
     for incident in everyone:

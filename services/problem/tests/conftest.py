@@ -36,6 +36,13 @@ def manager(actor: Any) -> Actor:
     return actor("problem_manager")  # type: ignore[no-any-return]
 
 
+@pytest.fixture
+async def as_incident(app: Any, amqp_as: Any) -> aio_pika.abc.AbstractRobustConnection:
+    """A connection as the incident service's broker user: what it publishes, the incident service published."""
+    connection: aio_pika.abc.AbstractRobustConnection = await amqp_as("incident")
+    return connection
+
+
 async def publish_incident_event(
     amqp: aio_pika.abc.AbstractRobustConnection,
     names: dict[str, Any],
@@ -44,7 +51,8 @@ async def publish_incident_event(
     sequence: int,
     event_id: str | None = None,
 ) -> str:
-    """An `incident.*` event as the incident service publishes it (CloudEvents, structured JSON)."""
+    """An `incident.*` event as the incident service publishes it (CloudEvents, structured JSON, `user_id` the
+    broker user of `amqp`: the `as_incident` fixture's)."""
     event = new_event(
         service="incident", type=f"incident.{action}", subject=incident["id"], data=incident, sequence=sequence
     )
@@ -58,6 +66,7 @@ async def publish_incident_event(
             message_id=event["id"],
             content_type="application/cloudevents+json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=amqp.url.user,
         ),
         routing_key=f"incident.{action}",
     )

@@ -137,11 +137,13 @@ def _batches(queue: str) -> float:
     return REGISTRY.get_sample_value("itsm_consumer_batch_size_count", {"queue": queue}) or 0.0
 
 
-async def test_a_burst_of_incident_events_is_a_few_transactions(app: FastAPI, amqp: Any, names: dict[str, Any]) -> None:
+async def test_a_burst_of_incident_events_is_a_few_transactions(
+    app: FastAPI, as_incident: Any, names: dict[str, Any]
+) -> None:
     queue = f"{names['queue_prefix']}problem.incidents"
     before = _batches(queue)
-    incidents = [incident_data() for _ in range(150)]
-    channel = await amqp.channel()
+    burst = [incident_data() for _ in range(150)]
+    channel = await as_incident.channel()
     exchange = await channel.get_exchange(names["exchange"])
     messages = [
         aio_pika.Message(
@@ -150,8 +152,9 @@ async def test_a_burst_of_incident_events_is_a_few_transactions(app: FastAPI, am
             ).encode(),
             content_type="application/cloudevents+json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=as_incident.url.user,
         )
-        for i in incidents
+        for i in burst
     ]
     await asyncio.gather(*(exchange.publish(m, routing_key="incident.created") for m in messages))
     await channel.close()
@@ -160,9 +163,9 @@ async def test_a_burst_of_incident_events_is_a_few_transactions(app: FastAPI, am
         async with app.state.sessions() as session:
             count = await session.scalar(
                 text("SELECT count(*) FROM incident_ref WHERE id = ANY(CAST(:ids AS uuid[]))"),
-                {"ids": [i["id"] for i in incidents]},
+                {"ids": [i["id"] for i in burst]},
             )
-        return count == len(incidents)
+        return count == len(burst)
 
     await eventually(all_there, what="150 incidents in the read model")
-    assert _batches(queue) - before < len(incidents)
+    assert _batches(queue) - before < len(burst)

@@ -22,12 +22,12 @@ async def ref_row(app: FastAPI, incident_id: str) -> Any:
         return (await session.execute(text("SELECT * FROM incident_ref WHERE id = :i"), {"i": incident_id})).first()
 
 
-async def test_read_model_is_idempotent_and_order_safe(app: FastAPI, amqp: Any, names: dict[str, Any]) -> None:
+async def test_read_model_is_idempotent_and_order_safe(app: FastAPI, as_incident: Any, names: dict[str, Any]) -> None:
     incident = incident_data()
     newer = {**incident, "status": "in_progress", "title": "Printer jam (floor 2)"}
-    event_id = await publish_incident_event(amqp, names, "updated", newer, sequence=3)
-    await publish_incident_event(amqp, names, "updated", newer, sequence=3, event_id=event_id)  # duplicate
-    await publish_incident_event(amqp, names, "created", incident, sequence=1)  # older, arrives late
+    event_id = await publish_incident_event(as_incident, names, "updated", newer, sequence=3)
+    await publish_incident_event(as_incident, names, "updated", newer, sequence=3, event_id=event_id)  # duplicate
+    await publish_incident_event(as_incident, names, "created", incident, sequence=1)  # older, arrives late
     assert await eventually(lambda: ref_row(app, incident["id"]))
     await asyncio.sleep(0.5)
     row = await ref_row(app, incident["id"])
@@ -42,7 +42,7 @@ async def test_read_model_is_idempotent_and_order_safe(app: FastAPI, amqp: Any, 
 async def test_link_unknown_incident_is_422_and_known_one_links(
     client: httpx.AsyncClient,
     app: FastAPI,
-    amqp: Any,
+    as_incident: Any,
     names: dict[str, Any],
     agent: Actor,
     manager: Actor,
@@ -54,7 +54,7 @@ async def test_link_unknown_incident_is_422_and_known_one_links(
     )
     assert unknown.status_code == 422
     incident = incident_data()
-    await publish_incident_event(amqp, names, "created", incident, sequence=1)
+    await publish_incident_event(as_incident, names, "created", incident, sequence=1)
     assert await eventually(lambda: ref_row(app, incident["id"]))
     events = await listen("problem.incident_linked", "problem.incident_unlinked")
     linked = await client.post(
@@ -83,7 +83,7 @@ async def test_link_unknown_incident_is_422_and_known_one_links(
 async def test_new_incident_matching_an_open_known_error_is_linked_automatically(
     client: httpx.AsyncClient,
     app: FastAPI,
-    amqp: Any,
+    as_incident: Any,
     names: dict[str, Any],
     manager: Actor,
     listen: Listen,
@@ -99,8 +99,8 @@ async def test_new_incident_matching_an_open_known_error_is_linked_automatically
     events = await listen("problem.incident_linked")
     matching = incident_data(configuration_item=ci, category="database")
     other_category = incident_data(configuration_item=ci, category="network")
-    await publish_incident_event(amqp, names, "created", other_category, sequence=1)
-    await publish_incident_event(amqp, names, "created", matching, sequence=1)
+    await publish_incident_event(as_incident, names, "created", other_category, sequence=1)
+    await publish_incident_event(as_incident, names, "created", matching, sequence=1)
     got = await events.wait(problem["id"])
     assert len(got) == 1
     assert got[0]["data"]["incident_id"] == matching["id"]
@@ -115,7 +115,7 @@ async def test_new_incident_matching_an_open_known_error_is_linked_automatically
 async def test_resolving_publishes_the_linked_incidents(
     client: httpx.AsyncClient,
     app: FastAPI,
-    amqp: Any,
+    as_incident: Any,
     names: dict[str, Any],
     agent: Actor,
     manager: Actor,
@@ -124,7 +124,7 @@ async def test_resolving_publishes_the_linked_incidents(
     problem = await create(client, manager)
     incidents = [incident_data() for _ in range(2)]
     for incident in incidents:
-        await publish_incident_event(amqp, names, "created", incident, sequence=1)
+        await publish_incident_event(as_incident, names, "created", incident, sequence=1)
         assert await eventually(lambda i=incident: ref_row(app, i["id"]))
         r = await client.post(
             f"/api/v1/problems/{problem['id']}/incidents", headers=agent.headers, json={"incident_id": incident["id"]}
@@ -162,12 +162,14 @@ async def test_resolving_publishes_the_linked_incidents(
     assert data.fix == "rolled back"
 
 
-async def test_malformed_incident_event_is_parked(app: FastAPI, amqp: Any, names: dict[str, Any]) -> None:
+async def test_malformed_incident_event_is_parked(
+    app: FastAPI, amqp: Any, as_incident: Any, names: dict[str, Any]
+) -> None:
     channel = await amqp.channel()
     exchange = await channel.get_exchange(names["exchange"])
     await exchange.publish(aio_pika.Message(b"{not json", message_id="bad-1"), routing_key="incident.created")
     incident = incident_data()
-    await publish_incident_event(amqp, names, "created", incident, sequence=1)
+    await publish_incident_event(as_incident, names, "created", incident, sequence=1)
     assert await eventually(lambda: ref_row(app, incident["id"]))
     dlq = await channel.declare_queue(f"{names['queue_prefix']}problem.incidents.dlq", passive=True)
     message = await eventually(lambda: dlq.get(fail=False))

@@ -7,7 +7,7 @@ import base64
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aio_pika
@@ -72,14 +72,15 @@ async def subscribe(client: httpx.AsyncClient, who: Actor, url: str, **fields: A
 
 
 async def publish(
-    amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: Callable[[str], Awaitable[aio_pika.abc.AbstractRobustConnection]],
     names: dict[str, Any],
     event_type: str = "incident.created",
     subject: str | None = None,
     data: dict[str, Any] | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """An event as a producer publishes it (CloudEvents, structured JSON); returns it."""
+    """An event as a producer publishes it (CloudEvents, structured JSON, as its broker user: `amqp_as`, the
+    plugin's fixture); returns it."""
     event = new_event(
         service=event_type.split(".")[0],
         type=event_type,
@@ -89,6 +90,7 @@ async def publish(
     )
     if event_id:
         event["id"] = event_id
+    amqp = await amqp_as(event_type.split(".")[0])
     channel = await amqp.channel()
     exchange = await channel.get_exchange(names["exchange"])
     await exchange.publish(
@@ -97,6 +99,7 @@ async def publish(
             message_id=event["id"],
             content_type="application/cloudevents+json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=amqp.url.user,
         ),
         routing_key=event_type,
     )

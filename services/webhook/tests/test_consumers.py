@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,13 @@ async def test_a_published_event_is_stored_and_delivered_once(
     integrator: Actor,
     receiver: Receiver,
     path: str,
-    amqp: aio_pika.abc.AbstractRobustConnection,
+    amqp_as: Callable[[str], Awaitable[aio_pika.abc.AbstractRobustConnection]],
     names: dict[str, Any],
 ) -> None:
     subject = str(uuid.uuid4())
     created = await subscribe(client, integrator, receiver.url(path), subjects=[subject])
-    event = await publish(amqp, names, "incident.created", subject=subject)
-    await publish(amqp, names, "incident.created", subject=subject, event_id=event["id"])  # a redelivery
+    event = await publish(amqp_as, names, "incident.created", subject=subject)
+    await publish(amqp_as, names, "incident.created", subject=subject, event_id=event["id"])  # a redelivery
     [request] = await eventually(lambda: asyncio.sleep(0, receiver.received(path)), what="the delivery")
     assert request.body == json.dumps(event).encode()
     await asyncio.sleep(0.5)  # time for a duplicate to show

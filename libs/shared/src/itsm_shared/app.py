@@ -28,6 +28,7 @@ from itsm_shared.events import CloudEvent, routing_key
 from itsm_shared.observability import configure_logging, health_router, install_request_context
 from itsm_shared.outbox import OutboxRelay
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.trust import broker_user, connection_user
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,12 @@ def create_app(spec: ServiceSpec) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(spec.name, settings.log_level)
         faults.arm(settings.fault_point)
+        if (user := connection_user(settings.amqp_url)) != broker_user(settings, spec.name):
+            log.warning(
+                "connecting to the broker as %r, not as the service's own user %r: consumers refuse its events",
+                user,
+                broker_user(settings, spec.name),
+            )
         engine = make_engine(
             settings.database_url,
             pool_size=settings.db_pool_size,

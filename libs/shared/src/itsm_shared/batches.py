@@ -8,7 +8,8 @@ costs about half the raw consume rate. A `BatchConsumer`:
   queues (`broker.event_queue`: quorum, dead-letter exchange, delivery limit), declared and bound when the
   broker starts, its `<queue>.dlq` beside it, and described in /asyncapi.json;
 - consumes it on a channel of its own (aio-pika, `prefetch`): a delivery costs parsing the message and queuing
-  it, nothing is acknowledged yet; what does not parse is parked at once (`inbox.park`);
+  it, nothing is acknowledged yet; what does not parse, or comes from a publisher the broker does not vouch for
+  (`itsm_shared.trust`, as in `inbox.subscribe`), is parked at once (`inbox.park`);
 - collects up to `max_batch` messages, or what came within `max_wait` seconds of the first, and hands them to
   `handle(session, items)` in ONE transaction of the seam (`db.transaction`). With an inbox (`event_id`), the
   batch's event ids are claimed first in one statement (`inbox.claim_all`) and only the new ones reach the
@@ -53,6 +54,7 @@ from itsm_shared.group_commit import Acker, BatchWriter
 from itsm_shared.inbox import TRANSIENT_RETRY_SECONDS, PermanentError, claim_all, is_transient, park
 from itsm_shared.inbox import validation_summary as _summary
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.trust import Delivery, refusal
 
 if TYPE_CHECKING:
     from itsm_shared.app import Runtime
@@ -97,6 +99,11 @@ class Unparsable(Rejected):
 
 
 @dataclass(frozen=True, slots=True)
+class Untrusted(Rejected):
+    """Not from the publisher it claims, or not of this queue's types (`itsm_shared.trust`): parked unhandled."""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The handler raised for this message alone: parked if permanent, else returned until the delivery limit."""
 
@@ -133,6 +140,11 @@ def permanent_reason(error: BaseException) -> str | None:
     return f"{type(error).__name__}: {error}" if isinstance(error, PermanentError) else None
 
 
+def envelope(item: Any) -> tuple[str, str]:
+    """The default: a parsed item has the `source` and `type` of its CloudEvent."""
+    return item.source, item.type
+
+
 def _retry_batch(error: BaseException) -> bool:
     return isinstance(error, RetryBatch) or is_transient(error)
 
@@ -146,7 +158,8 @@ Observe = Callable[[object, str], None]  # (outcome, "acked" | "parked" | "retur
 
 class BatchConsumer(Generic[T]):
     """One queue consumed in batches; see the module's text. `queue` is the name without the settings' prefix,
-    and the inbox's consumer name (as `inbox.subscribe`'s)."""
+    and the inbox's consumer name (as `inbox.subscribe`'s); `publisher` the one service whose events it takes (None:
+    any, each for its own types), `envelope` an item's (source, type)."""
 
     def __init__(
         self,
@@ -158,6 +171,8 @@ class BatchConsumer(Generic[T]):
         routing_key: str,
         parse: Callable[[bytes], T],
         handle: Handler[T],
+        publisher: str | None = None,
+        envelope: Callable[[T], tuple[str, str]] = envelope,
         event_id: Callable[[T], uuid.UUID] | None = None,
         max_batch: int = 100,
         max_wait: float = 0.01,
@@ -182,6 +197,8 @@ class BatchConsumer(Generic[T]):
         self.routing_key = routing_key
         self.parse = parse
         self.handle = handle
+        self.publisher = publisher
+        self.envelope = envelope
         self.event_id = event_id
         self.retry_for = retry_for
         self.retry_max_seconds = retry_max_seconds
@@ -245,6 +262,18 @@ class BatchConsumer(Generic[T]):
             item = self.parse(message.body)
         except InvalidMessage as exc:
             await self.settle([(message, Unparsable(str(exc)))])
+            return
+        source, type_ = self.envelope(item)
+        untrusted = refusal(
+            self.settings,
+            source=source,
+            type=type_,
+            delivery=Delivery.of(message),
+            bindings=(self.routing_key,),
+            publisher=self.publisher,
+        )
+        if untrusted is not None:
+            await self.settle([(message, Untrusted(f"untrusted: {untrusted}"))])
             return
         self.writer.add(item, message)
 

@@ -1,8 +1,9 @@
 """Idempotent consumption: the event id enters the inbox in the same transaction as the effect.
 
-Subscribers acknowledge by hand. A message that is not a valid CloudEvent, or whose handler fails on every
-allowed delivery, is parked in `<queue>.dlq` with its reason in the `x-itsm-error` header. While the database
-is away the handler waits and retries in place (holding the message) instead of burning deliveries.
+Subscribers acknowledge by hand. A message that is not a valid CloudEvent, whose publisher the broker does not
+vouch for (`itsm_shared.trust`), or whose handler fails on every allowed delivery, is parked in `<queue>.dlq` with
+its reason in the `x-itsm-error` header. While the database is away the handler waits and retries in place
+(holding the message) instead of burning deliveries.
 The batch consumers (`itsm_shared.batches`) follow the same rules, many messages per transaction.
 """
 
@@ -30,6 +31,7 @@ from itsm_shared.errors import Unavailable
 from itsm_shared.events import CloudEvent
 from itsm_shared.observability import correlation_id
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.trust import Delivery, connection_user, refusal
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,9 @@ async def park(
     raw = msg if isinstance(msg, AbstractIncomingMessage) else msg.raw_message
     headers = dict(raw.headers or {})
     headers.update({"x-itsm-error": reason[:1000], "x-itsm-queue": queue})
+    # Parked as the parking service's broker user; who published it, as the broker told us, goes along.
+    headers["x-itsm-published-by"] = raw.user_id or ""
+    headers["x-itsm-published-to"] = raw.exchange or ""
     await broker.publish(
         raw.body,
         exchange=settings.dead_letter_exchange,
@@ -125,6 +130,7 @@ async def park(
         message_id=raw.message_id,
         correlation_id=raw.correlation_id,
         content_type=raw.content_type,
+        user_id=connection_user(settings.amqp_url),
         timeout=10,
     )
     log.error("message parked", extra={"queue": queue, "reason": reason, "message_id": raw.message_id})
@@ -138,9 +144,12 @@ def subscribe(
     routing_key: str,
     event_model: type[E],
     handler: Callable[[E], Awaitable[None]],
+    publisher: str | None = None,
     description: str | None = None,
 ) -> str:
-    """Register `handler` on a durable quorum queue bound to the events exchange, acking by hand."""
+    """Register `handler` on a durable quorum queue bound to the events exchange, acking by hand. An event whose
+    publisher the broker does not vouch for (`itsm_shared.trust`: `publisher` is the one service whose events the
+    queue takes, None: any, each for its own types), or of a type the queue is not bound to, is parked unhandled."""
     queue = f"{settings.queue_prefix}{queue}"
 
     async def consume(msg: RabbitMessage) -> None:
@@ -148,6 +157,17 @@ def subscribe(
             event = event_model.model_validate_json(msg.body)
         except ValidationError as exc:
             await park_and_ack(broker, settings, queue, msg, f"not a valid event: {validation_summary(exc)}")
+            return
+        untrusted = refusal(
+            settings,
+            source=event.source,
+            type=event.type,
+            delivery=Delivery.of(msg.raw_message),
+            bindings=(routing_key,),
+            publisher=publisher,
+        )
+        if untrusted is not None:
+            await park_and_ack(broker, settings, queue, msg, f"untrusted: {untrusted}")
             return
         token = correlation_id.set(event.correlationid)
         try:

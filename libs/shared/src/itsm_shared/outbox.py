@@ -31,6 +31,7 @@ from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
 __all__ = ["channel_for", "routing_key"]
 from itsm_shared.models import OutboxMessage
 from itsm_shared.settings import ServiceSettings
+from itsm_shared.trust import connection_user
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,9 @@ class OutboxRelay:
         self.settings = settings
         self.sessions = sessions
         self.broker = broker
+        # Every event goes out with the AMQP user_id of the service's broker user: RabbitMQ refuses it unless that
+        # is the user publishing, so consumers know who published it (itsm_shared.trust).
+        self.user_id = connection_user(settings.amqp_url)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_housekeeping = 0.0
@@ -222,6 +226,7 @@ class OutboxRelay:
             correlation_id=row["correlation_id"],
             content_type=CLOUDEVENTS_CONTENT_TYPE,
             message_type=row["type"],
+            user_id=self.user_id,
             timeout=10,
         )
 

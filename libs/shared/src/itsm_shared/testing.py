@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -22,8 +22,18 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from itsm_shared.broker_users import (
+    RABBITMQCTL,
+    Topology,
+    create_users,
+    definitions,
+    delete_users,
+    new_password,
+    url_as,
+)
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.provision import app_url
+from itsm_shared.trust import Role
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
@@ -58,6 +68,8 @@ def infrastructure() -> Iterator[tuple[str, str]]:
 
         with PostgresContainer("postgres:15") as pg, RabbitMqContainer("rabbitmq:4") as mq:
             host, port = mq.get_container_host_ip(), mq.get_exposed_port(5672)
+            # The sessions' broker users are made by rabbitmqctl, inside the container.
+            os.environ.setdefault(RABBITMQCTL, f"docker exec {mq.get_wrapped_container().id} rabbitmqctl")
             yield (db or pg.get_connection_url(driver=None)), (amqp or f"amqp://guest:guest@{host}:{port}/")
         return
     yield db or LOCAL_DATABASE, amqp or LOCAL_AMQP
@@ -113,6 +125,62 @@ def test_names() -> dict[str, Any]:
         "queue_prefix": f"itsm.test.{run}.",
         "run": run,
     }
+
+
+def session_topology(names: dict[str, Any]) -> Topology:
+    """The broker names of a test session (`test_names`); its users are `<queue_prefix><service>`."""
+    return Topology(
+        exchange=names["exchange"],
+        dead_letter_exchange=names["dead_letter_exchange"],
+        queue_prefix=names["queue_prefix"],
+        user_prefix=names["queue_prefix"],
+    )
+
+
+@dataclass
+class BrokerUsers:
+    """The broker users of one test session, one per service, with the permissions a deployment gives them
+    (`itsm_shared.broker_users`), created by rabbitmqctl (`ITSM_RABBITMQCTL`) and deleted at the end."""
+
+    admin_url: str
+    topology: Topology
+    passwords: dict[str, str]
+
+    def user(self, service: str) -> str:
+        return self.topology.user(service)
+
+    def url(self, service: str) -> str:
+        """The AMQP URL of `service`'s user."""
+        return url_as(self.admin_url, self.user(service), self.passwords[service])
+
+    def delete(self) -> None:
+        delete_users([self.user(service) for service in self.passwords])
+
+    async def add(self, service: str, of: Role | None = None) -> None:
+        """One more service's user (`of`: its role, default the trust table's), for a test's own entity."""
+        more = await create_broker_users(self.admin_url, self.topology, [service], {service: of} if of else None)
+        self.passwords.update(more.passwords)
+
+
+async def create_broker_users(
+    admin_url: str, topology: Topology, services: Sequence[str], roles: Mapping[str, Role] | None = None
+) -> BrokerUsers:
+    """Create a user for each of `services` (with `roles` over the trust table's) and wait until they log in."""
+    import aio_pika
+
+    users = BrokerUsers(admin_url, topology, {service: new_password() for service in services})
+    await asyncio.to_thread(create_users, definitions(users.passwords, topology, roles))
+
+    async def logs_in() -> bool:
+        try:
+            connection = await aio_pika.connect(users.url(services[-1]), timeout=5)
+        except Exception:
+            return False
+        await connection.close()
+        return True
+
+    await eventually(logs_in, timeout=15, what=f"the broker user {users.user(services[-1])} to log in")
+    return users
 
 
 def parse_cloudevent(body: bytes) -> dict[str, Any]:

@@ -3,7 +3,9 @@ itsm-shared): a service's tests/conftest.py defines `service_name` (and, when ne
 `extra_env`, `trust_test_issuer`); a conftest fixture of the same name overrides the plugin's.
 
 The app runs in-process against a database of its own, built by the real migrations, and the real RabbitMQ
-under exchange and queue names of its own; tokens come from a test issuer the app's verifier trusts."""
+under exchange and queue names of its own, as the session's broker user of its service (`broker_users`: one per
+service, with a deployment's permissions); tests publish another service's events as that service's user
+(`amqp_as`). Tokens come from a test issuer the app's verifier trusts."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import contextlib
 import importlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,17 +23,21 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from itsm_shared import trust
 from itsm_shared.testing import (
+    BrokerUsers,
     EventProbe,
     Listen,
     TestDatabase,
     TestIssuer,
+    create_broker_users,
     create_database,
     drop_database,
     infrastructure,
     listening,
     migrate,
     remove_topology,
+    session_topology,
     test_names,
 )
 
@@ -81,17 +87,52 @@ async def names(infra: tuple[str, str], consumer_queues: tuple[str, ...]) -> Asy
 
 
 @pytest.fixture(scope="session")
+async def broker_users(infra: tuple[str, str], names: dict[str, Any], service_name: str) -> AsyncIterator[BrokerUsers]:
+    """A broker user per service (those of the trust table and this one), `<queue_prefix><service>`."""
+    services = tuple(dict.fromkeys([*trust.ROLES, service_name]))
+    users = await create_broker_users(infra[1], session_topology(names), services)
+    yield users
+    await asyncio.to_thread(users.delete)
+
+
+@pytest.fixture(scope="session")
+async def amqp_as(
+    broker_users: BrokerUsers,
+) -> AsyncIterator[Callable[[str], Awaitable[aio_pika.abc.AbstractRobustConnection]]]:
+    """`await amqp_as("problem")`: a connection as that service's broker user (one per service, for the session;
+    a service the session has no user for gets one, with the trust table's default role). What it publishes
+    carries `user_id=connection.url.user`, as the service's own publishes do."""
+    connections: dict[str, aio_pika.abc.AbstractRobustConnection] = {}
+
+    async def connect(service: str) -> aio_pika.abc.AbstractRobustConnection:
+        if service not in broker_users.passwords:
+            await broker_users.add(service)
+        if service not in connections:
+            connections[service] = await aio_pika.connect_robust(broker_users.url(service))
+        return connections[service]
+
+    yield connect
+    for connection in connections.values():
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
 def issuer() -> TestIssuer:
     return TestIssuer()
 
 
 @pytest.fixture(scope="session")
 def environment(
-    database: TestDatabase, infra: tuple[str, str], names: dict[str, Any], service_name: str, extra_env: dict[str, str]
+    database: TestDatabase,
+    broker_users: BrokerUsers,
+    names: dict[str, Any],
+    service_name: str,
+    extra_env: dict[str, str],
 ) -> dict[str, str]:
     env = {
         "ITSM_DATABASE_URL": database.app_url(service_name),
-        "ITSM_AMQP_URL": infra[1],
+        "ITSM_AMQP_URL": broker_users.url(service_name),
+        "ITSM_BROKER_USER_PREFIX": names["queue_prefix"],
         "ITSM_EXCHANGE": names["exchange"],
         "ITSM_DEAD_LETTER_EXCHANGE": names["dead_letter_exchange"],
         "ITSM_QUEUE_PREFIX": names["queue_prefix"],

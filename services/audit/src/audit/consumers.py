@@ -4,10 +4,12 @@
 Each batch (up to `audit_batch_size` events, or what came within `audit_batch_wait_ms`) is appended to the
 chain in one transaction (`audit.ingest.store_batch`) and acknowledged after the commit. The log has no inbox:
 its own table, unique on the event id, is the record of what it has seen, so a redelivery after a lost
-acknowledgement is a `Duplicate` and changes nothing. What is not a CloudEvent, or cannot be stored, is parked
-in `<queue>.dlq` with its reason (`itsm_shared.inbox.park`). While the database is away the same batch is
-retried in place for as long as it takes, holding its messages unacknowledged: nothing is rejected into the
-delivery limit, and the prefetch bounds what is held.
+acknowledgement is a `Duplicate` and changes nothing. What is not a CloudEvent, cannot be stored, or was not
+published by the broker user of the service its `source` names (or is of a type that service does not publish:
+`itsm_shared.trust`) is parked in `<queue>.dlq` with its reason (`itsm_shared.inbox.park`): the source of every
+record on the chain is the publisher the broker authenticated, and its `actorid` that service's word. While the
+database is away the same batch is retried in place for as long as it takes, holding its messages
+unacknowledged: nothing is rejected into the delivery limit, and the prefetch bounds what is held.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from itsm_shared.batches import (
     Handler,
     InvalidMessage,
     Unparsable,
+    Untrusted,
     consume_batches,
     run_batch_consumers,
 )
@@ -50,7 +53,8 @@ def parse(body: bytes) -> Incoming:
 
 def observe(outcome: object, settled: str) -> None:
     if settled == "parked":
-        PARKED.labels("invalid" if isinstance(outcome, Unparsable) else "unstorable").inc()
+        reason = "invalid" if isinstance(outcome, Unparsable) else "unstorable"
+        PARKED.labels("untrusted" if isinstance(outcome, Untrusted) else reason).inc()
     elif isinstance(outcome, Stored):
         STORED.inc()
     elif isinstance(outcome, Duplicate):
@@ -64,6 +68,9 @@ def options(audit: AuditSettings, handle: Handler[Incoming] = store_batch) -> di
         "routing_key": "#",
         "parse": parse,
         "handle": handle,
+        # Any service's events, each only from its own broker user and of its own types (itsm_shared.trust): the
+        # source and actor on the chain are what the broker vouches for, not what anyone may write in a message.
+        "publisher": None,
         "max_batch": audit.audit_batch_size,
         "max_wait": audit.audit_batch_wait_ms / 1000,
         "prefetch": audit.consumer_prefetch,

@@ -17,6 +17,7 @@ import aio_pika
 from aio_pika.exceptions import ChannelNotFoundEntity
 from faststream.rabbit import RabbitBroker
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
+from itsm_shared.trust import connection_user
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
@@ -62,6 +63,7 @@ async def replay_events(
         raise QueueNotReplayable(request.queue, allowed)
     queue = f"{queue_prefix}{request.queue}"
     await ensure_queue_exists(amqp_url, queue)
+    replayer = connection_user(amqp_url)
     by_type = type_condition(request.type, col(AuditEvent.type)) if request.type else None
     async with sessions() as session:
         bounds = await seq_range(session, request.since, request.until)
@@ -72,7 +74,7 @@ async def replay_events(
     last: int | None = None
     async for rows in walk(sessions, bounds[0], bounds[1], chunk, by_type):
         # One channel publishes in the order calls reach it; the confirms of a chunk are awaited together.
-        await asyncio.gather(*(_republish(broker, queue, row) for row in rows))
+        await asyncio.gather(*(_republish(broker, queue, row, replayer) for row in rows))
         published += len(rows)
         first = rows[0].seq if first is None else first
         last = rows[-1].seq
@@ -80,7 +82,7 @@ async def replay_events(
     return ReplayResult(queue=request.queue, published=published, first_seq=first, last_seq=last)
 
 
-async def _republish(broker: RabbitBroker, queue: str, row: Row[Any]) -> None:
+async def _republish(broker: RabbitBroker, queue: str, row: Row[Any], user_id: str) -> None:
     await broker.publish(
         row.event.encode(),
         exchange="",
@@ -91,5 +93,8 @@ async def _republish(broker: RabbitBroker, queue: str, row: Row[Any]) -> None:
         correlation_id=row.correlation_id,
         content_type=CLOUDEVENTS_CONTENT_TYPE,
         message_type=row.type,
+        # As the audit service's broker user, through the default exchange: consumers believe this as a replay of
+        # events the log checked when it stored them (itsm_shared.trust).
+        user_id=user_id,
         timeout=10,
     )

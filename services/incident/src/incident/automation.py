@@ -4,13 +4,17 @@ loops, `handle_once`) and never commit."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
 from itsm_shared.contracts import ProblemIncidentLinkEvent, ProblemResolvedEvent
 from itsm_shared.events import SYSTEM_ACTOR
+from itsm_shared.inbox import PermanentError
 from itsm_shared.records import Event
+from itsm_shared.trust import sequence_refusal
+from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -85,14 +89,21 @@ async def autoclose(session: AsyncSession, days: float, *, limit: int = 100) -> 
 
 
 # ---------------------------------------------------------------- from the problem service's events
+# Only the problem service's broker user publishes these (incident.consumers, itsm_shared.trust); still, what they
+# do is checked against what this service knows: a sequence far ahead of the link's is refused, a resolution
+# resolves only the incidents linked to that problem here, and a work note carries plain, bounded text.
+
+# Control characters but tab and newline: a note is plain text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def link_note(event: ProblemIncidentLinkEvent) -> str | None:
-    """The work note a link adds: the problem's workaround, when it has one."""
+    """The work note a link adds: the problem's workaround (bounded by the contract), when it has one."""
     data = event.data
-    if not data.workaround:
+    workaround = _CONTROL.sub("", data.workaround or "").strip()
+    if not workaround:
         return None
-    return f"Linked to problem {data.number or data.id}. Workaround: {data.workaround}"
+    return f"Linked to problem {_CONTROL.sub('', data.number or '') or data.id}. Workaround: {workaround}"
 
 
 async def on_problem_link(session: AsyncSession, event: ProblemIncidentLinkEvent, *, linked: bool) -> None:
@@ -117,11 +128,15 @@ async def apply_problem_link(
     note: str | None,
 ) -> None:
     """Set or clear problem_id, in sequence order per (incident, problem): an older event arriving late changes
-    nothing."""
+    nothing. A sequence more than MAX_SEQUENCE_GAP ahead of the highest applied for this link (for a new link: of
+    the problem's links) is refused (PermanentError: parked): applied, it would hide every later event of the link."""
     incident = (await session.exec(select(Incident).where(Incident.id == incident_id).with_for_update())).first()
     state = await session.get(ProblemLink, (incident_id, problem_id), with_for_update=True)
     if state is not None and state.sequence >= sequence:
         return
+    seen = state.sequence if state is not None else await highest_link_sequence(session, problem_id)
+    if (refused := sequence_refusal(sequence, seen)) is not None:
+        raise PermanentError(f"problem {problem_id}, incident {incident_id}: {refused}")
     if state is None:
         state = ProblemLink(incident_id=incident_id, problem_id=problem_id, sequence=sequence, linked=linked)
     state.sequence, state.linked = sequence, linked
@@ -147,6 +162,13 @@ async def apply_problem_link(
         await note_added(session, incident, work_note, SYSTEM_ACTOR)
 
 
+async def highest_link_sequence(session: AsyncSession, problem_id: uuid.UUID) -> int | None:
+    """The highest sequence applied of any of the problem's links (None: none yet)."""
+    statement = select(func.max(ProblemLink.sequence)).where(ProblemLink.problem_id == problem_id)
+    highest: int | None = (await session.exec(statement)).one()
+    return highest
+
+
 def resolution_notes(event: ProblemResolvedEvent) -> str:
     data = event.data
     notes = f"Resolved by problem {data.number or data.id}."
@@ -158,18 +180,25 @@ def resolution_notes(event: ProblemResolvedEvent) -> str:
 
 
 async def on_problem_resolved(session: AsyncSession, event: ProblemResolvedEvent) -> int:
-    """problem.resolved: with `resolve_linked_incidents`, resolve the open incidents it lists."""
+    """problem.resolved: with `resolve_linked_incidents`, resolve the open incidents it lists that are linked to it."""
     if not event.data.resolve_linked_incidents or not event.data.incident_ids:
         return 0
-    return await resolve_by_problem(session, incident_ids=event.data.incident_ids, notes=resolution_notes(event))
+    return await resolve_by_problem(
+        session, problem_id=event.data.id, incident_ids=event.data.incident_ids, notes=resolution_notes(event)
+    )
 
 
-async def resolve_by_problem(session: AsyncSession, *, incident_ids: Sequence[uuid.UUID], notes: str) -> int:
+async def resolve_by_problem(
+    session: AsyncSession, *, problem_id: uuid.UUID, incident_ids: Sequence[uuid.UUID], notes: str
+) -> int:
+    """Resolve those of `incident_ids` that are open and linked to `problem_id` here (their `problem_id`, set by the
+    problem's link event): the event's list alone resolves nothing. Returns how many were resolved."""
     rows = (
         await session.exec(
             select(Incident)
             .where(
                 col(Incident.id).in_(incident_ids),
+                Incident.problem_id == problem_id,
                 col(Incident.status).in_(OPEN_STATUSES),
                 col(Incident.deleted_at).is_(None),
             )

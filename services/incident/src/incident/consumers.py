@@ -12,6 +12,8 @@ from incident import automation
 
 LINKS = "incident.problem-links"
 RESOLUTIONS = "incident.problem-resolved"
+# Only the problem service's broker user publishes what these queues take (itsm_shared.trust): anything else is parked.
+PROBLEM = "problem"
 
 
 def register(rt: Runtime) -> list[str]:
@@ -31,6 +33,7 @@ def register(rt: Runtime) -> list[str]:
             routing_key="problem.incident_linked",
             event_model=ProblemIncidentLinkEvent,
             handler=partial(on_link, True),
+            publisher=PROBLEM,
             description="Sets problem_id and adds the workaround as a work note",
         ),
         subscribe(
@@ -40,6 +43,7 @@ def register(rt: Runtime) -> list[str]:
             routing_key="problem.incident_unlinked",
             event_model=ProblemIncidentLinkEvent,
             handler=partial(on_link, False),
+            publisher=PROBLEM,
             description="Clears problem_id",
         ),
         subscribe(
@@ -49,6 +53,7 @@ def register(rt: Runtime) -> list[str]:
             routing_key="problem.resolved",
             event_model=ProblemResolvedEvent,
             handler=on_resolved,
+            publisher=PROBLEM,
             description="Resolves open linked incidents with solved_by_problem",
         ),
     ]

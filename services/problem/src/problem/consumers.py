@@ -35,6 +35,7 @@ def register(rt: Runtime) -> list[str]:
             routing_key="incident.#",
             parse=cloud_events(IncidentEvent),
             handle=links.on_incident_events,
+            publisher="incident",  # only the incident service's broker user (itsm_shared.trust); the rest is parked
             event_id=_event_id,
             max_batch=BATCH_SIZE,
             max_wait=BATCH_WAIT,

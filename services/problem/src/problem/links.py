@@ -16,6 +16,7 @@ from itsm_shared.events import SYSTEM_ACTOR, CloudEvent
 from itsm_shared.inbox import PermanentError
 from itsm_shared.observability import correlation_id
 from itsm_shared.records import Event
+from itsm_shared.trust import sequence_refusal
 from sqlalchemy import text, tuple_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -175,9 +176,10 @@ def _incident(event: CloudEvent[dict[str, Any]]) -> tuple[uuid.UUID, dict[str, A
 async def on_incident_events(session: AsyncSession, events: Sequence[CloudEvent[dict[str, Any]]]) -> list[object]:
     """A batch of `incident.*` events, new to this consumer, in arrival order, with the effect of applying each in
     turn: the incident read model upserted in one statement (an event older than what is stored is ignored,
-    `deleted` sticks once set), then the new incidents linked to matching open known errors."""
+    `deleted` sticks once set, one more than MAX_SEQUENCE_GAP ahead of it is rejected), then the new incidents
+    linked to matching open known errors."""
     outcomes: list[object] = [APPLIED] * len(events)
-    incidents: list[tuple[uuid.UUID, dict[str, Any], CloudEvent[dict[str, Any]]]] = []
+    incidents: list[tuple[int, uuid.UUID, dict[str, Any], CloudEvent[dict[str, Any]]]] = []
     for n, event in enumerate(events):
         # note_added carries the note, not the incident: nothing for the read model.
         if event.type in NOT_AN_INCIDENT or "id" not in event.data:
@@ -187,18 +189,21 @@ async def on_incident_events(session: AsyncSession, events: Sequence[CloudEvent[
         except PermanentError as exc:
             outcomes[n] = Rejected(f"{type(exc).__name__}: {exc}")
             continue
-        incidents.append((incident_id, values, event))
+        incidents.append((n, incident_id, values, event))
     if not incidents:
         return outcomes
-    ids = sorted({incident_id for incident_id, _, _ in incidents})
+    ids = sorted({incident_id for _, incident_id, _, _ in incidents})
     stored = {row.id: _Ref(row.sequence, row.deleted) for row in await session.execute(_LOCK_REFS, {"ids": ids})}
     refs = dict(stored)
     created: list[_Created] = []
-    for incident_id, values, event in incidents:
+    for n, incident_id, values, event in incidents:
         sequence = event.sequence or 0
         ref = refs.get(incident_id)
         if ref is not None and ref.sequence >= sequence and event.type != DELETED:
             continue  # older than what is applied already
+        if (refused := sequence_refusal(sequence, None if ref is None else ref.sequence)) is not None:
+            outcomes[n] = Rejected(f"incident {incident_id}: {refused}")  # it would hide every later event
+            continue
         refs[incident_id] = _Ref(
             sequence=sequence if ref is None else max(ref.sequence, sequence),
             deleted=(ref is not None and ref.deleted) or event.type == DELETED,
