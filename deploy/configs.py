@@ -38,6 +38,17 @@ WEBHOOK_KEY_SECRET = "webhook_secret_key"  # noqa: S105 (the name of a compose s
 # on the host) mounted in its container only.
 ANCHOR_SECRET = "audit_anchor_key"  # noqa: S105 (the name of a compose secret, not its value)
 
+
+def db_secret(name: str) -> str:
+    """The compose secret of `<name>_app`'s password, mounted in `migrate-<name>` and `<name>` only."""
+    return f"{name}_db_password"
+
+
+def db_password_env(name: str) -> str:
+    """The host variable it is made from (itsm_shared.settings.db_app_password_variable)."""
+    return f"ITSM_DB_APP_PASSWORD_{name.upper()}"
+
+
 _BEGIN = re.compile(r"BEGIN generated: ([\w-]+)")
 
 
@@ -108,6 +119,8 @@ _MIGRATE = """\
     command: ["python", "-m", "itsm_shared.migrate", "%(name)s"]
     environment:
       <<: *migrate-env
+      %(password_env)s_FILE: /run/secrets/%(db_secret)s
+    secrets: [%(db_secret)s]
 
 """
 
@@ -122,8 +135,10 @@ _SERVICE = """\
     environment:
       <<: *service-env
       PORT: "%(port)d"
-      ITSM_DATABASE_URL: postgresql://%(name)s_app:${ITSM_DB_APP_PASSWORD:-app-dev-only}@postgres:5432/${ITSM_DATABASE_NAME:-itsm}
-%(extra_env)s%(secrets)s    expose: ["%(port)d"]
+      ITSM_DATABASE_URL: postgresql://%(name)s_app@postgres:5432/${ITSM_DATABASE_NAME:-itsm}
+      ITSM_DB_PASSWORD_FILE: /run/secrets/%(db_secret)s
+%(extra_env)s    secrets: [%(secrets)s]
+    expose: ["%(port)d"]
     healthcheck:
       test: ["CMD", "python", "-c", "%(readyz)s"]
       interval: 10s
@@ -161,15 +176,18 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
                 if is_auditor
                 else ""
             ),
+            "db_secret": db_secret(s.name),
+            "password_env": db_password_env(s.name),
             "secrets": (
-                f"    secrets: [{KEK_SECRET}]\n"
+                f"{KEK_SECRET}, "
                 if is_issuer
-                else f"    secrets: [{WEBHOOK_KEY_SECRET}]\n"
+                else f"{WEBHOOK_KEY_SECRET}, "
                 if is_webhook
-                else f"    secrets: [{ANCHOR_SECRET}]\n"
+                else f"{ANCHOR_SECRET}, "
                 if is_auditor
                 else ""
-            ),
+            )
+            + db_secret(s.name),
             # The others fetch the issuer's JWKS when they start.
             "issuer": "" if is_issuer else f"      {issuer.name}:\n        condition: service_healthy\n",
         }
@@ -179,6 +197,7 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
         "services": "".join(blocks),
         "gateway-upstreams": "".join(f"      {s.upstream_env}: http://{s.name}:{s.port}\n" for s in table),
         "gateway-depends-on": "".join(f"      {s.name}:\n        condition: service_started\n" for s in table),
+        "db-secrets": "".join(f"  {db_secret(s.name)}:\n    environment: {db_password_env(s.name)}\n" for s in table),
     }
 
 

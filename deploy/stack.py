@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,21 +48,29 @@ ANCHOR_VARIABLES = ("ITSM_AUDIT_ANCHOR_KEY", "ITSM_AUDIT_ANCHOR_KEY_FILE")
 # The webhook service's key of the subscriptions' signing secrets (stored encrypted under it): given to webhook only.
 WEBHOOK = "webhook"
 WEBHOOK_KEY_VARIABLES = ("ITSM_WEBHOOK_SECRET_KEY", "ITSM_WEBHOOK_SECRET_KEY_FILE")
+# Database credentials: ITSM_DB_APP_PASSWORD_<SERVICE>[_FILE] for that service's migration job, the password file
+# of its own role for the service (itsm_shared.settings); the unsuffixed ITSM_DB_APP_PASSWORD is refused.
+LEGACY_DB_APP_PASSWORD = "ITSM_DB_APP_PASSWORD"  # noqa: S105 (names of variables, not passwords)
+DB_PASSWORD_FILE = "ITSM_DB_PASSWORD_FILE"  # noqa: S105
 
 
-def auth_kek_file(run_dir: Path) -> Path:
-    """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
-    stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
-    path = run_dir / "auth-kek"
+def _secret_file(path: Path, make: Callable[[], str]) -> Path:
+    """`path`, created once with `make()` (mode 0600) and kept."""
     if not path.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return path
         with os.fdopen(descriptor, "w") as file:
-            file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+            file.write(make() + "\n")
     return path
+
+
+def auth_kek_file(run_dir: Path) -> Path:
+    """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
+    stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
+    return _secret_file(run_dir / "auth-kek", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
 
 def audit_anchor_key_file(run_dir: Path) -> Path:
@@ -79,6 +87,18 @@ def audit_anchor_key_file(run_dir: Path) -> Path:
         with os.fdopen(descriptor, "w") as file:
             file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
     return path
+
+
+def db_password_file(run_dir: Path, service: str) -> Path:
+    """The password of `<service>_app` in the stack of `run_dir`: one per service, generated once (mode 0600) and
+    kept there, given to that service's migration job (which sets it) and to that service only. Unless the
+    operator gives ITSM_DB_APP_PASSWORD_<SERVICE> or ITSM_DB_APP_PASSWORD_<SERVICE>_FILE."""
+    return _secret_file(run_dir / f"db-password-{service}", lambda: secrets.token_urlsafe(32))
+
+
+def is_db_credential(variable: str) -> bool:
+    """A variable carrying some service role's database password (each is given to one process at most)."""
+    return variable.startswith(LEGACY_DB_APP_PASSWORD) or variable == DB_PASSWORD_FILE
 
 
 def webhook_secret_key_file(run_dir: Path) -> Path:
@@ -267,11 +287,7 @@ class Stack:
         """`python -m itsm_shared.migrate <name>` with the admin URL: database, schema, roles, alembic."""
         s = self.settings
         log_path = s.run_dir / f"migrate-{name}.log"
-        env = self._base_env()
-        env.update(s.extra_env)
-        env["ITSM_DATABASE_URL"] = s.database_url
-        for variable in (*KEK_VARIABLES, *ANCHOR_VARIABLES, *WEBHOOK_KEY_VARIABLES):  # migrations never see the keys
-            env.pop(variable, None)
+        env = self.migrate_env(name)
         with log_path.open("ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} migrate {name}\n".encode())
             log.flush()
@@ -296,6 +312,41 @@ class Stack:
                 f"migrating {name} failed with code {result.returncode}.\nLast lines of {log_path}:\n{tail(log_path)}"
             )
 
+    def db_password(self, name: str, environ: Mapping[str, str]) -> tuple[str | None, Path | None]:
+        """The password of `<name>_app`: (value, None) when the operator gives ITSM_DB_APP_PASSWORD_<NAME>, else
+        (None, file): the operator's ITSM_DB_APP_PASSWORD_<NAME>_FILE or the one generated in the run dir."""
+        if environ.get(LEGACY_DB_APP_PASSWORD):
+            raise StackError(
+                f"{LEGACY_DB_APP_PASSWORD} (one password for every service's database role) is no longer read. "
+                f"Unset it: each service gets its own, generated in {self.settings.run_dir}, or set "
+                f"{LEGACY_DB_APP_PASSWORD}_<SERVICE> (or ..._FILE) for each."
+            )
+        variable = f"{LEGACY_DB_APP_PASSWORD}_{name.upper()}"
+        if environ.get(variable):
+            return environ[variable], None
+        if environ.get(f"{variable}_FILE"):
+            return None, Path(environ[f"{variable}_FILE"])
+        return None, db_password_file(self.settings.run_dir, name)
+
+    def migrate_env(self, name: str) -> dict[str, str]:
+        """The environment of one migration job: the admin URL and the password of this service's role only."""
+        s = self.settings
+        env = self._base_env()
+        env.update(s.extra_env)
+        operator = {**env, **s.service_env.get(name, {})}
+        env["ITSM_DATABASE_URL"] = s.database_url
+        for variable in [
+            v for v in env if v in (*KEK_VARIABLES, *ANCHOR_VARIABLES, *WEBHOOK_KEY_VARIABLES) or is_db_credential(v)
+        ]:
+            env.pop(variable)  # migrations never see the keys, nor another service's password
+        value, path = self.db_password(name, operator)
+        variable = f"{LEGACY_DB_APP_PASSWORD}_{name.upper()}"
+        if value is not None:
+            env[variable] = value
+        else:
+            env[f"{variable}_FILE"] = str(path)
+        return env
+
     def service_env(self, name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of one service process (README, Configuration)."""
         from itsm_shared.provision import app_url  # lazy: the shared lib is built alongside this
@@ -303,7 +354,12 @@ class Stack:
         s = self.settings
         result = self._base_env()
         overrides = {**s.extra_env, **s.service_env.get(name, {}), **(env or {})}
-        password = overrides.get("ITSM_DB_APP_PASSWORD") or result.get("ITSM_DB_APP_PASSWORD") or None
+        password, password_file = self.db_password(name, {**result, **overrides})
+        for variable in [v for v in result if is_db_credential(v)]:
+            result.pop(variable)  # a service logs in with its own role's password, and holds no other
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(LEGACY_DB_APP_PASSWORD)}
+        if password_file is not None:
+            result[DB_PASSWORD_FILE] = str(password_file)
         result.update(
             {
                 "ITSM_DATABASE_URL": app_url(s.database_url, name, password),

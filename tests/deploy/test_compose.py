@@ -111,13 +111,13 @@ def test_service_environment_names_match_the_runner(
         in_compose = {k for k in env_of(compose["services"][name]) if k.startswith("ITSM_")}
         assert in_compose == by_runner, name
         url = env_of(compose["services"][name])["ITSM_DATABASE_URL"]
-        assert url.startswith(f"postgresql://{name}_app:"), "the app role, as itsm_shared.provision.app_url"
+        assert url.startswith(f"postgresql://{name}_app@"), "the app role, as itsm_shared.provision.app_url"
         assert env_of(compose["services"][name])["ITSM_JWKS_URL"] == (
             f"http://{services.ISSUER}:{services.get(services.ISSUER).port}{services.JWKS_PATH}"
         )
         job_env = env_of(compose["services"][f"migrate-{name}"])
         assert job_env["ITSM_DATABASE_URL"].startswith("postgresql://postgres:"), "the job needs the superuser"
-        assert "ITSM_DB_APP_PASSWORD" in job_env
+        assert f"ITSM_DB_APP_PASSWORD_{name.upper()}_FILE" in job_env, "its own role's password (test_db_credentials)"
 
 
 def test_gateway_uses_the_same_traefik_files_and_environment(

@@ -635,10 +635,12 @@ def test_migrations_run_before_the_new_version_serves(app: list[Doc]) -> None:
         assert "serviceAccountName" not in spec, "a hook runs before the chart's ServiceAccounts exist"
         env = _env_of(container)
         assert env["PG_ADMIN_USER"]["valueFrom"]["secretKeyRef"]["name"] == "itsm-postgres-superuser"
-        assert env["ITSM_DB_APP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        # Its own service's role password only, under the name itsm_shared.migrate reads for that service.
+        assert env[f"ITSM_DB_APP_PASSWORD_{name.upper()}"]["valueFrom"]["secretKeyRef"] == {
             "name": f"{full(name)}-db",
             "key": "password",
         }
+        assert {v for v in env if v.startswith("ITSM_DB_APP_PASSWORD")} == {f"ITSM_DB_APP_PASSWORD_{name.upper()}"}
         assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "migration"
     hooks = [d for d in app if "helm.sh/hook" in d["metadata"].get("annotations", {})]
     assert {d["kind"] for d in hooks} == {"Job"}, "only the migrations run before the release's objects"

@@ -58,6 +58,8 @@ def test_a_new_service_is_one_entry() -> None:
     assert entries["migrate-report"]["command"] == ["python", "-m", "itsm_shared.migrate", "report"]
     assert entries["traefik"]["environment"]["ITSM_REPORT_UPSTREAM"] == "http://report:8107"
     assert "report" in entries["traefik"]["depends_on"]
+    # Its database password: a secret of its own.
+    assert compose["secrets"]["report_db_password"] == {"environment": "ITSM_DB_APP_PASSWORD_REPORT"}
     # Everything else stays as it was.
     before = yaml.safe_load(configs.render_compose())
     # The audit service may replay into its consumer queue (ITSM_AUDIT_REPLAY_QUEUES, from the table).
@@ -66,6 +68,7 @@ def test_a_new_service_is_one_entry() -> None:
     entries["audit"]["environment"]["ITSM_AUDIT_REPLAY_QUEUES"] = replay.removesuffix(",report.events")
     del entries["report"], entries["migrate-report"]
     del entries["traefik"]["environment"]["ITSM_REPORT_UPSTREAM"], entries["traefik"]["depends_on"]["report"]
+    del compose["secrets"]["report_db_password"]
     assert compose == before
 
     dynamic = configs.render_dynamic(table)

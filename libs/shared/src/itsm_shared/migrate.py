@@ -1,6 +1,7 @@
 """`python -m itsm_shared.migrate <service> [--revision MSG | --check]`: provision, then migrate to head.
 
-Run with ITSM_DATABASE_URL set to an administrative URL (it creates the database, schema and roles)."""
+Run with ITSM_DATABASE_URL set to an administrative URL (it creates the database, schema and roles), and with
+the service's own `ITSM_DB_APP_PASSWORD_<SERVICE>` (or `..._FILE`) to set the password of `<service>_app`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from alembic import command
 
 from itsm_shared.migrations import alembic_config
 from itsm_shared.provision import ensure_database, ensure_schema
-from itsm_shared.settings import ServiceSettings
+from itsm_shared.settings import ServiceSettings, db_app_password
 
 
 def migrations_dir(service: str) -> Path:
@@ -29,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--revision", metavar="MESSAGE", help="autogenerate a new revision")
     parser.add_argument("--check", action="store_true", help="fail if the models differ from the migrations")
     args = parser.parse_args(argv)
-    settings = ServiceSettings()
-    admin_url = settings.database_url
+    try:
+        password = db_app_password(args.service)
+    except ValueError as exc:
+        parser.error(str(exc))
+    admin_url = ServiceSettings().database_url
     asyncio.run(ensure_database(admin_url))
-    asyncio.run(ensure_schema(admin_url, args.service, settings.db_app_password))
+    asyncio.run(ensure_schema(admin_url, args.service, password))
     importlib.import_module(f"{args.service}.models")
     cfg = alembic_config(args.service, migrations_dir(args.service), admin_url)
     if args.revision:

@@ -1,12 +1,18 @@
 """Per-service database, schema and roles: `<svc>` schema owned by `<svc>_owner` (NOLOGIN, runs migrations),
-used by `<svc>_app` (LOGIN, the running service) with no rights elsewhere."""
+used by `<svc>_app` (LOGIN, the running service) with no rights elsewhere. Each `<svc>_app` has a password of its
+own (`ITSM_DB_APP_PASSWORD_<SVC>`, given to that service's migration job and to that service only), stored as a
+SCRAM-SHA-256 verifier computed here, so the password itself never reaches the server or its logs."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
+import os
 
 import asyncpg
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from itsm_shared.db import asyncpg_dsn
 
@@ -24,8 +30,10 @@ def app_role(service: str) -> str:
 
 
 def app_url(admin_url: str, service: str, password: str | None = None) -> str:
-    """The URL the running service connects with: same server and database, its own login role."""
-    url = make_url(admin_url).set(username=app_role(service), password=password)
+    """The URL the running service connects with: same server and database, its own login role, and its own
+    password or none (never the admin URL's: `URL.set` would keep that one when given None)."""
+    admin = make_url(admin_url)
+    url = URL.create(admin.drivername, app_role(service), password, admin.host, admin.port, admin.database, admin.query)
     return url.render_as_string(hide_password=False)
 
 
@@ -60,7 +68,7 @@ async def ensure_schema(admin_url: str, service: str, app_password: str | None) 
             if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                 await conn.execute(f"CREATE ROLE {_ident(role)} {'LOGIN' if login else 'NOLOGIN'}")
         if app_password:
-            await conn.execute(f"ALTER ROLE {app} PASSWORD {_literal(app_password)}")
+            await conn.execute(f"ALTER ROLE {app} PASSWORD {_literal(scram_verifier(app_password))}")
         await conn.execute(f"GRANT {owner} TO CURRENT_USER")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner}")
         await conn.execute(f"REVOKE ALL ON SCHEMA {schema} FROM PUBLIC")
@@ -82,3 +90,21 @@ async def ensure_schema(admin_url: str, service: str, app_password: str | None) 
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802, RFC 7677), as `ALTER ROLE ... PASSWORD`
+    takes it: `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`. PostgreSQL SASLpreps the password
+    first; for an ASCII password that is the password itself, so others are handed to the server to hash."""
+    if not password.isascii():
+        return password
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    return f"SCRAM-SHA-256${iterations}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"

@@ -1,13 +1,19 @@
-"""Settings every service reads once at start (environment, prefix ITSM_)."""
+"""Settings every service reads once at start (environment, prefix ITSM_), and the per-service database
+credentials (`ITSM_DB_APP_PASSWORD_<SERVICE>`), which only that service's migration job reads."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# The one password every `<svc>_app` role used to share (issue #11, finding 1): refused where it is found.
+LEGACY_DB_APP_PASSWORD = "ITSM_DB_APP_PASSWORD"  # noqa: S105 (a variable's name, not a password)
 
 
 class ServiceSettings(BaseSettings):
@@ -15,13 +21,10 @@ class ServiceSettings(BaseSettings):
 
     # The service's own role URL at run time; an admin URL for `python -m itsm_shared.migrate`.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/itsm"
-    # The service's own broker user (README, Security): `<broker_user_prefix><service>`, whose password is in the URL
-    # or in `amqp_password_file` (read at start, used when the URL carries none).
+    # A file holding the password of the role in `database_url` (a compose or Kubernetes secret, or the file
+    # `make run` generates in .run/), read at start and used when the URL carries no password.
+    db_password_file: Path | None = None
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    amqp_password_file: Path | None = None
-    # Every service's broker user is `<broker_user_prefix><service>`: consumers check an event's source against the
-    # user the broker says published it (itsm_shared.trust).
-    broker_user_prefix: str = ""
     exchange: str = "itsm.events"
     dead_letter_exchange: str = "itsm.dlx"
     # Prepended to consumer queue names, so an isolated stack (tests) never shares a queue with another.
@@ -38,22 +41,48 @@ class ServiceSettings(BaseSettings):
     consumer_prefetch: int = 32
     # Deliveries of one message before the broker parks it in the dead-letter queue.
     consumer_delivery_limit: int = 5
-    # Password of the service login roles; unset where PostgreSQL trusts local connections.
-    db_app_password: str | None = None
     log_level: str = "INFO"
     # Test hook: the process SIGKILLs itself when it reaches this named point (e.g. outbox.before_publish).
     fault_point: str | None = None
 
     @model_validator(mode="after")
-    def _amqp_password_from_file(self) -> Self:
-        if self.amqp_password_file is not None:
-            parts = urlsplit(self.amqp_url)
-            if parts.password is None:
-                try:
-                    secret = self.amqp_password_file.read_text().rstrip("\r\n")
-                except OSError as exc:
-                    raise ValueError(f"ITSM_AMQP_PASSWORD_FILE: cannot read {self.amqp_password_file}") from exc
-                user, host = parts.netloc.rpartition("@")[::2]
-                netloc = f"{user or 'guest'}:{quote(secret, safe='')}@{host}"
-                self.amqp_url = urlunsplit(parts._replace(netloc=netloc))
+    def _password_from_file(self) -> Self:
+        if self.db_password_file is not None:
+            url = make_url(self.database_url)
+            if url.password is None:
+                password = read_secret_file(self.db_password_file, "ITSM_DB_PASSWORD_FILE")
+                self.database_url = url.set(password=password).render_as_string(hide_password=False)
         return self
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    """A secret kept in a file (one line; a trailing newline is not part of it)."""
+    try:
+        value = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+    if not value:
+        raise ValueError(f"{variable}: {path} is empty")
+    return value
+
+
+def db_app_password_variable(service: str) -> str:
+    """The variable holding the password of `<service>_app`: `ITSM_DB_APP_PASSWORD_<SERVICE>`, or the same name
+    with `_FILE` for a file holding it. One per service, so no process needs another service's credential."""
+    return f"{LEGACY_DB_APP_PASSWORD}_{service.upper()}"
+
+
+def db_app_password(service: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The password to give `<service>_app`, from that service's own variable or file; None when neither is set
+    (the role keeps the password it has, or none where PostgreSQL trusts local connections)."""
+    if environ.get(LEGACY_DB_APP_PASSWORD):
+        raise ValueError(
+            f"{LEGACY_DB_APP_PASSWORD} (one password for every service's role) is no longer read: give each service "
+            f"its own, {db_app_password_variable(service)} or {db_app_password_variable(service)}_FILE"
+        )
+    variable = db_app_password_variable(service)
+    if value := environ.get(variable):
+        return value
+    if path := environ.get(f"{variable}_FILE"):
+        return read_secret_file(Path(path), f"{variable}_FILE")
+    return None
