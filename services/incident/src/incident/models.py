@@ -10,6 +10,7 @@ from itsm_shared.records import HistoryRow, Records
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Computed,
     Float,
@@ -55,6 +56,14 @@ class Visibility(StrEnum):
 class ClockKind(StrEnum):
     RESPONSE = "response"
     RESOLUTION = "resolution"
+
+
+class RequesterMode(StrEnum):
+    """What becomes of the impact and urgency a requester gives (issue #11, point 16)."""
+
+    ACCEPT = "accept"  # taken as given
+    CAP = "cap"  # taken up to the policy's highest priority
+    IGNORE = "ignore"  # replaced by 3 and 3 (P5) until an agent triages
 
 
 class ClockState(StrEnum):
@@ -154,6 +163,24 @@ class SlaPolicy(SQLModel, table=True):
     response_minutes: float = Field(sa_column=Column(Float, nullable=False))
     resolution_minutes: float = Field(sa_column=Column(Float, nullable=False))
     calendar: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
+    updated_at: datetime | None = Field(default=None, sa_column=utc_column())
+
+
+class RequesterPolicy(SQLModel, table=True):
+    """How the impact and urgency of an incident a requester raises are taken: one row, admins change it."""
+
+    __tablename__ = "requester_policy"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="ck_requester_policy_one_row"),
+        CheckConstraint("mode IN ('accept', 'cap', 'ignore')", name="ck_requester_policy_mode"),
+        CheckConstraint("highest_priority BETWEEN 1 AND 5", name="ck_requester_policy_highest_priority"),
+    )
+
+    id: int = Field(default=1, sa_column=Column(SmallInteger, primary_key=True, autoincrement=False))
+    mode: str = Field(sa_column=string_column(10, nullable=False))
+    # With mode `cap`: the highest priority (1 is the highest) a requester's impact and urgency can give.
+    highest_priority: int = Field(sa_column=Column(SmallInteger, nullable=False))
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, server_default="1"))
     updated_at: datetime | None = Field(default=None, sa_column=utc_column())
 

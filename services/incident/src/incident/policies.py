@@ -1,4 +1,5 @@
-"""SLA policies: the response and resolution targets and the calendar of each priority."""
+"""SLA policies: the response and resolution targets and the calendar of each priority. The requester policy:
+what becomes of the impact and urgency a requester gives (taken, capped, or ignored)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,22 @@ import time
 from collections.abc import Sequence
 
 from itsm_shared.errors import Invalid, NotFound
+from itsm_shared.priority import priority as derive_priority
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from incident.calendar import Calendar
-from incident.models import SlaPolicy
+from incident.models import RequesterMode, RequesterPolicy, SlaPolicy
 from incident.queries import utcnow
-from incident.schemas import SlaPolicyWrite
+from incident.schemas import RequesterPolicyWrite, SlaPolicyWrite
 
 # Every create reads its priority's policy: a process keeps each for a few seconds. A change through this
 # process applies at once; other replicas take it within CACHE_SECONDS.
 CACHE_SECONDS = 5.0
 _cache: dict[int, tuple[float, SlaPolicy]] = {}
+_requester: list[tuple[float, RequesterPolicy]] = []
+# What the requester policy is while its row is missing (the migration writes it): ServiceNow-like, P3 at most.
+DEFAULT_REQUESTER_POLICY = RequesterPolicy(mode=RequesterMode.CAP, highest_priority=3, version=0)
 
 
 async def policy(session: AsyncSession, priority: int) -> SlaPolicy:
@@ -68,3 +73,54 @@ async def put_policy(session: AsyncSession, priority: int, data: SlaPolicyWrite)
     await session.flush()
     _cache.pop(priority, None)
     return existing
+
+
+async def requester_policy(session: AsyncSession) -> RequesterPolicy:
+    """The requester policy (read-only: a cached object may be shared by requests), cached like the SLA policies."""
+    if _requester and time.monotonic() - _requester[0][0] < CACHE_SECONDS:
+        return _requester[0][1]
+    found = await session.get(RequesterPolicy, 1)
+    kept = DEFAULT_REQUESTER_POLICY if found is None else RequesterPolicy(**found.model_dump())
+    _requester[:] = [(time.monotonic(), kept)]
+    return kept
+
+
+async def locked_requester_policy(session: AsyncSession) -> RequesterPolicy:
+    """The requester policy's row, locked for a change (written with the default when missing)."""
+    found = await session.get(RequesterPolicy, 1, with_for_update=True)
+    if found is None:
+        found = RequesterPolicy(**DEFAULT_REQUESTER_POLICY.model_dump(exclude={"version"}))
+        session.add(found)
+        await session.flush()
+    return found
+
+
+async def put_requester_policy(
+    session: AsyncSession, current: RequesterPolicy, data: RequesterPolicyWrite
+) -> RequesterPolicy:
+    current.mode, current.highest_priority = data.mode.value, data.highest_priority
+    current.version += 1
+    current.updated_at = utcnow()
+    session.add(current)
+    await session.flush()
+    _requester.clear()
+    return current
+
+
+def requester_priority(policy: RequesterPolicy, impact: int, urgency: int) -> tuple[int, int]:
+    """The impact and urgency an incident gets from what its requester gave, under `policy`. Capping keeps the
+    priority derived from the matrix (a later change of either still derives it) and changes as little as it
+    can: the least it must lower, keeping the requester's urgency (how pressing it is for them) where it can and
+    lowering the impact (how far it reaches), which agents judge at triage (ServiceNow's caller rules)."""
+    if policy.mode == RequesterMode.IGNORE:
+        return 3, 3
+    if policy.mode == RequesterMode.ACCEPT or derive_priority(impact, urgency) >= policy.highest_priority:
+        return impact, urgency
+    allowed = [
+        (derive_priority(i, u), u - urgency, i, u)
+        for i in range(impact, 4)
+        for u in range(urgency, 4)
+        if derive_priority(i, u) >= policy.highest_priority
+    ]
+    _, _, impact, urgency = min(allowed)
+    return impact, urgency

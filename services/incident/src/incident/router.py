@@ -18,13 +18,15 @@ from itsm_shared.pagination import CommaSeparated, Limit, Page, page_response, p
 from itsm_shared.schemas import HistoryRead, Transition
 
 from incident import policies, queries, service
-from incident.models import Incident, Status
+from incident.models import Incident, RequesterPolicy, Status
 from incident.schemas import (
     IncidentCreate,
     IncidentRead,
     IncidentUpdate,
     NoteCreate,
     NoteRead,
+    RequesterPolicyRead,
+    RequesterPolicyWrite,
     SlaPolicyRead,
     SlaPolicyWrite,
 )
@@ -43,6 +45,33 @@ async def locked_incident(ref: str, session: SessionDep, principal: CurrentPrinc
 
 IncidentDep = Annotated[Incident, Depends(incident_by_ref)]
 LockedIncident = Annotated[Incident, Depends(locked_incident)]
+Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+
+
+async def locked_requester_policy(_: Admin, session: SessionDep) -> RequesterPolicy:
+    return await policies.locked_requester_policy(session)
+
+
+# Before /{ref}, which would take "requester-policy" for an incident's number.
+@router.get("/requester-policy", response_model=RequesterPolicyRead, tags=["requester-policy"])
+async def get_requester_policy(session: SessionDep, _: CurrentPrincipal, response: Response) -> RequesterPolicyRead:
+    current = await policies.requester_policy(session)
+    with_etag(response, current.version)
+    return RequesterPolicyRead.model_validate(current, from_attributes=True)
+
+
+@router.put("/requester-policy", response_model=RequesterPolicyRead, tags=["requester-policy"])
+async def put_requester_policy(
+    request: Request,
+    session: SessionDep,
+    current: Annotated[RequesterPolicy, Depends(locked_requester_policy)],
+    data: RequesterPolicyWrite,
+    response: Response,
+) -> RequesterPolicyRead:
+    check_if_match(request, current.version)
+    updated = await policies.put_requester_policy(session, current, data)
+    with_etag(response, updated.version)
+    return RequesterPolicyRead.model_validate(updated, from_attributes=True)
 
 
 @router.post("", status_code=201, response_model=IncidentRead)
@@ -156,9 +185,6 @@ async def list_notes(session: SessionDep, incident: IncidentDep, principal: Curr
 @router.get("/{ref}/history", response_model=list[HistoryRead])
 async def history(session: SessionDep, incident: IncidentDep) -> list[HistoryRead]:
     return await queries.history(session, incident)
-
-
-Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 
 
 @policies_router.get("", response_model=list[SlaPolicyRead])

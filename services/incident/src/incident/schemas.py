@@ -7,7 +7,7 @@ from typing import Any
 from itsm_shared.schemas import RequestBody
 from pydantic import BaseModel, ConfigDict, Field
 
-from incident.models import Visibility
+from incident.models import RequesterMode, Visibility
 
 READ_ONLY = frozenset(
     {
@@ -159,5 +159,20 @@ class SlaPolicyRead(BaseModel):
     response_minutes: float
     resolution_minutes: float
     calendar: dict[str, Any]
+    version: int
+    updated_at: datetime | None
+
+
+class RequesterPolicyWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: RequesterMode
+    # Used by `cap`: a requester's incident gets this priority at the highest (1 critical .. 5 planning).
+    highest_priority: int = Field(default=3, ge=1, le=5)
+
+
+class RequesterPolicyRead(BaseModel):
+    mode: RequesterMode
+    highest_priority: int
     version: int
     updated_at: datetime | None

@@ -30,7 +30,7 @@ from incident.models import (
     Status,
     Visibility,
 )
-from incident.policies import policy
+from incident.policies import policy, requester_policy, requester_priority
 from incident.queries import WORKERS, clocks_of, is_requester_only, render, render_values, require_worker, utcnow
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 
@@ -118,7 +118,9 @@ async def _check_parent(session: AsyncSession, incident_id: uuid.UUID | None, pa
 
 
 async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Principal) -> IncidentRead:
-    """Create an incident with its SLA clocks."""
+    """Create an incident with its SLA clocks. A requester's impact and urgency are taken as the requester policy
+    says (accepted, capped, or ignored: issue #11, point 16); an agent's or admin's as given."""
+    impact, urgency = data.impact, data.urgency
     if is_requester_only(actor):
         if not actor.has(Role.REQUESTER):
             raise Forbidden("not allowed to raise incidents")
@@ -129,6 +131,7 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
             )
         if data.assignee_id or data.assignment_group or data.parent_id:
             raise Forbidden("a requester cannot assign or relate incidents")
+        impact, urgency = requester_priority(await requester_policy(session), impact, urgency)
     elif not actor.has(*WORKERS):
         raise Forbidden("auditors and managers read incidents; agents raise them")
     if data.parent_id:
@@ -138,7 +141,9 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
         **data.model_dump(exclude={"caller_id"}),
         "id": uuid.uuid4(),
         "caller_id": data.caller_id or actor.id,
-        "priority": derive_priority(data.impact, data.urgency),
+        "impact": impact,
+        "urgency": urgency,
+        "priority": derive_priority(impact, urgency),
         "status": Status.NEW.value,
         "created_by": actor.id,
         "created_at": now,
