@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,13 @@ class ServiceSettings(BaseSettings):
     # A file holding the password of the role in `database_url` (a compose or Kubernetes secret, or the file
     # `make run` generates in .run/), read at start and used when the URL carries no password.
     db_password_file: Path | None = None
+    # The service's own broker user (README, Security): `<broker_user_prefix><service>`, whose password is in the URL
+    # or in `amqp_password_file` (read at start, used when the URL carries none).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_password_file: Path | None = None
+    # Every service's broker user is `<broker_user_prefix><service>`: consumers check an event's source against the
+    # user the broker says published it (itsm_shared.trust).
+    broker_user_prefix: str = ""
     exchange: str = "itsm.events"
     dead_letter_exchange: str = "itsm.dlx"
     # Prepended to consumer queue names, so an isolated stack (tests) never shares a queue with another.
@@ -44,6 +51,20 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     # Test hook: the process SIGKILLs itself when it reaches this named point (e.g. outbox.before_publish).
     fault_point: str | None = None
+
+    @model_validator(mode="after")
+    def _amqp_password_from_file(self) -> Self:
+        if self.amqp_password_file is not None:
+            parts = urlsplit(self.amqp_url)
+            if parts.password is None:
+                try:
+                    secret = self.amqp_password_file.read_text().rstrip("\r\n")
+                except OSError as exc:
+                    raise ValueError(f"ITSM_AMQP_PASSWORD_FILE: cannot read {self.amqp_password_file}") from exc
+                user, host = parts.netloc.rpartition("@")[::2]
+                netloc = f"{user or 'guest'}:{quote(secret, safe='')}@{host}"
+                self.amqp_url = urlunsplit(parts._replace(netloc=netloc))
+        return self
 
     @model_validator(mode="after")
     def _password_from_file(self) -> Self:
