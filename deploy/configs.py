@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +24,11 @@ from pathlib import Path
 import service_table as services
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT / "libs" / "shared" / "src") not in sys.path:  # itsm_shared.broker_users (standard library only)
+    sys.path.append(str(REPO_ROOT / "libs" / "shared" / "src"))
+
+from itsm_shared.broker_users import Topology, definitions  # noqa: E402
+
 TRAEFIK_DYNAMIC = REPO_ROOT / "deploy" / "traefik" / "dynamic.yml"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 
@@ -47,6 +53,36 @@ def db_secret(name: str) -> str:
 def db_password_env(name: str) -> str:
     """The host variable it is made from (itsm_shared.settings.db_app_password_variable)."""
     return f"ITSM_DB_APP_PASSWORD_{name.upper()}"
+
+
+def amqp_secret(name: str) -> str:
+    """The compose secret of the password of `<name>`'s broker user, mounted in `<name>` only (and in the broker's
+    definitions)."""
+    return f"{name}_amqp_password"
+
+
+def amqp_password_env(name: str) -> str:
+    """The host variable it is made from (deploy/broker_accounts.py reads the same under `make run`)."""
+    return f"ITSM_AMQP_PASSWORD_{name.upper()}"
+
+
+def broker_definitions(table: Sequence[services.Service]) -> str:
+    """The compose config `rabbitmq_definitions`: RabbitMQ's users, one per service with its permissions
+    (itsm_shared.broker_users, for compose's names), and the operator's administrator, which no service uses. The
+    passwords come from the host's variables when compose reads the file; `$$` is compose's `$`."""
+    placeholders = {s.name: f"@{amqp_password_env(s.name)}@" for s in table}
+    document = definitions(placeholders, Topology())
+    document["users"].insert(0, {"name": "@ADMIN@", "password": "@ADMIN_PASSWORD@", "tags": ["administrator"]})
+    document["permissions"].insert(0, {"user": "@ADMIN@", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"})
+    document = {"vhosts": [{"name": "/"}], **document}
+    text = json.dumps(document, indent=2).replace("$", "$$")
+    for s in table:
+        variable = amqp_password_env(s.name)
+        text = text.replace(f"@{variable}@", f"${{{variable}:?the password of {s.name}'s broker user}}")
+    text = text.replace("@ADMIN@", "${ITSM_RABBITMQ_USER:-itsm}")
+    text = text.replace("@ADMIN_PASSWORD@", "${ITSM_RABBITMQ_PASSWORD:-rabbitmq-dev-only}")
+    body = "".join(f"      {line}\n" for line in text.splitlines())
+    return f"  rabbitmq_definitions:\n    content: |\n{body}"
 
 
 _BEGIN = re.compile(r"BEGIN generated: ([\w-]+)")
@@ -137,6 +173,8 @@ _SERVICE = """\
       PORT: "%(port)d"
       ITSM_DATABASE_URL: postgresql://%(name)s_app@postgres:5432/${ITSM_DATABASE_NAME:-itsm}
       ITSM_DB_PASSWORD_FILE: /run/secrets/%(db_secret)s
+      ITSM_AMQP_URL: amqp://%(name)s@rabbitmq:5672/
+      ITSM_AMQP_PASSWORD_FILE: /run/secrets/%(amqp_secret)s
 %(extra_env)s    secrets: [%(secrets)s]
     expose: ["%(port)d"]
     healthcheck:
@@ -177,6 +215,7 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
                 else ""
             ),
             "db_secret": db_secret(s.name),
+            "amqp_secret": amqp_secret(s.name),
             "password_env": db_password_env(s.name),
             "secrets": (
                 f"{KEK_SECRET}, "
@@ -187,7 +226,7 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
                 if is_auditor
                 else ""
             )
-            + db_secret(s.name),
+            + f"{db_secret(s.name)}, {amqp_secret(s.name)}",
             # The others fetch the issuer's JWKS when they start.
             "issuer": "" if is_issuer else f"      {issuer.name}:\n        condition: service_healthy\n",
         }
@@ -198,6 +237,10 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
         "gateway-upstreams": "".join(f"      {s.upstream_env}: http://{s.name}:{s.port}\n" for s in table),
         "gateway-depends-on": "".join(f"      {s.name}:\n        condition: service_started\n" for s in table),
         "db-secrets": "".join(f"  {db_secret(s.name)}:\n    environment: {db_password_env(s.name)}\n" for s in table),
+        "amqp-secrets": "".join(
+            f"  {amqp_secret(s.name)}:\n    environment: {amqp_password_env(s.name)}\n" for s in table
+        ),
+        "broker-definitions": broker_definitions(table),
     }
 
 

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import broker_accounts
 import service_table as services
 from gateway import DEFAULT_API_RATE_LIMIT, DEFAULT_GATEWAY_PORT, DEFAULT_LOGIN_RATE_LIMIT, GATEWAY, start_gateway
+from itsm_shared.broker_users import Topology
 from processes import (
     REPO_ROOT,
     ManagedProcess,
@@ -134,6 +136,8 @@ class StackSettings:
     exchange: str = DEFAULT_EXCHANGE
     dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE
     queue_prefix: str = ""
+    # Each service connects to RabbitMQ as `<broker_user_prefix><service>` (broker_accounts; README, Security).
+    broker_user_prefix: str = ""
     gateway_host: str = "127.0.0.1"
     gateway_port: int = DEFAULT_GATEWAY_PORT
     service_ports: Mapping[str, int] = field(default_factory=default_ports)
@@ -184,6 +188,7 @@ class StackSettings:
             "amqp_url": environ.get("ITSM_AMQP_URL") or DEFAULT_AMQP_URL,
             "exchange": environ.get("ITSM_EXCHANGE") or DEFAULT_EXCHANGE,
             "dead_letter_exchange": environ.get("ITSM_DEAD_LETTER_EXCHANGE") or DEFAULT_DEAD_LETTER_EXCHANGE,
+            "broker_user_prefix": environ.get("ITSM_BROKER_USER_PREFIX") or "",
             "gateway_port": int(environ.get("ITSM_GATEWAY_PORT") or DEFAULT_GATEWAY_PORT),
             "service_ports": ports,
             "api_rate_limit": int(environ.get("ITSM_API_RATE_LIMIT") or DEFAULT_API_RATE_LIMIT),
@@ -209,6 +214,7 @@ class StackSettings:
             "exchange": f"itsm_e2e_{token}.events",
             "dead_letter_exchange": f"itsm_e2e_{token}.dlx",
             "queue_prefix": f"itsm_e2e_{token}.",
+            "broker_user_prefix": f"itsm_e2e_{token}.",
             "gateway_port": free_port(),
             "service_ports": {name: free_port() for name in services.names()},
             "api_rate_limit": 1000,
@@ -246,6 +252,7 @@ class Stack:
         self._check_ports_free()
         s.run_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.create_broker_users()
             if s.migrate:
                 for name in self.services:
                     self.migrate(name)
@@ -360,10 +367,14 @@ class Stack:
         overrides = {k: v for k, v in overrides.items() if not k.startswith(LEGACY_DB_APP_PASSWORD)}
         if password_file is not None:
             result[DB_PASSWORD_FILE] = str(password_file)
+        amqp = self.broker_env(name, {**result, **overrides})
+        for variable in [v for v in result if broker_accounts.is_broker_credential(v)]:
+            result.pop(variable)  # a service logs in to the broker as its own user only
+        overrides = {k: v for k, v in overrides.items() if not broker_accounts.is_broker_credential(k)}
         result.update(
             {
                 "ITSM_DATABASE_URL": app_url(s.database_url, name, password),
-                "ITSM_AMQP_URL": s.amqp_url,
+                **amqp,
                 "ITSM_EXCHANGE": s.exchange,
                 "ITSM_DEAD_LETTER_EXCHANGE": s.dead_letter_exchange,
                 "ITSM_QUEUE_PREFIX": s.queue_prefix,
@@ -495,6 +506,42 @@ class Stack:
             timeout=s.ready_timeout,
             die_with_parent=s.die_with_parent,
         )
+
+    # -- the broker users ---------------------------------------------------------------------------
+
+    def broker_topology(self) -> Topology:
+        s = self.settings
+        return Topology(s.exchange, s.dead_letter_exchange, s.queue_prefix, s.broker_user_prefix)
+
+    def broker_credential(self, name: str, environ: Mapping[str, str] | None = None) -> broker_accounts.Credential:
+        s = self.settings
+        operator = {**os.environ, **s.extra_env, **s.service_env.get(name, {}), **(environ or {})}
+        return broker_accounts.credential(s.run_dir, name, operator)
+
+    def broker_env(self, name: str, environ: Mapping[str, str]) -> dict[str, str]:
+        """ITSM_AMQP_URL as the service's own broker user, its password (or its file), and the user prefix."""
+        secret = self.broker_credential(name, environ)
+        return broker_accounts.service_environment(self.settings.amqp_url, self.broker_topology(), name, secret)
+
+    def broker_url(self, name: str) -> str:
+        """The AMQP URL of `name`'s broker user, password included: what a test publishes as that service with."""
+        user = self.broker_topology().user(name)
+        return broker_accounts.url_as(self.settings.amqp_url, user, self.broker_credential(name).read())
+
+    def create_broker_users(self) -> None:
+        """One broker user per service of the stack, with its permissions (broker_accounts)."""
+        s = self.settings
+        secrets_of = {name: self.broker_credential(name) for name in self.services}
+        try:
+            broker_accounts.ensure_users(s.amqp_url, self.broker_topology(), secrets_of, s.run_dir)
+        except broker_accounts.BrokerUsersUnavailable as exc:
+            raise StackError(str(exc)) from exc
+
+    def drop_broker_users(self) -> None:
+        """Delete this stack's broker users (e2e cleanup). Only for a stack with its own `broker_user_prefix`."""
+        if not self.settings.broker_user_prefix:
+            raise StackError("refusing to delete the broker users of a stack without its own broker_user_prefix")
+        broker_accounts.drop_users(self.broker_topology(), services.names())
 
     def drop_database(self) -> None:
         """Drop this stack's database (e2e cleanup). Only for a stack with its own `database_name`."""

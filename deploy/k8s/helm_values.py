@@ -1,8 +1,8 @@
 """The parts of the two Helm charts' values.yaml that come from the table of services (deploy/services.toml).
 
-Each values.yaml has one region between `# BEGIN generated: services` and `# END generated: services`; this
-module writes it from the table and leaves every other line as written by hand (the same regions mechanism as
-deploy/configs.py, whose `replace_regions` it uses).
+Each values.yaml has one region between `# BEGIN generated: services` and `# END generated: services` (the data
+chart's also `broker-roles`, from itsm_shared.trust); this module writes them and leaves every other line as
+written by hand (the same regions mechanism as deploy/configs.py, whose `replace_regions` it uses).
 
     python deploy/k8s/helm_values.py           rewrite the regions (after editing deploy/services.toml)
     python deploy/k8s/helm_values.py --check   exit 1 and show the difference when a file is not up to date
@@ -23,6 +23,8 @@ K8S_DIR = Path(__file__).resolve().parent
 REPO_ROOT = K8S_DIR.parents[1]
 if str(K8S_DIR.parent) not in sys.path:  # deploy/, where the table and the regions mechanism live
     sys.path.insert(0, str(K8S_DIR.parent))
+if str(REPO_ROOT / "libs" / "shared" / "src") not in sys.path:  # itsm_shared.trust (standard library only)
+    sys.path.append(str(REPO_ROOT / "libs" / "shared" / "src"))
 
 import configs  # noqa: E402
 import service_table as services  # noqa: E402
@@ -54,10 +56,26 @@ def data_region(table: Sequence[services.Service]) -> str:
     return f"services: {_flow([s.name for s in table])}\n"
 
 
+def broker_roles_region(table: Sequence[services.Service]) -> str:
+    """What each service's broker user publishes and binds (the first words of routing keys; "#": any) and whether
+    it replays through the default exchange: itsm_shared.trust, the one table of who may publish what."""
+    from itsm_shared.trust import REPLAYER, role
+
+    lines = ["brokerRoles:\n"]
+    for s in table:
+        of = role(s.name)
+        replays = ", replays: true" if s.name == REPLAYER else ""
+        lines.append(f"  {s.name}: {{publishes: {_flow(of.publishes)}, binds: {_flow(of.binds)}{replays}}}\n")
+    return "".join(lines)
+
+
 def render(path: Path, table: Sequence[services.Service] | None = None) -> str:
     table = services.table() if table is None else table
-    region = app_region(table) if path == APP_VALUES else data_region(table)
-    return configs.replace_regions(path.read_text(), {"services": region}, path=path)
+    if path == APP_VALUES:
+        regions = {"services": app_region(table)}
+    else:
+        regions = {"services": data_region(table), "broker-roles": broker_roles_region(table)}
+    return configs.replace_regions(path.read_text(), regions, path=path)
 
 
 def outdated() -> dict[Path, str]:

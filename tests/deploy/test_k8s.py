@@ -149,6 +149,7 @@ def test_every_service_of_the_table_is_deployed(app: list[Doc], data: list[Doc])
     roles = the(data, "Cluster", full("postgres"))["spec"]["managed"]["roles"]
     assert [r["name"] for r in roles] == [f"{n}_app" for n in names]
     assert set(of_kind(data, "User")) == set(of_kind(data, "Permission")) == expected
+    assert set(of_kind(data, "TopicPermission")) == expected
 
 
 def test_routes_are_the_table_prefixes(app: list[Doc]) -> None:
@@ -202,6 +203,7 @@ CRD_KINDS = {
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"),
     ("rabbitmq.com/v1beta1", "User"),
     ("rabbitmq.com/v1beta1", "Permission"),
+    ("rabbitmq.com/v1beta1", "TopicPermission"),
 }
 
 
@@ -419,6 +421,15 @@ SHAPES: dict[tuple[str, str], dict[str, Any]] = {
             "userReference": _NAME_REF,
             "vhost": _STR,
             "permissions": _obj({"configure": _STR, "write": _STR, "read": _STR}, ("configure", "write", "read")),
+        },
+        ("rabbitmqClusterReference", "userReference", "vhost", "permissions"),
+    ),
+    ("rabbitmq.com/v1beta1", "TopicPermission"): _obj(
+        {
+            "rabbitmqClusterReference": _NAME_REF,
+            "userReference": _NAME_REF,
+            "vhost": _STR,
+            "permissions": _obj({"exchange": _STR, "write": _STR, "read": _STR}, ("exchange", "write", "read")),
         },
         ("rabbitmqClusterReference", "userReference", "vhost", "permissions"),
     ),

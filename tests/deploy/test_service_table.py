@@ -3,6 +3,7 @@ dynamic configuration and of docker-compose.yml, and the service packages it mus
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -58,8 +59,11 @@ def test_a_new_service_is_one_entry() -> None:
     assert entries["migrate-report"]["command"] == ["python", "-m", "itsm_shared.migrate", "report"]
     assert entries["traefik"]["environment"]["ITSM_REPORT_UPSTREAM"] == "http://report:8107"
     assert "report" in entries["traefik"]["depends_on"]
-    # Its database password: a secret of its own.
+    # Its database password and its broker password: a secret of its own each; its broker user in the definitions.
     assert compose["secrets"]["report_db_password"] == {"environment": "ITSM_DB_APP_PASSWORD_REPORT"}
+    assert compose["secrets"]["report_amqp_password"] == {"environment": "ITSM_AMQP_PASSWORD_REPORT"}
+    definitions = json.loads(compose["configs"]["rabbitmq_definitions"]["content"].replace("$$", "$"))
+    assert "report" in [user["name"] for user in definitions["users"]]
     # Everything else stays as it was.
     before = yaml.safe_load(configs.render_compose())
     # The audit service may replay into its consumer queue (ITSM_AUDIT_REPLAY_QUEUES, from the table).
@@ -68,7 +72,8 @@ def test_a_new_service_is_one_entry() -> None:
     entries["audit"]["environment"]["ITSM_AUDIT_REPLAY_QUEUES"] = replay.removesuffix(",report.events")
     del entries["report"], entries["migrate-report"]
     del entries["traefik"]["environment"]["ITSM_REPORT_UPSTREAM"], entries["traefik"]["depends_on"]["report"]
-    del compose["secrets"]["report_db_password"]
+    del compose["secrets"]["report_db_password"], compose["secrets"]["report_amqp_password"]
+    del compose["configs"]["rabbitmq_definitions"], before["configs"]["rabbitmq_definitions"]
     assert compose == before
 
     dynamic = configs.render_dynamic(table)

@@ -158,13 +158,16 @@ def test_settings_from_env_and_isolated(tmp_path: Path) -> None:
 
 def test_service_env_follows_the_interfaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("itsm_shared.provision")
+    from itsm_shared.broker_users import url_as
+
     monkeypatch.setenv("ITSM_FAULT_POINT", "inherited.from.the.shell")
     settings = stack.StackSettings.isolated(tmp_path, services=(), service_env={"audit": {"ITSM_LOG_LEVEL": "DEBUG"}})
     runner = stack.Stack(settings)
     env = runner.service_env("incident")
     assert env["ITSM_DATABASE_URL"].startswith("postgresql://incident_app")
     assert processes.database_of(env["ITSM_DATABASE_URL"]) == settings.database_name
-    assert env["ITSM_AMQP_URL"] == settings.amqp_url
+    assert env["ITSM_AMQP_URL"] == url_as(settings.amqp_url, f"{settings.broker_user_prefix}incident")
+    assert env["ITSM_BROKER_USER_PREFIX"] == settings.broker_user_prefix
     assert env["ITSM_EXCHANGE"] == settings.exchange
     assert env["ITSM_JWKS_URL"] == f"http://127.0.0.1:{settings.port('auth')}/api/v1/auth/jwks.json"
     assert "ITSM_FAULT_POINT" not in env
@@ -335,5 +338,6 @@ def test_real_auth_behind_the_gateway_dies_at_a_fault_point_and_restarts(tmp_pat
     finally:
         runner.stop()
         runner.drop_database()
+        runner.drop_broker_users()
         asyncio.run(_delete_broker_objects(settings))
     assert all(pid is not None and not alive(pid) for pid in pids)

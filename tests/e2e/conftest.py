@@ -44,6 +44,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Sta
     finally:
         running.stop()
         running.drop_database()
+        running.drop_broker_users()
         # The consumer queues of the table (test_service_table.py checks the services declare exactly
         # those) under this stack's prefix, with their dead-letter queues, off the shared broker too.
         queues = tuple(settings.queue_prefix + q for name in running.services for q in services.get(name).queues)

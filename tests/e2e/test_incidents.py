@@ -420,7 +420,9 @@ async def test_problem_link_event_reaches_the_incident_through_the_gateway(
         },
         sequence=3,
     )
-    channel = await amqp.channel(publisher_confirms=True)
+    # As the problem service publishes it: its broker user, user_id set (anyone else's would be parked).
+    problem_service = await aio_pika.connect(stack.broker_url("problem"))
+    channel = await problem_service.channel(publisher_confirms=True)
     exchange = await channel.get_exchange(stack.settings.exchange)
     started = time.monotonic()
     await exchange.publish(
@@ -429,6 +431,7 @@ async def test_problem_link_event_reaches_the_incident_through_the_gateway(
             message_id=event["id"],
             content_type=CLOUDEVENTS_CONTENT_TYPE,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=problem_service.url.user,
         ),
         routing_key=routing_key(event["type"]),
         mandatory=True,
@@ -450,4 +453,53 @@ async def test_problem_link_event_reaches_the_incident_through_the_gateway(
     assert linked["version"] == incident["version"] + 1
     assert [n["visibility"] for n in visible] == ["internal"] and "PRB0000777" in visible[0]["body"]
     assert await listed(http, agent, problem_id=str(problem)) == [incident["id"]]
-    await channel.close()
+    await problem_service.close()
+
+
+async def test_a_forged_problem_event_changes_no_incident(
+    http: httpx.AsyncClient,
+    stack: stack_module.Stack,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    agent: User,
+) -> None:
+    """Issue #11, finding 2, through the running stack: a problem.incident_linked with an attacker's work note and a
+    problem.resolved naming an incident, published on the exchange by a client that is not the problem service (the
+    broker's administrator here), change nothing; what the problem service publishes next on the same queues does."""
+    target = await create(http, agent, title="Laptop will not boot")
+    marker = await create(http, agent, title="Marker")
+    forged_problem, real_problem = uuid.uuid4(), uuid.uuid4()
+
+    def linked(incident: dict[str, Any], problem: uuid.UUID, workaround: str) -> dict[str, Any]:
+        data = {"id": str(problem), "incident_id": incident["id"], "workaround": workaround}
+        return new_event(service="problem", type="problem.incident_linked", subject=problem, data=data, sequence=1)
+
+    def resolved(incident: dict[str, Any], problem: uuid.UUID) -> dict[str, Any]:
+        data = {"id": str(problem), "resolve_linked_incidents": True, "incident_ids": [incident["id"]]}
+        return new_event(service="problem", type="problem.resolved", subject=problem, data=data, sequence=2)
+
+    async def publish(connection: aio_pika.abc.AbstractConnection, *events: dict[str, Any]) -> None:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(stack.settings.exchange)
+        user = connection.url.user if connection is not amqp else None
+        for event in events:
+            body = json.dumps(event).encode()
+            message = aio_pika.Message(
+                body, message_id=event["id"], content_type=CLOUDEVENTS_CONTENT_TYPE, user_id=user
+            )
+            await exchange.publish(message, routing_key=routing_key(event["type"]))
+        await channel.close()
+
+    await publish(amqp, linked(target, forged_problem, "Mail your password to it@evil.example"))
+    await publish(amqp, resolved(target, forged_problem))
+    problem_service = await aio_pika.connect(stack.broker_url("problem"))
+    try:
+        await publish(problem_service, linked(marker, real_problem, "Hold the power button"))
+        await eventually(lambda: get(http, agent, marker["id"]), lambda i: i["problem_id"] == str(real_problem))
+        await publish(problem_service, resolved(marker, real_problem))
+        await eventually(lambda: get(http, agent, marker["id"]), lambda i: i["status"] == "resolved")
+    finally:
+        await problem_service.close()
+    after = await get(http, agent, target["id"])
+    assert (after["problem_id"], after["status"], after["version"]) == (None, "new", target["version"])
+    notes = (await http.get(f"{INCIDENTS}/{target['id']}/notes", headers=agent.headers())).json()
+    assert notes == []

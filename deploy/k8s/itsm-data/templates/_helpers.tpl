@@ -8,3 +8,16 @@ app.kubernetes.io/managed-by: {{ $root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version }}
 {{- end -}}
 
+
+{{/* The routing keys whose first word is one of a list (a topic permission's regular expression): "#" any */}}
+{{- define "itsm-data.routingKeys" -}}
+{{- if has "#" . -}}
+.*
+{{- else if . -}}
+{{- $words := list -}}
+{{- range . }}{{ $words = append $words (regexQuoteMeta .) }}{{ end -}}
+^({{ join "|" $words }})\.
+{{- else -}}
+^$
+{{- end -}}
+{{- end -}}

@@ -219,6 +219,8 @@ class ProblemLink(SQLModel, table=True):
     """The highest `sequence` applied per (incident, problem), so link/unlink events apply in order."""
 
     __tablename__ = "problem_link"
+    # The highest sequence applied of a problem's links: a new link's sequence is bounded by it.
+    __table_args__ = (Index("ix_problem_link_problem_sequence", "problem_id", "sequence"),)
 
     incident_id: uuid.UUID = Field(primary_key=True)
     problem_id: uuid.UUID = Field(primary_key=True)
