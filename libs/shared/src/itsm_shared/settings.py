@@ -57,13 +57,9 @@ class ServiceSettings(BaseSettings):
         if self.amqp_password_file is not None:
             parts = urlsplit(self.amqp_url)
             if parts.password is None:
-                try:
-                    secret = self.amqp_password_file.read_text().rstrip("\r\n")
-                except OSError as exc:
-                    raise ValueError(f"ITSM_AMQP_PASSWORD_FILE: cannot read {self.amqp_password_file}") from exc
+                password = quote(read_secret_file(self.amqp_password_file, "ITSM_AMQP_PASSWORD_FILE"), safe="")
                 user, host = parts.netloc.rpartition("@")[::2]
-                netloc = f"{user or 'guest'}:{quote(secret, safe='')}@{host}"
-                self.amqp_url = urlunsplit(parts._replace(netloc=netloc))
+                self.amqp_url = urlunsplit(parts._replace(netloc=f"{user or 'guest'}:{password}@{host}"))
         return self
 
     @model_validator(mode="after")
