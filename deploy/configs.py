@@ -207,25 +207,21 @@ def compose_regions(table: Sequence[services.Service]) -> dict[str, str]:
             "extra_env": (
                 f"      {BOOTSTRAP}: ${{{BOOTSTRAP}:-}}\n      ITSM_AUTH_KEK_FILE: /run/secrets/{KEK_SECRET}\n"
                 if is_issuer
-                else f"      ITSM_WEBHOOK_SECRET_KEY_FILE: /run/secrets/{WEBHOOK_KEY_SECRET}\n"
-                if is_webhook
-                else f"      ITSM_AUDIT_ANCHOR_KEY_FILE: /run/secrets/{ANCHOR_SECRET}\n"
+                else ""
+            )
+            + (
+                f"      ITSM_AUDIT_ANCHOR_KEY_FILE: /run/secrets/{ANCHOR_SECRET}\n"
                 f"      ITSM_AUDIT_REPLAY_QUEUES: {','.join(services.replay_queues(table))}\n"
                 if is_auditor
                 else ""
-            ),
+            )
+            + (f"      ITSM_WEBHOOK_SECRET_KEY_FILE: /run/secrets/{WEBHOOK_KEY_SECRET}\n" if is_webhook else ""),
             "db_secret": db_secret(s.name),
             "amqp_secret": amqp_secret(s.name),
             "password_env": db_password_env(s.name),
-            "secrets": (
-                f"{KEK_SECRET}, "
-                if is_issuer
-                else f"{WEBHOOK_KEY_SECRET}, "
-                if is_webhook
-                else f"{ANCHOR_SECRET}, "
-                if is_auditor
-                else ""
-            )
+            "secrets": (f"{KEK_SECRET}, " if is_issuer else "")
+            + (f"{ANCHOR_SECRET}, " if is_auditor else "")
+            + (f"{WEBHOOK_KEY_SECRET}, " if is_webhook else "")
             + f"{db_secret(s.name)}, {amqp_secret(s.name)}",
             # The others fetch the issuer's JWKS when they start.
             "issuer": "" if is_issuer else f"      {issuer.name}:\n        condition: service_healthy\n",

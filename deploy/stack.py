@@ -45,11 +45,11 @@ DEFAULT_EXCHANGE = "itsm.events"
 DEFAULT_DEAD_LETTER_EXCHANGE = "itsm.dlx"
 # The auth service's key-encryption key (its signing keys are stored encrypted under it): given to auth only.
 KEK_VARIABLES = ("ITSM_AUTH_KEK", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS")
-# The audit service's anchor key (it signs its hash chain with it, README, Audit): given to audit only.
-ANCHOR_VARIABLES = ("ITSM_AUDIT_ANCHOR_KEY", "ITSM_AUDIT_ANCHOR_KEY_FILE")
 # The webhook service's key of the subscriptions' signing secrets (stored encrypted under it): given to webhook only.
 WEBHOOK = "webhook"
 WEBHOOK_KEY_VARIABLES = ("ITSM_WEBHOOK_SECRET_KEY", "ITSM_WEBHOOK_SECRET_KEY_FILE")
+# The audit service's anchor key (it signs its hash chain with it, README, Audit): given to audit only.
+ANCHOR_VARIABLES = ("ITSM_AUDIT_ANCHOR_KEY", "ITSM_AUDIT_ANCHOR_KEY_FILE")
 # Database credentials: ITSM_DB_APP_PASSWORD_<SERVICE>[_FILE] for that service's migration job, the password file
 # of its own role for the service (itsm_shared.settings); the unsuffixed ITSM_DB_APP_PASSWORD is refused.
 LEGACY_DB_APP_PASSWORD = "ITSM_DB_APP_PASSWORD"  # noqa: S105 (names of variables, not passwords)
@@ -79,16 +79,9 @@ def audit_anchor_key_file(run_dir: Path) -> Path:
     """The anchor key of the stack in `run_dir` (the audit service signs each batch of its chain with it), generated
     once (mode 0600) and kept there, given to the audit service only. Unless the operator gives
     ITSM_AUDIT_ANCHOR_KEY or ITSM_AUDIT_ANCHOR_KEY_FILE."""
-    path = run_dir / "audit-anchor-key"
-    if not path.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path
-        with os.fdopen(descriptor, "w") as file:
-            file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
-    return path
+    return _secret_file(
+        run_dir / "audit-anchor-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    )
 
 
 def db_password_file(run_dir: Path, service: str) -> Path:
@@ -106,16 +99,9 @@ def is_db_credential(variable: str) -> bool:
 def webhook_secret_key_file(run_dir: Path) -> Path:
     """The key of the webhook signing secrets of the stack in `run_dir`, generated once (mode 0600) and kept there.
     Unless the operator gives ITSM_WEBHOOK_SECRET_KEY or ITSM_WEBHOOK_SECRET_KEY_FILE."""
-    path = run_dir / "webhook-secret-key"
-    if not path.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path
-        with os.fdopen(descriptor, "w") as file:
-            file.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
-    return path
+    return _secret_file(
+        run_dir / "webhook-secret-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    )
 
 
 def default_ports() -> dict[str, int]:
@@ -345,7 +331,7 @@ class Stack:
         for variable in [
             v for v in env if v in (*KEK_VARIABLES, *ANCHOR_VARIABLES, *WEBHOOK_KEY_VARIABLES) or is_db_credential(v)
         ]:
-            env.pop(variable)  # migrations never see the keys, nor another service's password
+            env.pop(variable)  # migrations never see the KEK or the anchor key, nor another service's password
         value, path = self.db_password(name, operator)
         variable = f"{LEGACY_DB_APP_PASSWORD}_{name.upper()}"
         if value is not None:

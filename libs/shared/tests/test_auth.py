@@ -249,6 +249,24 @@ async def test_unknown_kid_refetches_at_most_once_per_window(
     assert server.fetches == 3
 
 
+async def test_a_key_rotated_in_just_after_a_background_reload_verifies_at_its_first_token(
+    key: SigningKey, server: JWKSServer
+) -> None:
+    """The e2e failure of 2026-11-29: the periodic reload ran, the issuer rotated, the first token of the new key
+    came within the refetch window and was refused as 'unknown signing key' until the next reload."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    async with JWKSCache(JWKS_URL, client=client, refresh_seconds=60, min_refetch_seconds=10, autostart=False) as cache:
+        verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
+        assert await cache.refresh()  # what the background loop does every refresh interval
+        rotated = SigningKey("k2")
+        server.keys.append(rotated)
+        assert isinstance(await verifier.verify(sign(rotated, claims())), Principal)
+        assert server.fetches == 2
+        # A forged kid right after it still costs nothing: that reload was asked for by an unknown kid.
+        await rejected(verifier, sign(SigningKey("forged"), claims()))
+        assert server.fetches == 2
+
+
 async def test_issuer_unreachable(key: SigningKey) -> None:
     server = JWKSServer(key)
     server.down = True

@@ -6,9 +6,10 @@ Keys (`RefreshingKeySet`, over HTTP: `JWKSCache`) are reloaded in the background
 (`ITSM_JWKS_REFRESH_SECONDS`), so a key the issuer withdraws (rotated out, or revoked in an emergency) stops
 verifying within one interval. A request whose key is known never waits for a fetch, however slow the issuer; an
 unknown `kid` asks for a reload at most once per `min_refetch_seconds` (a flood of forged kids is not a flood of
-fetches), joins a reload already under way, and waits for it at most `wait_seconds`. After a failed reload the
-set keeps the keys it has and retries with a growing delay (1, 2, 4 ... s, up to the interval); only while it has
-never loaded any key is a token refused as 503 (the issuer's fault, not the token's).
+fetches; background reloads do not count, so a key rotated in just after one is fetched at its first token),
+joins a reload already under way, and waits for it at most `wait_seconds`. After a failed reload the set keeps
+the keys it has and retries with a growing delay (1, 2, 4 ... s, up to the interval); only while it has never
+loaded any key is a token refused as 503 (the issuer's fault, not the token's).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class RefreshingKeySet:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._loaded = False
         self._attempted_at = -float("inf")  # monotonic time of the last load attempt
+        self._asked_at = -float("inf")  # monotonic time of the last reload asked for by an unknown kid
         self._loading: asyncio.Task[bool] | None = None
         self._loop: asyncio.Task[None] | None = None
 
@@ -132,7 +134,12 @@ class RefreshingKeySet:
         known = self._keys.get(kid)
         if known is not None:
             return known  # never waits on a reload
-        if self._loading is not None or time.monotonic() - self._attempted_at >= self.retry_delay():
+        now = time.monotonic()
+        # The window counts the reloads unknown kids asked for, not the background ones: a key rotated in just
+        # after a background reload is fetched at its first token, not one window later.
+        since = now - (self._asked_at if self.failures == 0 else self._attempted_at)
+        if self._loading is not None or since >= self.retry_delay():
+            self._asked_at = now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reload()), timeout=self.wait_seconds)
         known = self._keys.get(kid)
