@@ -27,7 +27,7 @@ from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make
 from itsm_shared.db import make_engine, session_factory
 from itsm_shared.events import CloudEvent
 from itsm_shared.inbox import subscribe
-from itsm_shared.outbox import OutboxRelay
+from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.testing import (
     BrokerUsers,
@@ -182,20 +182,12 @@ async def clean_outbox(sessions: async_sessionmaker[AsyncSession]) -> None:
 
 
 @pytest.fixture
-async def relays(
-    sessions: async_sessionmaker[AsyncSession], settings: ServiceSettings, broker: RabbitBroker
-) -> AsyncIterator[Callable[..., OutboxRelay]]:
+async def relays(settings: ServiceSettings) -> AsyncIterator[Callable[..., OutboxRelay]]:
     started: list[OutboxRelay] = []
 
-    def start(
-        *, relay_settings: ServiceSettings | None = None, relay_broker: RabbitBroker | None = None
-    ) -> OutboxRelay:
-        relay = OutboxRelay(
-            service=SERVICE,
-            settings=relay_settings or settings,
-            sessions=sessions,
-            broker=relay_broker or broker,
-        )
+    def start(*, relay_settings: ServiceSettings | None = None) -> OutboxRelay:
+        own = relay_settings or settings
+        relay = OutboxRelay(service=SERVICE, settings=own, user_id=trust.connection_user(own.amqp_url))
         relay.start()
         started.append(relay)
         return relay

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -12,10 +11,11 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
-from itsm_shared.broker import declare_topology, make_broker, unrouted_name
+from itsm_shared.broker import declare_topology, unrouted_name
 from itsm_shared.events import new_event
 from itsm_shared.models import OutboxMessage
-from itsm_shared.outbox import OutboxRelay, append, channel_for
+from itsm_shared.outbox import append
+from itsm_shared.relay import OutboxRelay, application_name
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.testing import EventProbe, Listen, eventually
 from sqlalchemy import text
@@ -55,8 +55,8 @@ def count_publishes(relay: OutboxRelay) -> list[str]:
     done: list[str] = []
     publish = relay._publish
 
-    async def counted(row: Any) -> None:
-        await publish(row)
+    async def counted(channel: Any, row: Any) -> None:  # in the relay's thread
+        await publish(channel, row)
         done.append(str(row["id"]))
 
     relay._publish = counted  # type: ignore[method-assign]
@@ -112,7 +112,7 @@ async def test_committed_append_is_published_once_and_marked(
     await listener.wait(count=2)
     # More relay passes must not publish a marked row again.
     for _ in range(3):
-        assert await relay.publish_batch() == 0
+        assert await relay.publish_now() == 0
     assert sorted(message_ids(listener)) == sorted([first["id"], second["id"]])
     for row in await rows(sessions, first["id"], second["id"]):
         assert row.attempts == 0
@@ -142,8 +142,8 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_sweep(
 async def relay_listeners(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
     async with sessions() as session:
         pids = await session.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = :q"),
-            {"q": f'LISTEN "{channel_for(SERVICE)}"'},
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name"),
+            {"name": application_name(SERVICE)},
         )
         return [int(pid) for (pid,) in pids]
 
@@ -180,27 +180,19 @@ async def test_two_relays_publish_every_row_exactly_once(
     for start in range(0, 300, 100):
         await append_committed(sessions, *events[start : start + 100])
     small_batches = settings.model_copy(update={"outbox_batch_size": 25})
-    second_broker = make_broker(settings)
-    await second_broker.connect()
-    try:
-        pair = [
-            relays(relay_settings=small_batches),
-            relays(relay_settings=small_batches, relay_broker=second_broker),
-        ]
-        published = [count_publishes(relay) for relay in pair]
-        ids = [e["id"] for e in events]
-        await eventually(lambda: all_published(sessions, *ids), timeout=30, what="all 300 rows published")
-        await listener.wait(count=300, timeout=10)
-        # Give a late duplicate the chance to show up before counting.
-        await asyncio.sleep(0.5)
-        seen = Counter(message_ids(listener))
-        assert set(seen) == set(ids)
-        assert [i for i, n in seen.items() if n != 1] == []
-        assert len(listener.messages) == 300
-        assert sorted(published[0] + published[1]) == sorted(ids)  # no row published by both
-        assert all(published), "one relay did all the work: the test did not exercise SKIP LOCKED"
-    finally:
-        await second_broker.stop()
+    pair = [relays(relay_settings=small_batches), relays(relay_settings=small_batches)]
+    published = [count_publishes(relay) for relay in pair]
+    ids = [e["id"] for e in events]
+    await eventually(lambda: all_published(sessions, *ids), timeout=30, what="all 300 rows published")
+    await listener.wait(count=300, timeout=10)
+    # Give a late duplicate the chance to show up before counting.
+    await asyncio.sleep(0.5)
+    seen = Counter(message_ids(listener))
+    assert set(seen) == set(ids)
+    assert [i for i, n in seen.items() if n != 1] == []
+    assert len(listener.messages) == 300
+    assert sorted(published[0] + published[1]) == sorted(ids)  # no row published by both
+    assert all(published), "one relay did all the work: the test did not exercise SKIP LOCKED"
 
 
 async def test_unreachable_broker_keeps_rows_and_a_working_relay_publishes_them_later(
@@ -211,34 +203,24 @@ async def test_unreachable_broker_keeps_rows_and_a_working_relay_publishes_them_
 ) -> None:
     listener = await listen("stranded.*")
     dead_settings = settings.model_copy(update={"amqp_url": "amqp://guest:guest@127.0.0.1:1/"})
-    dead_broker = make_broker(dead_settings)
-    # As in app.py: the broker keeps trying to connect in the background while the relay already runs.
-    connecting = asyncio.create_task(dead_broker.connect())
-    try:
-        dead_relay = relays(relay_settings=dead_settings, relay_broker=dead_broker)
-        stranded = [event("stranded.created", n=n) for n in range(3)]
-        await append_committed(sessions, *stranded)
-        ids = [e["id"] for e in stranded]
+    dead_relay = relays(relay_settings=dead_settings)
+    stranded = [event("stranded.created", n=n) for n in range(3)]
+    await append_committed(sessions, *stranded)
+    ids = [e["id"] for e in stranded]
 
-        async def all_failed() -> list[OutboxMessage] | None:
-            found = await rows(sessions, *ids)
-            return found if len(found) == 3 and all(r.attempts > 0 for r in found) else None
+    async def all_failed() -> list[OutboxMessage] | None:
+        found = await rows(sessions, *ids)
+        return found if len(found) == 3 and all(r.attempts > 0 for r in found) else None
 
-        failed = await eventually(all_failed, what="every stranded row to record a failed attempt")
-        assert failed is not None
-        for row in failed:
-            assert row.published_at is None
-            assert row.last_error
-            assert row.next_attempt_at is not None
-            assert row.created_at is not None
-            assert row.next_attempt_at > row.created_at  # backed off, not retried in a hot loop
-        await dead_relay.stop()
-    finally:
-        connecting.cancel()
-        with contextlib.suppress(BaseException):
-            await connecting
-        with contextlib.suppress(Exception):
-            await dead_broker.stop()
+    failed = await eventually(all_failed, what="every stranded row to record a failed attempt")
+    assert failed is not None
+    for row in failed:
+        assert row.published_at is None
+        assert row.last_error
+        assert row.next_attempt_at is not None
+        assert row.created_at is not None
+        assert row.next_attempt_at > row.created_at  # backed off, not retried in a hot loop
+    await dead_relay.stop()
     assert listener.messages == []
 
     relays()  # a relay with a working broker, e.g. after the broker came back

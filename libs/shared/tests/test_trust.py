@@ -24,7 +24,7 @@ from itsm_shared.batches import BatchConsumer, Untrusted, cloud_events
 from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make_broker
 from itsm_shared.broker_users import Topology, definitions, permissions, topic_permissions
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, new_event
-from itsm_shared.outbox import OutboxRelay
+from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.testing import BrokerUsers, Listen, eventually
 from itsm_shared.trust import Delivery, refusal, sequence_refusal, topic_matches
@@ -343,18 +343,13 @@ async def test_the_relay_publishes_as_its_broker_user(
     clean_outbox: None,
 ) -> None:
     own = settings.model_copy(update={"amqp_url": broker_users.url(SERVICE)})
-    relay_broker = make_broker(own)
-    await relay_broker.connect()
-    try:
-        probe = await listen("signed.*")
-        relays(relay_settings=own, relay_broker=relay_broker)
-        event = new_event(service=SERVICE, type="signed.created", subject=uuid.uuid4(), data={})
-        await append_committed(sessions, event)
-        await probe.wait(event["subject"])
-        message: AbstractIncomingMessage = probe.message_of(probe.of(event["subject"])[0])
-        assert message.user_id == broker_users.user(SERVICE)
-    finally:
-        await relay_broker.stop()
+    probe = await listen("signed.*")
+    relays(relay_settings=own)
+    event = new_event(service=SERVICE, type="signed.created", subject=uuid.uuid4(), data={})
+    await append_committed(sessions, event)
+    await probe.wait(event["subject"])
+    message: AbstractIncomingMessage = probe.message_of(probe.of(event["subject"])[0])
+    assert message.user_id == broker_users.user(SERVICE)
 
 
 async def _async(value: Any) -> Any:

@@ -26,7 +26,7 @@ from itsm_shared.docs import docs_router
 from itsm_shared.errors import install_error_handlers
 from itsm_shared.events import CloudEvent, routing_key
 from itsm_shared.observability import configure_logging, health_router, install_request_context
-from itsm_shared.outbox import OutboxRelay
+from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.trust import broker_user, connection_user
 
@@ -114,8 +114,12 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         sessions = session_factory(engine)
         broker = make_broker(settings)
         broker_started = asyncio.Event()
+        # The relay runs in a thread of its own (itsm_shared.relay); it waits for the topology to be declared.
         relay = OutboxRelay(
-            service=spec.name, settings=settings, sessions=sessions, broker=broker, ready=broker_started
+            service=spec.name,
+            settings=settings,
+            ready=broker_started.is_set,
+            user_id=connection_user(settings.amqp_url),
         )
         rt = Runtime(spec.name, settings, engine, sessions, broker, relay, broker_started)
         app.state.runtime = rt

@@ -28,6 +28,9 @@ class ServiceSettings(BaseSettings):
     # The service's own broker user (README, Security): `<broker_user_prefix><service>`, whose password is in the URL
     # or in `amqp_password_file` (read at start, used when the URL carries none).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # A broker cluster: its nodes' URLs, comma-separated (ITSM_AMQP_URLS), tried in turn by the outbox relay and the
+    # consumers when the node they use fails; when set, `amqp_url` is its first. The password file fills in each.
+    amqp_urls: str = ""
     amqp_password_file: Path | None = None
     # Every service's broker user is `<broker_user_prefix><service>`: consumers check an event's source against the
     # user the broker says published it (itsm_shared.trust).
@@ -54,13 +57,19 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _amqp_password_from_file(self) -> Self:
+        urls = [u.strip() for u in self.amqp_urls.split(",") if u.strip()]
         if self.amqp_password_file is not None:
-            parts = urlsplit(self.amqp_url)
-            if parts.password is None:
-                password = quote(read_secret_file(self.amqp_password_file, "ITSM_AMQP_PASSWORD_FILE"), safe="")
-                user, host = parts.netloc.rpartition("@")[::2]
-                self.amqp_url = urlunsplit(parts._replace(netloc=f"{user or 'guest'}:{password}@{host}"))
+            password = quote(read_secret_file(self.amqp_password_file, "ITSM_AMQP_PASSWORD_FILE"), safe="")
+            self.amqp_url = _with_password(self.amqp_url, password)
+            urls = [_with_password(u, password) for u in urls]
+        if urls:
+            self.amqp_url = urls[0]
+        self.amqp_urls = ",".join(urls)
         return self
+
+    def broker_urls(self) -> list[str]:
+        """The broker nodes to try, in order: ITSM_AMQP_URLS, else the one ITSM_AMQP_URL."""
+        return self.amqp_urls.split(",") if self.amqp_urls else [self.amqp_url]
 
     @model_validator(mode="after")
     def _password_from_file(self) -> Self:
@@ -70,6 +79,14 @@ class ServiceSettings(BaseSettings):
                 password = read_secret_file(self.db_password_file, "ITSM_DB_PASSWORD_FILE")
                 self.database_url = url.set(password=password).render_as_string(hide_password=False)
         return self
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is not None:
+        return url
+    user, host = parts.netloc.rpartition("@")[::2]
+    return urlunsplit(parts._replace(netloc=f"{user or 'guest'}:{password}@{host}"))
 
 
 def read_secret_file(path: Path, variable: str) -> str:
