@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from aio_pika import RobustConnection
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
@@ -13,10 +16,40 @@ if TYPE_CHECKING:
     from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
 
+log = logging.getLogger(__name__)
+
+
+class FailoverConnection(RobustConnection):
+    """aio-pika's robust connection (it restores channels, queues and consumers after a reconnect) over the nodes of
+    a cluster: after a failed attempt the next one goes to the next node, round robin. A lost connection is first
+    tried again on its node (a blip), which, if the node is down, fails and moves on."""
+
+    nodes: ClassVar[tuple[str, ...]] = ()  # the first is the URL the connection is made with
+    node = 0
+
+    def _next_node(self) -> None:
+        if len(self.nodes) > 1:
+            self.node = (self.node + 1) % len(self.nodes)
+            self.url = type(self.url)(self.nodes[self.node])
+            log.warning("broker connection: next node %s", self)
+
+    # RobustConnection's private attempt (name-mangled), wrapped: a node that refuses sends the next attempt on.
+    async def _RobustConnection__connect_transport(self) -> None:  # noqa: N802
+        try:
+            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+        except Exception:
+            self._next_node()
+            raise
+
+
+def failover_connection(urls: Sequence[str]) -> type[FailoverConnection]:
+    return type("FailoverConnection", (FailoverConnection,), {"nodes": tuple(urls)})
+
+
 def make_broker(settings: ServiceSettings) -> RabbitBroker:
     # Confirms on, and a mandatory message the broker cannot route raises instead of being "confirmed".
     # Subscribers acknowledge by hand (itsm_shared.inbox): FastStream's default rejects, i.e. drops, on error.
-    return RabbitBroker(
+    broker = RabbitBroker(
         settings.amqp_url,
         default_channel=Channel(
             publisher_confirms=True,
@@ -29,6 +62,10 @@ def make_broker(settings: ServiceSettings) -> RabbitBroker:
         graceful_timeout=10.0,
         logger=None,
     )
+    if len(urls := settings.broker_urls()) > 1:
+        # FastStream passes its connection arguments to aio_pika.connect_robust, which takes the connection's class.
+        broker._connection_kwargs["connection_class"] = failover_connection(urls)
+    return broker
 
 
 def events_exchange(settings: ServiceSettings) -> RabbitExchange:
