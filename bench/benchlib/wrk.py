@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -26,15 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchlib import common  # noqa: F401 (puts deploy/ on sys.path)
+
 SCRIPT = Path(__file__).resolve().with_name("wrk.lua")
 TIMEOUT = "10s"
 
 
 def wrk_binary() -> str:
-    found = shutil.which("wrk")
-    if found is None:
-        raise RuntimeError("wrk not found: install the Debian package `wrk` (apt-get install wrk)")
-    return found
+    """wrk, installed from Debian's package when missing."""
+    from system_packages import debian_binary  # deploy/system_packages.py, on sys.path by benchlib.common
+
+    return debian_binary("wrk")
 
 
 def wrk_version() -> str:

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import socket
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,6 +22,7 @@ import pytest
 import service_table as services
 import stack as stack_module
 from playwright.async_api import Browser, Route, async_playwright
+from system_packages import debian_binary  # deploy/system_packages.py
 
 from .conftest import bearer
 
@@ -95,19 +93,10 @@ async def test_openapi_declares_how_to_authenticate_on_every_protected_operation
 
 def system_chromium() -> str:
     """Debian's chromium, installed with apt-get when missing (the test runs as root on a fresh machine)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        pytest.fail("chromium is missing: apt-get install -y chromium (as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "chromium"]
-    if subprocess.run(install, env=env, check=False).returncode != 0:  # a package list too old, or none yet
-        subprocess.run(["apt-get", "update"], env=env, check=True)
-        subprocess.run(install, env=env, check=True)
-    found = shutil.which("chromium")
-    assert found, "apt-get installed no chromium"
-    return found
+    try:
+        return debian_binary("chromium")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
