@@ -13,7 +13,8 @@ RUN := $(UV) run --no-sync
 SERVICES := $(shell python3 deploy/service_table.py names)
 
 help:
-	@echo "make run        start PostgreSQL/RabbitMQ-backed services and the gateway locally (Ctrl-C stops)"
+	@echo "make run        start PostgreSQL/RabbitMQ-backed services and the gateway locally (Ctrl-C stops);"
+	@echo "                ITSM_REPLICAS=2 make run: two processes of every service behind the gateway"
 	@echo "make test       every test suite, each service in its own pytest process"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make types      mypy (strict) over libs/, services/ and deploy/"
@@ -21,7 +22,7 @@ help:
 	@echo "make migration  SERVICE=<name> MSG='...': autogenerate an alembic revision"
 	@echo "make bench      the benchmarks (bench/*.py; BENCH='incident_create' for one), summary table at the end"
 	@echo "make asyncapi   fetch each running service's /asyncapi.json into build/asyncapi/"
-	@echo "make config     rewrite the parts of dynamic.yml and docker-compose.yml made from deploy/services.toml"
+	@echo "make config     rewrite the parts of dynamic.yml, docker-compose.yml and the Helm values made from deploy/services.toml"
 
 install:
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user uv || python3 -m pip install --user --break-system-packages uv
@@ -91,3 +92,4 @@ asyncapi:
 # After editing deploy/services.toml; tests/deploy fails while these files differ from the table.
 config: install
 	$(RUN) python deploy/configs.py
+	$(RUN) python deploy/k8s/helm_values.py
