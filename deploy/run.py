@@ -2,9 +2,11 @@
 
 Checks that PostgreSQL and RabbitMQ answer (and says how to start them), migrates every service, starts
 auth and waits for it, starts the others and waits until each is ready, then Traefik, prints the banner
-(gateway, docs, how to log in as admin) and watches: a service that dies stops the stack; Ctrl-C, SIGTERM
-or SIGHUP stop every process group it started. The starting and stopping is the test harness's `Stack`
-(deploy/stack.py); this module adds the operator's settings, the bootstrap password and the banner.
+(gateway, every process's address, docs, how to log in as admin) and watches: a process that dies (any replica)
+stops the stack; Ctrl-C, SIGTERM or SIGHUP stop every process group it started. ITSM_REPLICAS (default 1) runs
+that many processes of every service, the n-th on its port + 100 * (n - 1), balanced by the gateway.
+The starting and stopping is the test harness's `Stack` (deploy/stack.py); this module adds the operator's
+settings, the bootstrap password and the banner.
 
 Not a Procfile runner such as honcho: those start every process at once and stop all when one exits,
 with no step before (migrations), no order (auth ready before the others fetch its JWKS), no readiness
@@ -31,7 +33,7 @@ from typing import IO, Any
 import service_table as services
 from gateway import GATEWAY
 from processes import DependencyUnavailable, StackError, database_of
-from stack import Stack, StackSettings
+from stack import Stack, StackSettings, instance
 
 
 def bootstrap_password(run_dir: Path, environ: Mapping[str, str] = os.environ) -> tuple[str, str]:
@@ -87,8 +89,11 @@ def banner(stack: Stack, password: str, origin: str, *, admin_existed: bool = Fa
         f"ITSM stack is up. Logs: {s.run_dir}/<name>.log",
         f"  gateway   {gateway}",
     ]
-    for name in stack.services:
-        lines.append(f"  {name:<9} {s.service_url(name)}  (direct, for debugging)")
+    if s.replicas > 1:
+        lines.append(f"  balancing {s.replicas} replicas of each service (ITSM_REPLICAS), each on its own port:")
+    width = max([9, *(len(instance(name, replica)) for name, replica in stack.instances())])
+    for name, replica in stack.instances():
+        lines.append(f"  {instance(name, replica):<{width}} {s.service_url(name, replica)}  (direct, for debugging)")
     absent = [name for name in services.names() if name not in stack.services]
     if absent:
         lines.append(f"  not built yet: {', '.join(absent)} (their routes answer 503)")
@@ -143,7 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["services"] = tuple(args.services)
     if args.no_migrate:
         overrides["migrate"] = False
-    settings = StackSettings.from_env(**overrides)
+    try:
+        settings = StackSettings.from_env(**overrides)
+    except StackError as exc:
+        print(f"Could not start the stack: {exc}", file=sys.stderr)
+        return 2
     password, origin = bootstrap_password(settings.run_dir)
     settings = replace(settings, bootstrap_admin_password=password)
 
@@ -153,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: IO[str] = sys.stdout
     with _terminate_as_interrupt():
         try:
-            print(f"Starting {', '.join([*stack.services, GATEWAY])} (logs in {settings.run_dir}) ...", file=out)
+            each = f"{settings.replicas} replicas each of " if settings.replicas > 1 else ""
+            print(
+                f"Starting {each}{', '.join(stack.services)}, then {GATEWAY} (logs in {settings.run_dir}) ...", file=out
+            )
             existed = services.ISSUER in stack.services and admin_already_exists(settings.database_url)
             stack.start()
             print(banner(stack, password, origin, admin_existed=existed), file=out, flush=True)

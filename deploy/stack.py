@@ -3,26 +3,23 @@
 Tests and benchmarks (deploy/ on sys.path, `import stack`) start a `Stack` of their own: free ports, their
 own database and exchange (`StackSettings.isolated`), services killed (kill -9), restarted, or armed with a
 fault point (`ITSM_FAULT_POINT`). `make run` (deploy/run.py) starts the same `Stack` with the operator's
-settings. Names, ports and routes come from the table of services (deploy/services.toml).
+settings. Names, ports and routes come from the table of services (deploy/services.toml). With
+`StackSettings.replicas`, each service runs as that many processes on ports of their own, and the gateway balances
+each service's route over them; a method about one process takes `replica` (0, the first, by default).
 """
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import broker_accounts
 import service_table as services
-from gateway import DEFAULT_API_RATE_LIMIT, DEFAULT_GATEWAY_PORT, DEFAULT_LOGIN_RATE_LIMIT, GATEWAY, start_gateway
+from gateway import ACCESS_LOG, GATEWAY, served_by, start_gateway
 from itsm_shared.broker_users import Topology
 from processes import (
     REPO_ROOT,
@@ -30,7 +27,6 @@ from processes import (
     ProcessFailed,
     StackError,
     check_dependencies,
-    free_port,
     http_status,
     port_in_use,
     stop_all,
@@ -38,178 +34,41 @@ from processes import (
     wait_until,
     with_database,
 )
+from run_secrets import (
+    ANCHOR_VARIABLES,
+    DB_PASSWORD_FILE,
+    KEK_VARIABLES,
+    LEGACY_DB_APP_PASSWORD,
+    WEBHOOK,
+    WEBHOOK_KEY_VARIABLES,
+    audit_anchor_key_file,
+    auth_kek_file,
+    db_password_file,
+    is_db_credential,
+    webhook_secret_key_file,
+)
+from stack_settings import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_DEAD_LETTER_EXCHANGE,
+    DEFAULT_EXCHANGE,
+    REPLICA_PORT_STEP,
+    StackSettings,
+    discover_services,
+    instance,
+)
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/itsm"
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_EXCHANGE = "itsm.events"
-DEFAULT_DEAD_LETTER_EXCHANGE = "itsm.dlx"
-# The auth service's key-encryption key (its signing keys are stored encrypted under it): given to auth only.
-KEK_VARIABLES = ("ITSM_AUTH_KEK", "ITSM_AUTH_KEK_FILE", "ITSM_AUTH_KEK_PREVIOUS")
-# The webhook service's key of the subscriptions' signing secrets (stored encrypted under it): given to webhook only.
-WEBHOOK = "webhook"
-WEBHOOK_KEY_VARIABLES = ("ITSM_WEBHOOK_SECRET_KEY", "ITSM_WEBHOOK_SECRET_KEY_FILE")
-# The audit service's anchor key (it signs its hash chain with it, README, Audit): given to audit only.
-ANCHOR_VARIABLES = ("ITSM_AUDIT_ANCHOR_KEY", "ITSM_AUDIT_ANCHOR_KEY_FILE")
-# Database credentials: ITSM_DB_APP_PASSWORD_<SERVICE>[_FILE] for that service's migration job, the password file
-# of its own role for the service (itsm_shared.settings); the unsuffixed ITSM_DB_APP_PASSWORD is refused.
-LEGACY_DB_APP_PASSWORD = "ITSM_DB_APP_PASSWORD"  # noqa: S105 (names of variables, not passwords)
-DB_PASSWORD_FILE = "ITSM_DB_PASSWORD_FILE"  # noqa: S105
-
-
-def _secret_file(path: Path, make: Callable[[], str]) -> Path:
-    """`path`, created once with `make()` (mode 0600) and kept."""
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path
-        with os.fdopen(descriptor, "w") as file:
-            file.write(make() + "\n")
-    return path
-
-
-def auth_kek_file(run_dir: Path) -> Path:
-    """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
-    stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
-    return _secret_file(run_dir / "auth-kek", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-
-
-def audit_anchor_key_file(run_dir: Path) -> Path:
-    """The anchor key of the stack in `run_dir` (the audit service signs each batch of its chain with it), generated
-    once (mode 0600) and kept there, given to the audit service only. Unless the operator gives
-    ITSM_AUDIT_ANCHOR_KEY or ITSM_AUDIT_ANCHOR_KEY_FILE."""
-    return _secret_file(
-        run_dir / "audit-anchor-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-    )
-
-
-def db_password_file(run_dir: Path, service: str) -> Path:
-    """The password of `<service>_app` in the stack of `run_dir`: one per service, generated once (mode 0600) and
-    kept there, given to that service's migration job (which sets it) and to that service only. Unless the
-    operator gives ITSM_DB_APP_PASSWORD_<SERVICE> or ITSM_DB_APP_PASSWORD_<SERVICE>_FILE."""
-    return _secret_file(run_dir / f"db-password-{service}", lambda: secrets.token_urlsafe(32))
-
-
-def is_db_credential(variable: str) -> bool:
-    """A variable carrying some service role's database password (each is given to one process at most)."""
-    return variable.startswith(LEGACY_DB_APP_PASSWORD) or variable == DB_PASSWORD_FILE
-
-
-def webhook_secret_key_file(run_dir: Path) -> Path:
-    """The key of the webhook signing secrets of the stack in `run_dir`, generated once (mode 0600) and kept there.
-    Unless the operator gives ITSM_WEBHOOK_SECRET_KEY or ITSM_WEBHOOK_SECRET_KEY_FILE."""
-    return _secret_file(
-        run_dir / "webhook-secret-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-    )
-
-
-def default_ports() -> dict[str, int]:
-    return {s.name: s.port for s in services.table()}
-
-
-def discover_services(root: Path = REPO_ROOT) -> list[str]:
-    """The services of the table that exist (services/<name>/src/<name>/main.py), in start order."""
-    return [name for name in services.names() if (root / "services" / name / "src" / name / "main.py").is_file()]
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    # Superuser URL; its database part is replaced by `database_name` when that is set.
-    admin_database_url: str = DEFAULT_DATABASE_URL
-    amqp_url: str = DEFAULT_AMQP_URL
-    database_name: str | None = None
-    exchange: str = DEFAULT_EXCHANGE
-    dead_letter_exchange: str = DEFAULT_DEAD_LETTER_EXCHANGE
-    queue_prefix: str = ""
-    # Each service connects to RabbitMQ as `<broker_user_prefix><service>` (broker_accounts; README, Security).
-    broker_user_prefix: str = ""
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = DEFAULT_GATEWAY_PORT
-    service_ports: Mapping[str, int] = field(default_factory=default_ports)
-    # None: every service that exists.
-    services: tuple[str, ...] | None = None
-    api_rate_limit: int = DEFAULT_API_RATE_LIMIT
-    login_rate_limit: int = DEFAULT_LOGIN_RATE_LIMIT
-    bootstrap_admin_password: str | None = None
-    # Environment for every service / for one service (over the computed values).
-    extra_env: Mapping[str, str] = field(default_factory=dict)
-    service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    gateway_env: Mapping[str, str] = field(default_factory=dict)
-    run_dir: Path = REPO_ROOT / ".run"
-    python: str = sys.executable
-    migrate: bool = True
-    start_gateway: bool = True
-    ready_timeout: float = 90.0
-    migrate_timeout: float = 300.0
-    stop_grace: float = 10.0
-    die_with_parent: bool = False
-
-    @property
-    def database_url(self) -> str:
-        if self.database_name:
-            return with_database(self.admin_database_url, self.database_name)
-        return self.admin_database_url
-
-    @property
-    def gateway_url(self) -> str:
-        return f"http://{self.gateway_host}:{self.gateway_port}"
-
-    def port(self, service: str) -> int:
-        return self.service_ports.get(service) or services.get(service).port
-
-    def service_url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.port(service)}"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> StackSettings:
-        """What `make run` uses: the operator settings of CONTRACT.md §1, defaults otherwise."""
-        ports = default_ports()
-        for service in services.table():
-            value = environ.get(service.port_env)
-            if value:
-                ports[service.name] = int(value)
-        values: dict[str, Any] = {
-            "admin_database_url": environ.get("ITSM_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            "amqp_url": environ.get("ITSM_AMQP_URL") or DEFAULT_AMQP_URL,
-            "exchange": environ.get("ITSM_EXCHANGE") or DEFAULT_EXCHANGE,
-            "dead_letter_exchange": environ.get("ITSM_DEAD_LETTER_EXCHANGE") or DEFAULT_DEAD_LETTER_EXCHANGE,
-            "broker_user_prefix": environ.get("ITSM_BROKER_USER_PREFIX") or "",
-            "gateway_port": int(environ.get("ITSM_GATEWAY_PORT") or DEFAULT_GATEWAY_PORT),
-            "service_ports": ports,
-            "api_rate_limit": int(environ.get("ITSM_API_RATE_LIMIT") or DEFAULT_API_RATE_LIMIT),
-            "login_rate_limit": int(environ.get("ITSM_LOGIN_RATE_LIMIT") or DEFAULT_LOGIN_RATE_LIMIT),
-            "bootstrap_admin_password": environ.get("ITSM_BOOTSTRAP_ADMIN_PASSWORD") or None,
-        }
-        if environ.get("ITSM_RUN_DIR"):
-            values["run_dir"] = Path(environ["ITSM_RUN_DIR"])
-        values.update(overrides)
-        return cls(**values)
-
-    @classmethod
-    def isolated(cls, run_dir: Path, **overrides: Any) -> StackSettings:
-        """A stack that cannot collide with `make run` or another test run: free ports, its own
-        database and exchange, generous rate limits (a test that checks limits sets its own)."""
-        token = secrets.token_hex(4)
-        values: dict[str, Any] = {
-            "admin_database_url": os.environ.get("ITSM_TEST_DATABASE_URL")
-            or os.environ.get("ITSM_DATABASE_URL")
-            or DEFAULT_DATABASE_URL,
-            "amqp_url": os.environ.get("ITSM_TEST_AMQP_URL") or os.environ.get("ITSM_AMQP_URL") or DEFAULT_AMQP_URL,
-            "database_name": f"itsm_e2e_{token}",
-            "exchange": f"itsm_e2e_{token}.events",
-            "dead_letter_exchange": f"itsm_e2e_{token}.dlx",
-            "queue_prefix": f"itsm_e2e_{token}.",
-            "broker_user_prefix": f"itsm_e2e_{token}.",
-            "gateway_port": free_port(),
-            "service_ports": {name: free_port() for name in services.names()},
-            "api_rate_limit": 1000,
-            "login_rate_limit": 6000,
-            "bootstrap_admin_password": f"e2e-admin-{secrets.token_urlsafe(12)}",
-            "run_dir": run_dir,
-        }
-        values.update(overrides)
-        return cls(**values)
+# What tests and benchmarks have always found here (`stack.StackSettings`, `stack.DEFAULT_EXCHANGE`, ...).
+__all__ = [
+    "DEFAULT_AMQP_URL",
+    "DEFAULT_DATABASE_URL",
+    "DEFAULT_DEAD_LETTER_EXCHANGE",
+    "DEFAULT_EXCHANGE",
+    "Stack",
+    "StackSettings",
+    "discover_services",
+    "instance",
+]
 
 
 class Stack:
@@ -242,14 +101,18 @@ class Stack:
             if s.migrate:
                 for name in self.services:
                     self.migrate(name)
-            ordered = sorted(self.services, key=services.names().index)
-            if services.ISSUER in ordered:  # the others fetch its JWKS when they start
+            ordered = [
+                (name, replica)
+                for name in sorted(self.services, key=services.names().index)
+                for replica in range(s.replicas)
+            ]
+            if (services.ISSUER, 0) in ordered:  # the others fetch its JWKS when they start
                 self.start_service(services.ISSUER)
-                ordered.remove(services.ISSUER)
-            for name in ordered:
-                self.start_service(name, wait=False)
-            for name in ordered:
-                self.wait_ready(name)
+                ordered.remove((services.ISSUER, 0))
+            for name, replica in ordered:
+                self.start_service(name, wait=False, replica=replica)
+            for name, replica in ordered:
+                self.wait_ready(name, replica=replica)
             if s.start_gateway:
                 self.start_gateway()
         except BaseException:
@@ -262,11 +125,31 @@ class Stack:
         stop_all(gateway, self.settings.stop_grace)
         stop_all([p for p in self.processes.values() if p.name != GATEWAY], self.settings.stop_grace)
 
+    def instances(self) -> list[tuple[str, int]]:
+        """(service, replica) of every service process of the stack, in start order."""
+        ordered = sorted(self.services, key=services.names().index)
+        return [(name, replica) for name in ordered for replica in range(self.settings.replicas)]
+
     def _check_ports_free(self) -> None:
         s = self.settings
-        wanted = [(name, "127.0.0.1", s.port(name)) for name in self.services]
+        wanted = [(instance(name, r), "127.0.0.1", s.port(name, r)) for name, r in self.instances()]
         if s.start_gateway:
             wanted.append((GATEWAY, s.gateway_host, s.gateway_port))
+        invalid = [f"{name} port {port}" for name, _, port in wanted if not 1 <= port <= 65535]
+        if invalid:
+            raise StackError(
+                f"no such port: {', '.join(invalid)}. Fewer replicas, or lower ports (ITSM_<SERVICE>_PORT)."
+            )
+        owners: dict[int, list[str]] = {}
+        for name, _, port in wanted:
+            owners.setdefault(port, []).append(name)
+        shared = [f"{' and '.join(names)} on {port}" for port, names in owners.items() if len(names) > 1]
+        if shared:
+            raise StackError(
+                f"one port for two processes: {'; '.join(shared)}. The n-th replica of a service listens "
+                f"{REPLICA_PORT_STEP} * (n - 1) above its port: choose ports (ITSM_<SERVICE>_PORT, "
+                "ITSM_GATEWAY_PORT) that stay apart."
+            )
         busy = [f"{name} port {port}" for name, host, port in wanted if port_in_use(host, port)]
         if busy:
             raise StackError(
@@ -394,16 +277,21 @@ class Stack:
             result["ITSM_WEBHOOK_SECRET_KEY_FILE"] = str(webhook_secret_key_file(s.run_dir))
         return result
 
-    def start_service(self, name: str, env: Mapping[str, str] | None = None, *, wait: bool = True) -> None:
-        """Start one service (with `env` over its usual environment) and wait for its /readyz."""
+    def start_service(
+        self, name: str, env: Mapping[str, str] | None = None, *, wait: bool = True, replica: int = 0
+    ) -> None:
+        """Start one replica of a service (with `env` over its usual environment) and wait for its /readyz."""
         if name not in services.names():
             raise StackError(f"unknown service {name}")
-        current = self.processes.get(name)
-        if current is not None and current.running():
-            raise StackError(f"{name} is already running (pid {current.pid})")
         s = self.settings
+        if not 0 <= replica < s.replicas:
+            raise StackError(f"{name} has replicas 0 to {s.replicas - 1} in this stack, not {replica}")
+        key = instance(name, replica)
+        current = self.processes.get(key)
+        if current is not None and current.running():
+            raise StackError(f"{key} is already running (pid {current.pid})")
         process = ManagedProcess(
-            name,
+            key,
             [
                 s.python,
                 "-m",
@@ -412,7 +300,7 @@ class Stack:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(s.port(name)),
+                str(s.port(name, replica)),
                 "--no-server-header",
                 # The gateway keeps the access log (JSON); a second one per service costs each request a log line.
                 "--no-access-log",
@@ -420,33 +308,37 @@ class Stack:
                 "5",
             ],
             self.service_env(name, env),
-            s.run_dir / f"{name}.log",
+            s.run_dir / f"{key}.log",
             die_with_parent=s.die_with_parent,
         )
-        self.processes[name] = process
+        self.processes[key] = process
         process.start()
         if wait:
-            self.wait_ready(name)
+            self.wait_ready(name, replica=replica)
 
-    def wait_ready(self, name: str, timeout: float | None = None) -> None:
-        url = f"{self.settings.service_url(name)}/readyz"
+    def process(self, name: str, replica: int = 0) -> ManagedProcess:
+        """The process of one replica of a service (replica 0: the first, `processes[name]`)."""
+        return self.processes[instance(name, replica)]
+
+    def wait_ready(self, name: str, timeout: float | None = None, *, replica: int = 0) -> None:
+        url = f"{self.settings.service_url(name, replica)}/readyz"
         wait_until(
             lambda: http_status(url) == 200,
             timeout=self.settings.ready_timeout if timeout is None else timeout,
-            process=self.processes[name],
-            what=f"{name} to answer 200 on {url}",
+            process=self.process(name, replica),
+            what=f"{instance(name, replica)} to answer 200 on {url}",
         )
 
-    def kill_service(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> int:
-        """Signal one service (kill -9 by default) and return its exit code."""
-        return self.processes[name].kill(sig, timeout)
+    def kill_service(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0, *, replica: int = 0) -> int:
+        """Signal one replica of a service (kill -9 by default) and return its exit code."""
+        return self.process(name, replica).kill(sig, timeout)
 
-    def wait_exit(self, name: str, timeout: float) -> int:
-        """Wait for a service to die by itself (a fault point) and return its exit code."""
+    def wait_exit(self, name: str, timeout: float, *, replica: int = 0) -> int:
+        """Wait for a replica to die by itself (a fault point) and return its exit code."""
         try:
-            return self.processes[name].wait(timeout)
+            return self.process(name, replica).wait(timeout)
         except subprocess.TimeoutExpired as exc:
-            raise ProcessFailed(f"{name} still running after {timeout:.0f}s") from exc
+            raise ProcessFailed(f"{instance(name, replica)} still running after {timeout:.0f}s") from exc
 
     def restart_service(
         self,
@@ -455,32 +347,47 @@ class Stack:
         *,
         sig: int = signal.SIGKILL,
         wait: bool = True,
+        replica: int = 0,
     ) -> None:
-        """Kill one service if it runs and start it again with `env` (the previous start's `env` is
+        """Kill one replica of a service if it runs and start it again with `env` (the previous start's `env` is
         dropped). With `wait`, returns once /readyz is 200 and the gateway routes to it again.
 
         With a fault point in `env`, pass wait=False and use `wait_exit`: an outbox row left by the
         killed process can make the new one reach the fault point before it is ready."""
-        process = self.processes.get(name)
+        process = self.processes.get(instance(name, replica))
         if process is not None and process.running():
             process.kill(sig)
-        self.start_service(name, env, wait=wait)
+        self.start_service(name, env, wait=wait, replica=replica)
         if wait and GATEWAY in self.processes:
-            self.wait_routed(name)
+            self.wait_routed(name, replica=replica)
 
-    def wait_routed(self, name: str, timeout: float | None = None) -> None:
-        """Wait until the gateway forwards to `name` (its health check may have marked it down)."""
-        url = f"{self.settings.gateway_url}{services.get(name).api_prefix}/openapi.json"
+    def wait_routed(self, name: str, timeout: float | None = None, *, replica: int = 0) -> None:
+        """Wait until the gateway forwards to this replica of `name` (its health check may have marked it down):
+        until the gateway's access log shows a request it sent to this process (with several replicas, the others
+        answer meanwhile)."""
+        s = self.settings
+        url = f"{s.gateway_url}{services.get(name).api_prefix}/openapi.json"
+        log = s.run_dir / ACCESS_LOG
+        since = log.stat().st_size if log.exists() else 0
+        address = f"127.0.0.1:{s.port(name, replica)}"
+
+        def routed() -> bool:
+            http_status(url)
+            return served_by(log, address, since)
+
         wait_until(
-            lambda: (status := http_status(url)) is not None and status < 500,
-            timeout=self.settings.ready_timeout if timeout is None else timeout,
-            process=self.processes[name],
-            what=f"the gateway to route {url}",
+            routed,
+            timeout=s.ready_timeout if timeout is None else timeout,
+            process=self.process(name, replica),
+            what=f"the gateway to route {url} to {instance(name, replica)}",
         )
 
     def start_gateway(self) -> None:
         s = self.settings
-        upstreams = {name: s.service_url(name) if name in self.processes else None for name in services.names()}
+        upstreams = {
+            name: [s.service_url(name, r) for r in range(s.replicas) if instance(name, r) in self.processes] or None
+            for name in services.names()
+        }
         self.processes[GATEWAY] = start_gateway(
             s.run_dir,
             host=s.gateway_host,
@@ -505,9 +412,12 @@ class Stack:
         return broker_accounts.credential(s.run_dir, name, operator)
 
     def broker_env(self, name: str, environ: Mapping[str, str]) -> dict[str, str]:
-        """ITSM_AMQP_URL as the service's own broker user, its password (or its file), and the user prefix."""
+        """ITSM_AMQP_URL as the service's own broker user, its password (or its file), and the user prefix; with the
+        operator's ITSM_AMQP_URLS (a cluster's nodes), every node as that user in ITSM_AMQP_URLS."""
         secret = self.broker_credential(name, environ)
-        return broker_accounts.service_environment(self.settings.amqp_url, self.broker_topology(), name, secret)
+        nodes = broker_accounts.nodes_of(environ.get(broker_accounts.NODES))
+        topology = self.broker_topology()
+        return broker_accounts.service_environment(self.settings.amqp_url, topology, name, secret, nodes)
 
     def broker_url(self, name: str) -> str:
         """The AMQP URL of `name`'s broker user, password included: what a test publishes as that service with."""
@@ -560,8 +470,8 @@ class Stack:
     def exited(self) -> list[ManagedProcess]:
         return [p for p in self.processes.values() if p.popen is not None and not p.running()]
 
-    def log_path(self, name: str) -> Path:
-        return self.processes[name].log_path
+    def log_path(self, name: str, replica: int = 0) -> Path:
+        return self.process(name, replica).log_path
 
     def docs_urls(self) -> dict[str, str]:
         return {name: f"{self.settings.gateway_url}{services.get(name).docs_path}" for name in self.services}

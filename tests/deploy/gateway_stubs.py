@@ -14,8 +14,8 @@ from itsm_shared.docs import swagger_ui_html
 class StubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, service: str) -> None:
-        super().__init__(("127.0.0.1", 0), StubHandler)
+    def __init__(self, service: str, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), StubHandler)
         self.service = service
         self.lock = threading.Condition()
         self.in_flight = 0
@@ -88,8 +88,9 @@ class StubHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def stub_backend(service: str) -> Iterator[StubServer]:
-    server = StubServer(service)
+def stub_backend(service: str, port: int = 0) -> Iterator[StubServer]:
+    """A stub answering as `service`, on `port` (0: a free one)."""
+    server = StubServer(service, port)
     thread = threading.Thread(target=server.serve_forever, name=f"stub-{service}", daemon=True)
     thread.start()
     try:
