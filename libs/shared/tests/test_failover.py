@@ -3,10 +3,11 @@ to the next. (The whole cluster under a stopped queue leader: tests/e2e/test_bro
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
-from itsm_shared.broker import FailoverConnection, make_broker
+from itsm_shared.broker import FailoverConnection, connect_robust, make_broker
 from itsm_shared.events import new_event
 from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
@@ -51,3 +52,15 @@ async def test_the_consumers_connection_moves_on_to_the_next_node(settings: Serv
         assert connection.node == 1
     finally:
         await broker.stop()
+
+
+async def test_the_batch_consumers_connection_moves_on_to_the_next_node(settings: ServiceSettings) -> None:
+    # It used to connect to ITSM_AMQP_URL only, so the batch consumers (audit, problem) waited for that node.
+    connection = await asyncio.wait_for(connect_robust(cluster_settings(settings)), timeout=15)
+    try:
+        assert isinstance(connection, FailoverConnection)
+        assert connection.node == 1
+        channel = await connection.channel()
+        await channel.close()
+    finally:
+        await connection.close()

@@ -37,7 +37,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from faststream.rabbit import RabbitBroker
 from prometheus_client import Counter, Histogram
@@ -46,7 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from itsm_shared.broker import event_queue, events_exchange
+from itsm_shared.broker import connect_robust, event_queue, events_exchange
 from itsm_shared.db import transaction
 from itsm_shared.events import CloudEvent
 from itsm_shared.group_commit import AFTER_COMMIT as AFTER_COMMIT
@@ -246,15 +245,8 @@ class BatchConsumer(Generic[T]):
                 await connection.close()  # whatever is unacknowledged goes back to the queue
 
     async def _connect(self) -> AbstractRobustConnection:
-        delay = 0.5
-        while True:
-            try:
-                connection: AbstractRobustConnection = await aio_pika.connect_robust(self.settings.amqp_url)
-                return connection
-            except (OSError, aio_pika.exceptions.AMQPError) as exc:
-                log.warning("broker unavailable for %s, retrying: %s", self.queue, type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+        # Waits for a node that answers (each of a cluster's in turn), and moves to another when it is lost.
+        return await connect_robust(self.settings)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self.acks.delivered(message)

@@ -6,7 +6,9 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+import aio_pika
 from aio_pika import RobustConnection
+from aio_pika.abc import AbstractRobustConnection
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Between a lost connection's attempts (FastStream's and the batch consumers'), each to the next node of a cluster.
+RECONNECT_SECONDS = 2.0
+
 
 class FailoverConnection(RobustConnection):
     """aio-pika's robust connection (it restores channels, queues and consumers after a reconnect) over the nodes of
@@ -26,24 +31,44 @@ class FailoverConnection(RobustConnection):
 
     nodes: ClassVar[tuple[str, ...]] = ()  # the first is the URL the connection is made with
     node = 0
+    _failed = False
 
     def _next_node(self) -> None:
         if len(self.nodes) > 1:
-            self.node = (self.node + 1) % len(self.nodes)
+            failed, self.node = self.url, (self.node + 1) % len(self.nodes)
             self.url = type(self.url)(self.nodes[self.node])
-            log.warning("broker connection: next node %s", self)
+            log.warning("broker node %s failed; next attempt: %s", _redacted(failed), self)
 
-    # RobustConnection's private attempt (name-mangled), wrapped: a node that refuses sends the next attempt on.
+    # RobustConnection's private attempt (name-mangled), wrapped: after an attempt a node refused, the next goes to
+    # the next node (moved on at the next attempt, so aio-pika's warning names the node that failed).
     async def _RobustConnection__connect_transport(self) -> None:  # noqa: N802
+        if self._failed:
+            self._next_node()
         try:
             await super()._RobustConnection__connect_transport()  # type: ignore[misc]
         except Exception:
-            self._next_node()
+            self._failed = True
             raise
+        self._failed = False
+
+
+def _redacted(url: Any) -> str:
+    return str(url.with_password("******")) if url.password else str(url)
 
 
 def failover_connection(urls: Sequence[str]) -> type[FailoverConnection]:
     return type("FailoverConnection", (FailoverConnection,), {"nodes": tuple(urls)})
+
+
+async def connect_robust(settings: ServiceSettings) -> AbstractRobustConnection:
+    """A robust connection of its own (the batch consumers' channels) over the same nodes as the service's broker:
+    it waits until some node answers and, once made, restores its channels, queues and consumers after any loss,
+    on the next node when its own is down."""
+    urls = settings.broker_urls()
+    connection_class = failover_connection(urls) if len(urls) > 1 else RobustConnection
+    return await aio_pika.connect_robust(
+        urls[0], connection_class=connection_class, fail_fast=False, reconnect_interval=RECONNECT_SECONDS
+    )
 
 
 def make_broker(settings: ServiceSettings) -> RabbitBroker:
@@ -58,7 +83,7 @@ def make_broker(settings: ServiceSettings) -> RabbitBroker:
         ),
         ack_policy=AckPolicy.MANUAL,
         fail_fast=False,
-        reconnect_interval=2.0,
+        reconnect_interval=RECONNECT_SECONDS,
         graceful_timeout=10.0,
         logger=None,
     )
