@@ -2,7 +2,8 @@
 `<broker user prefix><service>`, with the permissions of itsm_shared.broker_users (README, Security: the broker).
 
 Passwords: the operator's ITSM_AMQP_PASSWORD_<SERVICE> (or ..._FILE), else one generated once per run dir (mode
-0600), given to that service only. The runner creates or updates the users with `rabbitmqctl import_definitions`
+0600), given to that service only. With a cluster's nodes in ITSM_AMQP_URLS, each service is given every node as
+its own user. The runner creates or updates the users with `rabbitmqctl import_definitions`
 (ITSM_RABBITMQCTL: the command that runs rabbitmqctl with the broker's rights; root's or the rabbitmq user's on the
 broker's machine). Without those rights it goes on when the users already log in (created before, by an operator),
 and otherwise stops, having written the definitions to import into the run dir, with the command to run.
@@ -33,6 +34,7 @@ __all__ = ["Credential", "Topology", "credential", "ensure_users", "service_envi
 
 PASSWORD = "ITSM_AMQP_PASSWORD"  # noqa: S105 (the prefix of variables' names, not a password)
 PASSWORD_FILE = "ITSM_AMQP_PASSWORD_FILE"  # noqa: S105 (what a service reads its own password from)
+NODES = "ITSM_AMQP_URLS"  # a broker cluster's nodes, comma-separated (itsm_shared.settings)
 
 
 class BrokerUsersUnavailable(RuntimeError):
@@ -77,18 +79,31 @@ def credential(run_dir: Path, service: str, environ: Mapping[str, str]) -> Crede
 
 
 def is_broker_credential(variable: str) -> bool:
-    """A variable carrying some service's broker password (each is given to that service only)."""
-    return variable.startswith(f"{PASSWORD}_")
+    """A variable carrying a broker password that is not simply handed on: some service's (each is given to that
+    service only), or the operator's list of a cluster's nodes (ITSM_AMQP_URLS, as the broker's admin: each service
+    is given the nodes with its own user instead)."""
+    return variable.startswith(f"{PASSWORD}_") or variable == NODES
 
 
-def service_environment(admin_url: str, topology: Topology, service: str, secret: Credential) -> dict[str, str]:
-    """ITSM_AMQP_URL (the service's user; its password in it, or in ITSM_AMQP_PASSWORD_FILE) and the user prefix."""
+def nodes_of(value: str | None) -> list[str]:
+    """The nodes of a cluster in ITSM_AMQP_URLS (comma-separated URLs); none when unset."""
+    return [url.strip() for url in (value or "").split(",") if url.strip()]
+
+
+def service_environment(
+    admin_url: str, topology: Topology, service: str, secret: Credential, nodes: Sequence[str] = ()
+) -> dict[str, str]:
+    """ITSM_AMQP_URL (the service's user; its password in it, or in ITSM_AMQP_PASSWORD_FILE) and the user prefix;
+    with a cluster's `nodes` (the operator's ITSM_AMQP_URLS), ITSM_AMQP_URLS: every node as the service's user, the
+    first being ITSM_AMQP_URL (the service fails over between them: README, Deploying)."""
     env = {"ITSM_BROKER_USER_PREFIX": topology.user_prefix}
-    if secret.value is not None:
-        env["ITSM_AMQP_URL"] = url_as(admin_url, topology.user(service), secret.value)
-    else:
-        env["ITSM_AMQP_URL"] = url_as(admin_url, topology.user(service))
+    password = secret.value
+    if password is None:
         env[PASSWORD_FILE] = str(secret.file)
+    urls = [url_as(url, topology.user(service), password) for url in (nodes or [admin_url])]
+    env["ITSM_AMQP_URL"] = urls[0]
+    if nodes:
+        env[NODES] = ",".join(urls)
     return env
 
 

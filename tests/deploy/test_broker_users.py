@@ -19,6 +19,7 @@ import service_table as services
 import stack
 import yaml
 from itsm_shared.broker_users import Topology, permissions, topic_permissions
+from itsm_shared.settings import ServiceSettings
 from itsm_shared.trust import REPLAYER
 from processes import StackError, probe_rabbitmq
 from test_k8s import DATA, render, the
@@ -122,6 +123,39 @@ def test_the_runner_gives_each_service_its_own_user_and_password(
     passwords = {runner.service_env(n).get("ITSM_AMQP_PASSWORD_FILE") for n in services.names() if n != "problem"}
     assert len({Path(p).read_text() for p in passwords if p}) == len(services.names()) - 1, "one password each"
     assert runner.service_env("auth")["ITSM_AMQP_PASSWORD_FILE"] == str(tmp_path / "amqp-password-auth"), "kept"
+
+
+@pytest.mark.parametrize("given_by", ["the shell", "the harness"])
+def test_with_a_cluster_the_runner_gives_each_service_every_node_as_its_own_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given_by: str
+) -> None:
+    _clean(monkeypatch)
+    nodes = "amqp://guest:guest@10.1.0.1:5672/, amqp://guest:guest@10.1.0.2:5673/,amqp://guest:guest@10.1.0.3/"
+    extra = {}
+    if given_by == "the shell":
+        monkeypatch.setenv("ITSM_AMQP_URLS", nodes)  # make run: the operator's, as the broker's admin
+    else:
+        monkeypatch.delenv("ITSM_AMQP_URLS", raising=False)
+        extra = {"ITSM_AMQP_URLS": nodes}  # a test's stack on a cluster of its own
+    settings = stack.StackSettings.isolated(
+        tmp_path, services=(), amqp_url="amqp://guest:guest@10.1.0.1/", extra_env=extra
+    )
+    runner = stack.Stack(settings)
+    for name in services.names():
+        env = runner.service_env(name)
+        user = f"{settings.broker_user_prefix}{name}"
+        urls = [f"amqp://{user}@10.1.0.1:5672/", f"amqp://{user}@10.1.0.2:5673/", f"amqp://{user}@10.1.0.3/"]
+        assert env["ITSM_AMQP_URLS"] == ",".join(urls), "every node, as its own user, no password in the URLs"
+        assert env["ITSM_AMQP_URL"] == urls[0]
+        assert not [k for k, v in env.items() if "guest:guest" in v], "the admin's URLs reach no service"
+        read = ServiceSettings(
+            amqp_url=env["ITSM_AMQP_URL"],
+            amqp_urls=env["ITSM_AMQP_URLS"],
+            amqp_password_file=Path(env["ITSM_AMQP_PASSWORD_FILE"]),
+        )
+        password = Path(env["ITSM_AMQP_PASSWORD_FILE"]).read_text().strip()
+        assert read.broker_urls() == [u.replace(f"{user}@", f"{user}:{password}@") for u in urls]
+    assert "ITSM_AMQP_URLS" not in runner.service_env("incident", {"ITSM_AMQP_URLS": ""})
 
 
 def _broker_available(settings: stack.StackSettings) -> bool:
