@@ -6,6 +6,7 @@ their routes and their queues are those of the table (deploy/services.toml). Eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -32,11 +33,10 @@ WEBHOOK_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Stack]:
-    settings = stack_module.StackSettings.isolated(
-        tmp_path_factory.mktemp("e2e-run"), die_with_parent=True, service_env={"webhook": WEBHOOK_ENV}
-    )
+@contextlib.contextmanager
+def isolated_stack(run_dir: Path) -> Iterator[stack_module.Stack]:
+    """A whole stack of its own (database, exchange, queues, broker users, ports), removed when the block ends."""
+    settings = stack_module.StackSettings.isolated(run_dir, die_with_parent=True, service_env={"webhook": WEBHOOK_ENV})
     running = stack_module.Stack(settings)
     try:
         running.start()
@@ -49,6 +49,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Sta
         # those) under this stack's prefix, with their dead-letter queues, off the shared broker too.
         queues = tuple(settings.queue_prefix + q for name in running.services for q in services.get(name).queues)
         asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange, queues))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Stack]:
+    with isolated_stack(tmp_path_factory.mktemp("e2e-run")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

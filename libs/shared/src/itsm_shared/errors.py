@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,13 @@ def install_error_handlers(app: FastAPI) -> None:
             errors=errors,
         )
 
-    async def http(_: Request, exc: Exception) -> JSONResponse:
+    async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return problem(
-            exc.status_code,
-            _title(exc.status_code),
-            str(exc.detail),
-            type_slug="http-error",
-            headers=dict(exc.headers or {}),
+            exc.status_code, _title(exc.status_code), str(exc.detail), type_slug="http-error", headers=headers
         )
 
     async def database_down(_: Request, exc: Exception) -> JSONResponse:
@@ -160,6 +160,21 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(dbapi_type, _dbapi(database_down, data_error, database_down))
     app.add_exception_handler(DBAPIError, _dbapi(database_down, data_error, unhandled))
     app.add_exception_handler(Exception, unhandled)
+    # The document states what these handlers render (imported here: openapi.py takes PROBLEM_JSON from this module).
+    from itsm_shared.openapi import describe_responses
+
+    describe_responses(app)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405 names only the methods of the first
+    route matching the path, while FastAPI makes one route per method (GET and PATCH of `/{ref}` are two)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def caused_by_input(exc: DBAPIError) -> bool:

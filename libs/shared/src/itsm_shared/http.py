@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request, Response
@@ -23,7 +24,17 @@ from itsm_shared.models import IdempotencyRecord
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-IdempotencyKey = Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)]
+IDEMPOTENCY_KEY_MAX = 200
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX,
+        description="a key unique to this create (a UUID, say): a retry with the same key and body is answered "
+        "like the first request, without creating twice; the same key with another body is 422 (kept 24 hours)",
+    ),
+]
 
 
 def etag(version: int) -> str:
@@ -55,6 +66,8 @@ class IdempotentRequest:
     key: str | None
     body: Any
     record: IdempotencyRecord | None = None
+    # Where created resources live (`create_once`'s `location`): a replay carries the first answer's Location too.
+    location: str | None = None
 
     @property
     def request_hash(self) -> str:
@@ -63,10 +76,10 @@ class IdempotentRequest:
     async def begin(self) -> JSONResponse | None:
         if self.key is None:
             return None
-        if not 1 <= len(self.key) <= 200:
+        if not 1 <= len(self.key) <= IDEMPOTENCY_KEY_MAX:
             raise Invalid(
-                "Idempotency-Key must be 1 to 200 characters",
-                errors=[{"loc": ["header", IDEMPOTENCY_HEADER], "msg": "length 1..200"}],
+                f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+                errors=[{"loc": ["header", IDEMPOTENCY_HEADER], "msg": f"length 1..{IDEMPOTENCY_KEY_MAX}"}],
             )
         existing = await self._load()
         if existing is not None:
@@ -117,7 +130,14 @@ class IdempotentRequest:
             )
         if record.status_code is None:
             raise Conflict("a request with this Idempotency-Key is in flight; retry")
-        return JSONResponse(record.body, status_code=record.status_code, headers={"Idempotent-Replayed": "true"})
+        headers = {"Idempotent-Replayed": "true"}
+        if record.status_code == 201 and isinstance(record.body, dict):
+            # The headers of the first answer, from what it created (created_headers), which the record holds.
+            version = record.body.get("version")
+            created = SimpleNamespace(id=record.body.get("id"))
+            location = self.location if created.id is not None else None
+            headers |= created_headers(created, location, version if isinstance(version, int) else None)
+        return JSONResponse(record.body, status_code=record.status_code, headers=headers)
 
 
 T = TypeVar("T")
@@ -145,7 +165,7 @@ async def create_once(
     """Every creating `POST` (CONTRACT §2): 201, with the ETag of `version(created)` and, given `location`, the
     Location of the new resource; replayed for a repeated Idempotency-Key with the same `request`. `create`
     writes; the request's transaction seam commits the record, its events and the remembered response."""
-    idem = IdempotentRequest(session, principal, key, request)
+    idem = IdempotentRequest(session, principal, key, request, location=location)
     if replay := await idem.begin():
         return replay
     created = await create()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
@@ -151,3 +152,24 @@ def _split(value: Any) -> Any:
 CommaSeparated = BeforeValidator(_split)
 # The page size every list takes.
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+# The `next_cursor` of the previous page, as issued (URL-safe base64 of the last row's sort value and id): any
+# other value is 422.
+Cursor = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_-]+$",
+        max_length=1000,
+        description="`next_cursor` of the previous page, as it was given (an opaque token)",
+    ),
+]
+
+
+def sort_by(allowed: Iterable[str]) -> Any:
+    """The `sort` query parameter of a list: one of `allowed`, `-` first for descending (`parse_sort` reads it).
+    `sort: Annotated[str, sort_by(SORTS)] = "-created_at"`."""
+    names = sorted(allowed)
+    return Query(
+        pattern=f"^[-+]?({'|'.join(re.escape(n) for n in names)})$",
+        json_schema_extra={"enum": [f"{sign}{n}" for n in names for sign in ("", "-", "+")]},
+        description="the field to sort by, `-` first for descending",
+    )

@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 from itsm_shared.app import Runtime
 from itsm_shared.auth import Principal, Role, require_roles
 from itsm_shared.db import SessionDep
-from itsm_shared.pagination import Limit, Page
+from itsm_shared.openapi import documented
+from itsm_shared.pagination import Cursor, Limit, Page
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -49,12 +50,20 @@ def _runtime(request: Request) -> Runtime:
     return runtime
 
 
-@router.get("/events", response_model=Page[AuditRecord], summary="The log, newest first")
+TYPE_RULE = "an event type (itsm.incident.created or incident.created) or a prefix ending in .* (incident.*)"
+
+
+@router.get(
+    "/events",
+    response_model=Page[AuditRecord],
+    summary="The log, newest first",
+    responses=documented(rules={"query.until": "after since", "query.type": TYPE_RULE}),
+)
 async def list_events(
     session: SessionDep,
     _: Reader,
     limit: Limit = 50,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     sort: SortOrder = "-seq",
     *,
     filters: Annotated[EventFilter, Query()],
@@ -73,7 +82,10 @@ async def get_event(session: SessionDep, _: Reader, event_id: uuid.UUID) -> dict
     "/export",
     summary="NDJSON export of a time range, streamed",
     response_class=StreamingResponse,
-    responses={200: {"content": {NDJSON: {}}, "description": "one record per line, in seq order"}},
+    responses={
+        200: {"content": {NDJSON: {}}, "description": "one record per line, in seq order"},
+        **documented(rules={"query.until": "after since"}),
+    },
 )
 async def export(sessions: Sessions, _: Reader, period: Annotated[TimeRange, Query()]) -> StreamingResponse:
     """Records received in [since, until), oldest first, one JSON object per line:
@@ -101,7 +113,18 @@ async def anchor_keys(_: Reader) -> list[AnchorKeyRead]:
     return queries.anchor_key_list()
 
 
-@router.post("/replay", response_model=ReplayResult, summary="Republish stored events to a consumer queue")
+@router.post(
+    "/replay",
+    response_model=ReplayResult,
+    summary="Republish stored events to a consumer queue",
+    responses=documented(
+        rules={
+            "body.queue": "one of the services' consumer queues (ITSM_AUDIT_REPLAY_QUEUES), declared on the broker",
+            "body.until": "after since",
+            "body.type": TYPE_RULE,
+        }
+    ),
+)
 async def replay(
     body: ReplayRequest, sessions: Sessions, _: Admin, runtime: Annotated[Runtime, Depends(_runtime)]
 ) -> ReplayResult:

@@ -4,6 +4,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from itsm_shared.schemas import AsDateTime, RequestBody
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -44,11 +45,12 @@ def _after_since(until: datetime | None, info: ValidationInfo) -> datetime | Non
 
 
 # `since` (inclusive) and `until` (exclusive) bound `received_at`; declared after `since`, so it sees it.
-Until = Annotated[AwareDatetime | None, AfterValidator(_after_since)]
+Since = Annotated[AwareDatetime | None, AsDateTime]
+Until = Annotated[AwareDatetime | None, AsDateTime, AfterValidator(_after_since)]
 
 
 class TimeRange(BaseModel):
-    since: AwareDatetime | None = None
+    since: Since = None
     until: Until = None
 
 
@@ -59,7 +61,7 @@ class EventFilter(BaseModel):
     subject: str | None = None
     actor: str | None = None
     correlation_id: str | None = None
-    since: AwareDatetime | None = None
+    since: Since = None
     until: Until = None
 
 
@@ -100,9 +102,7 @@ class VerifyResult(BaseModel):
 QUEUE_PATTERN = r"^[a-z][a-z0-9]*\.[a-z0-9-]+$"
 
 
-class ReplayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReplayRequest(RequestBody):
     queue: str = Field(
         min_length=3,
         max_length=200,
@@ -110,7 +110,7 @@ class ReplayRequest(BaseModel):
         description="one of the services' consumer queues (deploy/services.toml, e.g. problem.incidents), without "
         "ITSM_QUEUE_PREFIX; events go to it directly",
     )
-    since: AwareDatetime | None = None
+    since: Since = None
     until: Until = None
     type: TypePattern | None = Field(default=None, description="an event type, or a prefix such as incident.*")
 

@@ -8,7 +8,8 @@ from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
 from itsm_shared.http import IdempotencyKey, check_if_match, create_once, with_etag
-from itsm_shared.pagination import Limit, Page
+from itsm_shared.openapi import documented
+from itsm_shared.pagination import Cursor, Limit, Page, sort_by
 
 from auth import keys, metadata, tokens, users
 from auth.config import MAX_PASSWORD, get_settings
@@ -65,12 +66,22 @@ ClientId = Annotated[str, Path(max_length=MAX_CLIENT_ID, pattern=r"^[A-Za-z0-9_.
 Kid = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-@router.post("/token", response_model=TokenResponse, summary="OAuth2 token endpoint (RFC 6749)")
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    summary="OAuth2 token endpoint (RFC 6749)",
+    responses=documented(
+        more={
+            400: "RFC 6749 §5.2 error (`error`: invalid_request, invalid_grant, unsupported_grant_type ...)",
+            401: "client authentication failed (`error`: invalid_client), with WWW-Authenticate: Basic",
+        }
+    ),
+)
 async def token(
     session: SessionDep,
     address: ClientAddress,
     authorization: Authorization,
-    grant_type: Annotated[str, Form(max_length=MAX_GRANT_TYPE)],
+    grant_type: Annotated[str, Form(min_length=1, max_length=MAX_GRANT_TYPE)],
     username: Annotated[str | None, Form(max_length=MAX_USERNAME)] = None,
     password: Annotated[str | None, Form(max_length=MAX_PASSWORD)] = None,
     refresh_token: Annotated[str | None, Form(max_length=MAX_SECRET)] = None,
@@ -95,7 +106,7 @@ async def token(
 @router.post("/revoke", status_code=200, summary="Revoke a refresh token and its family (RFC 7009)")
 async def revoke(
     session: SessionDep,
-    token: Annotated[str, Form(max_length=MAX_TOKEN)],
+    token: Annotated[str, Form(min_length=1, max_length=MAX_TOKEN)],
     token_type_hint: Annotated[str | None, Form(max_length=MAX_GRANT_TYPE)] = None,
 ) -> Response:
     await tokens.revoke(session, token)
@@ -120,7 +131,12 @@ async def me(session: SessionDep, principal: CurrentPrincipal) -> Me:
     return await users.describe_principal(session, principal)
 
 
-@router.post("/users", status_code=201, response_model=UserRead)
+@router.post(
+    "/users",
+    status_code=201,
+    response_model=UserRead,
+    responses=documented(etag=201, location=201, conflict="the username is taken"),
+)
 async def create_user(session: SessionDep, data: UserCreate, admin: Admin, key: IdempotencyKey = None) -> JSONResponse:
     return await create_once(
         session,
@@ -137,22 +153,22 @@ async def list_users(
     session: SessionDep,
     _: Admin,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: str = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(users.USER_SORTS)] = "-created_at",
     role: str | None = None,
     active: bool | None = None,
 ) -> Page[UserRead]:
     return await users.list_users(session, sort=sort, limit=limit, cursor=cursor, role=role, active=active)
 
 
-@router.get("/users/{user_id}", response_model=UserRead)
+@router.get("/users/{user_id}", response_model=UserRead, responses=documented(etag=200))
 async def get_user(session: SessionDep, _: Admin, user_id: uuid.UUID, response: Response) -> UserRead:
     user = await users.get_user(session, user_id)
     with_etag(response, user.version)
     return await users.user_read(session, user)
 
 
-@router.patch("/users/{user_id}", response_model=UserRead)
+@router.patch("/users/{user_id}", response_model=UserRead, responses=documented(etag=200, if_match=True))
 async def update_user(
     request: Request, session: SessionDep, admin: Admin, user_id: uuid.UUID, data: UserUpdate, response: Response
 ) -> UserRead:
@@ -163,14 +179,19 @@ async def update_user(
     return updated
 
 
-@router.post("/users/{user_id}/unlock", response_model=UserRead, summary="Clear the user's failed logins")
+@router.post(
+    "/users/{user_id}/unlock",
+    response_model=UserRead,
+    summary="Clear the user's failed logins",
+    responses=documented(etag=200),
+)
 async def unlock_user(session: SessionDep, admin: Admin, user_id: uuid.UUID, response: Response) -> UserRead:
     user = await users.get_user(session, user_id)
     with_etag(response, user.version)
     return await users.unlock_user(session, user, admin)
 
 
-@router.post("/clients", status_code=201, response_model=ClientCreated)
+@router.post("/clients", status_code=201, response_model=ClientCreated, responses=documented(etag=201))
 async def create_client(
     session: SessionDep, data: ClientCreate, admin: Admin, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -186,14 +207,14 @@ async def list_clients(session: SessionDep, _: Admin) -> list[ClientRead]:
     return await users.list_clients(session)
 
 
-@router.get("/clients/{client_id}", response_model=ClientRead)
+@router.get("/clients/{client_id}", response_model=ClientRead, responses=documented(etag=200))
 async def get_client(session: SessionDep, _: Admin, client_id: ClientId, response: Response) -> ClientRead:
     client = await users.get_client(session, client_id)
     with_etag(response, client.version)
     return users.client_view(client)
 
 
-@router.patch("/clients/{client_id}", response_model=ClientRead)
+@router.patch("/clients/{client_id}", response_model=ClientRead, responses=documented(etag=200, if_match=True))
 async def update_client(
     request: Request, session: SessionDep, admin: Admin, client_id: ClientId, data: ClientUpdate, response: Response
 ) -> ClientRead:
@@ -211,7 +232,7 @@ async def rotate_client_secret(session: SessionDep, admin: Admin, client_id: Cli
     return JSONResponse(rotated.model_dump(mode="json"), headers=NO_STORE)  # the new secret, shown once
 
 
-@router.delete("/clients/{client_id}", status_code=204)
+@router.delete("/clients/{client_id}", status_code=204, responses=documented(if_match=True))
 async def delete_client(request: Request, session: SessionDep, admin: Admin, client_id: ClientId) -> Response:
     client = await users.get_client(session, client_id, for_update=True)
     check_if_match(request, client.version)

@@ -5,7 +5,8 @@ from datetime import datetime
 from typing import Annotated
 
 from itsm_shared.auth import Role
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from itsm_shared.schemas import RequestBody
+from pydantic import BaseModel, Field, StrictBool, StringConstraints, field_validator
 
 from auth.config import MAX_PASSWORD, MIN_PASSWORD
 
@@ -30,8 +31,12 @@ def _check_roles(roles: list[str]) -> list[str]:
     return sorted(set(roles))
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# A role's name; any other is 422 (_check_roles), the schema lists them.
+RoleName = Annotated[str, Field(json_schema_extra={"enum": sorted(Role.ALL)})]
+
+
+class Strict(RequestBody):
+    """The request bodies of the auth service (RequestBody: unknown fields, null where not allowed, U+0000)."""
 
 
 class UserCreate(Strict):
@@ -39,8 +44,8 @@ class UserCreate(Strict):
     password: Password
     full_name: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
-    roles: list[str] = Field(default_factory=lambda: [Role.REQUESTER])
-    active: bool = True
+    roles: list[RoleName] = Field(default_factory=lambda: [Role.REQUESTER])
+    active: StrictBool = True
 
     _roles = field_validator("roles")(_check_roles)
 
@@ -48,8 +53,8 @@ class UserCreate(Strict):
 class UserUpdate(Strict):
     full_name: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
-    roles: list[str] | None = None
-    active: bool | None = None
+    roles: list[RoleName] | None = None
+    active: StrictBool | None = None
     password: Password | None = None
 
     @field_validator("roles")
@@ -74,15 +79,15 @@ class UserRead(BaseModel):
 
 class ClientCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
-    roles: list[str] = Field(default_factory=list)
+    roles: list[RoleName] = Field(default_factory=list)
 
     _roles = field_validator("roles")(_check_roles)
 
 
 class ClientUpdate(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    roles: list[str] | None = None
-    active: bool | None = None
+    roles: list[RoleName] | None = None
+    active: StrictBool | None = None
 
     @field_validator("roles")
     @classmethod

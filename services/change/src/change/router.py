@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, require_roles
 from itsm_shared.db import SessionDep
 from itsm_shared.http import IdempotencyKey, check_if_match, create_once, with_etag
-from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
+from itsm_shared.openapi import documented
+from itsm_shared.pagination import CommaSeparated, Cursor, Limit, Page, parse_sort, sort_by
 from itsm_shared.schemas import HistoryRead, Transition
 from pydantic import BeforeValidator
 
@@ -87,7 +88,42 @@ Duration = Annotated[timedelta | None, Query(description="ISO 8601 (PT2H) or sec
 ConfigurationItem = Annotated[str | None, Query(max_length=200)]
 
 
-@router.post("", status_code=201, response_model=ChangeRead)
+# What a change's and a blackout window's body is checked for beyond its schema (their 422 names the field).
+YEARS = "in the years 2 to 9997"
+WINDOW_RULES = {
+    "body.planned_start": YEARS,
+    "body.planned_end": f"after planned_start, at most ITSM_CHANGE_MAX_WINDOW_DAYS (default 31) days later, {YEARS}",
+    "body.actual_start": YEARS,
+    "body.actual_end": f"after actual_start, {YEARS}",
+}
+CHANGE_RULES = {
+    **WINDOW_RULES,
+    "body.standard_template_id": "an active standard-change template, with type standard",
+    "body.risk_assessment": "a standard change is low risk",
+}
+CREATE_CHANGE = documented(etag=201, location=201, rules=CHANGE_RULES)
+UPDATE_CHANGE = documented(
+    etag=200,
+    if_match=True,
+    conflict="the change cannot move to that status, or its window conflicts with others or a blackout",
+    rules={
+        **CHANGE_RULES,
+        "body.risk_override_reason": "goes with a risk_override",
+        "body.close_code": "with a move to closed or cancelled",
+        "body.close_notes": "with a move to closed or cancelled",
+    },
+)
+BLACKOUT_RULES = {
+    "body.end": f"after start, {YEARS}",
+    "body.start": YEARS,
+    "body.timezone": "a known IANA time zone",
+    "body.rrule": "an RFC 5545 recurrence rule the calendar can expand",
+}
+CREATE_BLACKOUT = documented(etag=201, location=201, rules=BLACKOUT_RULES)
+UPDATE_BLACKOUT = documented(etag=200, if_match=True, rules=BLACKOUT_RULES)
+
+
+@router.post("", status_code=201, response_model=ChangeRead, responses=CREATE_CHANGE)
 async def create_change(
     session: SessionDep, data: ChangeCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -105,8 +141,8 @@ async def create_change(
 async def list_changes(
     session: SessionDep,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: str = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(service.SORTS)] = "-created_at",
     status: Annotated[list[Status] | None, Query(), CommaSeparated] = None,
     type: Annotated[list[ChangeType] | None, Query(), CommaSeparated] = None,
     risk: Annotated[list[Risk] | None, Query(), CommaSeparated] = None,
@@ -145,7 +181,16 @@ async def risk_questionnaire() -> dict[str, object]:
 @router.get(
     "/calendar",
     response_model=CalendarRead,
-    responses={200: {"content": {ICAL: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {ICAL: {"schema": {"type": "string"}}}},
+        **documented(
+            rules={
+                "query.start": YEARS,
+                "query.end": f"after start, at most ITSM_CHANGE_CALENDAR_MAX_DAYS after it, not so many changes or"
+                f" blackout occurrences that the answer would be too long, {YEARS}",
+            }
+        ),
+    },
 )
 async def change_calendar(
     request: Request,
@@ -168,13 +213,13 @@ async def change_calendar(
     return JSONResponse(found.model_dump(mode="json"))
 
 
-@router.get("/{ref}", response_model=ChangeRead)
+@router.get("/{ref}", response_model=ChangeRead, responses=documented(etag=200))
 async def get_change(change: ChangeDep, response: Response) -> ChangeRead:
     with_etag(response, change.version)
     return service.render(change)
 
 
-@router.patch("/{ref}", response_model=ChangeRead)
+@router.patch("/{ref}", response_model=ChangeRead, responses=UPDATE_CHANGE)
 async def update_change(
     request: Request,
     change: LockedChange,
@@ -199,7 +244,15 @@ async def history(session: SessionDep, change: ChangeDep) -> list[HistoryRead]:
     return await service.history(session, change)
 
 
-@router.post("/{ref}/approvals", status_code=201, response_model=ApprovalResult)
+@router.post(
+    "/{ref}/approvals",
+    status_code=201,
+    response_model=ApprovalResult,
+    responses=documented(
+        conflict="the change is not awaiting this decision, or the caller has already decided this round",
+        rules={"body.comment": "a rejection needs a comment"},
+    ),
+)
 async def decide(
     ref: str, session: SessionDep, principal: CurrentPrincipal, data: ApprovalCreate, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -218,7 +271,9 @@ async def list_approvals(session: SessionDep, change: ChangeDep) -> list[Approva
     return [ApprovalRead.model_validate(a, from_attributes=True) for a in await approvals.approvals(session, change)]
 
 
-@router.post("/{ref}/notes", status_code=201, response_model=NoteRead)
+@router.post(
+    "/{ref}/notes", status_code=201, response_model=NoteRead, responses=documented(conflict="the change is final")
+)
 async def add_note(
     ref: str,
     session: SessionDep,
@@ -248,7 +303,16 @@ async def conflicts(session: SessionDep, change: ChangeDep) -> ConflictsRead:
     return await calendar.change_conflicts(session, change)
 
 
-@router.get("/{ref}/next-slot", response_model=NextSlotRead)
+@router.get(
+    "/{ref}/next-slot",
+    response_model=NextSlotRead,
+    responses=documented(
+        rules={
+            "query.duration": "between one minute and 31 days; needed when the change has no planned window",
+            "query.after": f"with an offset, {YEARS}",
+        }
+    ),
+)
 async def next_slot(
     session: SessionDep, change: ChangeDep, duration: Duration = None, after: AwareTime | None = None
 ) -> NextSlotRead:
@@ -260,7 +324,7 @@ async def next_slot(
 # ---------------------------------------------------------------- blackout windows
 
 
-@blackouts_router.post("", status_code=201, response_model=BlackoutWindowRead)
+@blackouts_router.post("", status_code=201, response_model=BlackoutWindowRead, responses=CREATE_BLACKOUT)
 async def create_blackout(
     session: SessionDep, data: BlackoutWindowCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -276,7 +340,10 @@ async def create_blackout(
 
 @blackouts_router.get("", response_model=Page[BlackoutWindowRead])
 async def list_blackouts(
-    session: SessionDep, limit: Limit = 50, cursor: str | None = None, sort: str = "-created_at"
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(blackouts.SORTS)] = "-created_at",
 ) -> Page[BlackoutWindowRead]:
     items, next_cursor = await blackouts.list_blackouts(
         session, sort=parse_sort(sort, blackouts.SORTS), limit=limit, cursor=cursor
@@ -284,13 +351,13 @@ async def list_blackouts(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@blackouts_router.get("/{window_id}", response_model=BlackoutWindowRead)
+@blackouts_router.get("/{window_id}", response_model=BlackoutWindowRead, responses=documented(etag=200))
 async def get_blackout(window: BlackoutDep, response: Response) -> BlackoutWindowRead:
     with_etag(response, window.version)
     return blackouts.render(window)
 
 
-@blackouts_router.patch("/{window_id}", response_model=BlackoutWindowRead)
+@blackouts_router.patch("/{window_id}", response_model=BlackoutWindowRead, responses=UPDATE_BLACKOUT)
 async def update_blackout(
     request: Request,
     window: LockedBlackout,
@@ -305,7 +372,7 @@ async def update_blackout(
     return updated
 
 
-@blackouts_router.delete("/{window_id}", status_code=204)
+@blackouts_router.delete("/{window_id}", status_code=204, responses=documented(if_match=True))
 async def delete_blackout(
     request: Request, window: LockedBlackout, session: SessionDep, principal: CurrentPrincipal
 ) -> Response:
@@ -317,7 +384,7 @@ async def delete_blackout(
 # ---------------------------------------------------------------- standard-change templates
 
 
-@templates_router.post("", status_code=201, response_model=TemplateRead)
+@templates_router.post("", status_code=201, response_model=TemplateRead, responses=documented(etag=201, location=201))
 async def create_template(
     session: SessionDep, data: TemplateCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -335,8 +402,8 @@ async def create_template(
 async def list_templates(
     session: SessionDep,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: str = "name",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(templates.SORTS)] = "name",
     active: bool | None = None,
 ) -> Page[TemplateRead]:
     items, next_cursor = await templates.list_templates(
@@ -345,13 +412,13 @@ async def list_templates(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@templates_router.get("/{template_id}", response_model=TemplateRead)
+@templates_router.get("/{template_id}", response_model=TemplateRead, responses=documented(etag=200))
 async def get_template(template: TemplateDep, response: Response) -> TemplateRead:
     with_etag(response, template.version)
     return templates.render(template)
 
 
-@templates_router.patch("/{template_id}", response_model=TemplateRead)
+@templates_router.patch("/{template_id}", response_model=TemplateRead, responses=documented(etag=200, if_match=True))
 async def update_template(
     request: Request,
     template: LockedTemplate,
@@ -366,7 +433,7 @@ async def update_template(
     return updated
 
 
-@templates_router.delete("/{template_id}", status_code=204)
+@templates_router.delete("/{template_id}", status_code=204, responses=documented(if_match=True))
 async def delete_template(
     request: Request, template: LockedTemplate, session: SessionDep, principal: CurrentPrincipal
 ) -> Response:

@@ -4,8 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from itsm_shared.schemas import RequestBody
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from itsm_shared.schemas import AsDateTime, RequestBody
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StrictBool
 
 from change.models import ChangeType, CloseCode, Decision, Risk
 from change.risk import RiskAssessment
@@ -35,8 +35,11 @@ def _unique_items(items: list[str]) -> list[str]:
     return list(dict.fromkeys(cleaned))
 
 
+# Each item holds something besides white space (the pattern is searched for, as JSON Schema does).
 ConfigurationItems = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=100), AfterValidator(_unique_items)
+    list[Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]],
+    Field(max_length=100),
+    AfterValidator(_unique_items),
 ]
 
 
@@ -49,8 +52,8 @@ def _representable(value: datetime) -> datetime:
 
 
 # Times in bodies and query parameters.
-Time = Annotated[datetime, AfterValidator(_representable)]
-AwareTime = Annotated[AwareDatetime, AfterValidator(_representable)]
+Time = Annotated[datetime, AsDateTime, AfterValidator(_representable)]
+AwareTime = Annotated[AwareDatetime, AsDateTime, AfterValidator(_representable)]
 UuidList = Annotated[list[uuid.UUID], Field(max_length=200), AfterValidator(lambda v: list(dict.fromkeys(v)))]
 Text = Annotated[str, Field(max_length=100_000)]
 
@@ -79,6 +82,7 @@ class ChangeCreate(_Body):
 
 
 class ChangeUpdate(_Body):
+    not_null = frozenset({"type", "title"})
     type: ChangeType | None = None
     title: str | None = Field(default=None, min_length=1, max_length=200)
     description: Text | None = None
@@ -148,9 +152,7 @@ class ChangeRead(BaseModel):
     version: int
 
 
-class ApprovalCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ApprovalCreate(RequestBody):
     decision: Decision
     comment: str | None = Field(default=None, max_length=10_000)
 
@@ -166,9 +168,7 @@ class ApprovalRead(BaseModel):
     created_at: datetime
 
 
-class NoteCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NoteCreate(RequestBody):
     body: str = Field(min_length=1, max_length=100_000)
 
 
@@ -234,6 +234,7 @@ class BlackoutWindowCreate(_BlackoutBody):
 
 
 class BlackoutWindowUpdate(_BlackoutBody):
+    not_null = frozenset({"name", "timezone", "start", "end"})
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: Text | None = None
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
@@ -318,10 +319,11 @@ class TemplateCreate(_TemplateBody):
     backout_plan: str = Field(min_length=1, max_length=100_000)
     test_plan: Text | None = None
     configuration_items: ConfigurationItems = Field(default_factory=list)
-    active: bool = True
+    active: StrictBool = True
 
 
 class TemplateUpdate(_TemplateBody):
+    not_null = frozenset({"name", "implementation_plan", "backout_plan", "active", "configuration_items"})
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: Text | None = None
     category: str | None = Field(default=None, min_length=1, max_length=100)
@@ -329,7 +331,7 @@ class TemplateUpdate(_TemplateBody):
     backout_plan: str | None = Field(default=None, min_length=1, max_length=100_000)
     test_plan: Text | None = None
     configuration_items: ConfigurationItems | None = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class TemplateRead(BaseModel):

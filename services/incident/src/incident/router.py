@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
@@ -14,8 +13,9 @@ from itsm_shared.http import (
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import CommaSeparated, Limit, Page, page_response, parse_sort
-from itsm_shared.schemas import HistoryRead, Transition
+from itsm_shared.openapi import documented
+from itsm_shared.pagination import CommaSeparated, Cursor, Limit, Page, page_response, parse_sort, sort_by
+from itsm_shared.schemas import HistoryRead, Timestamp, Transition
 
 from incident import policies, queries, service
 from incident.models import Incident, RequesterPolicy, Status
@@ -53,14 +53,21 @@ async def locked_requester_policy(_: Admin, session: SessionDep) -> RequesterPol
 
 
 # Before /{ref}, which would take "requester-policy" for an incident's number.
-@router.get("/requester-policy", response_model=RequesterPolicyRead, tags=["requester-policy"])
+@router.get(
+    "/requester-policy", response_model=RequesterPolicyRead, tags=["requester-policy"], responses=documented(etag=200)
+)
 async def get_requester_policy(session: SessionDep, _: CurrentPrincipal, response: Response) -> RequesterPolicyRead:
     current = await policies.requester_policy(session)
     with_etag(response, current.version)
     return RequesterPolicyRead.model_validate(current, from_attributes=True)
 
 
-@router.put("/requester-policy", response_model=RequesterPolicyRead, tags=["requester-policy"])
+@router.put(
+    "/requester-policy",
+    response_model=RequesterPolicyRead,
+    tags=["requester-policy"],
+    responses=documented(etag=200, if_match=True),
+)
 async def put_requester_policy(
     request: Request,
     session: SessionDep,
@@ -74,7 +81,19 @@ async def put_requester_policy(
     return RequesterPolicyRead.model_validate(updated, from_attributes=True)
 
 
-@router.post("", status_code=201, response_model=IncidentRead)
+@router.post(
+    "",
+    status_code=201,
+    response_model=IncidentRead,
+    responses=documented(
+        etag=201,
+        location=201,
+        rules={
+            "body.parent_id": "an incident that exists, is not deleted and is not this one or below it",
+            "body.caller_id": "a requester raises incidents for themselves only",
+        },
+    ),
+)
 async def create_incident(
     session: SessionDep, data: IncidentCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -93,8 +112,8 @@ async def list_incidents(
     session: SessionDep,
     principal: CurrentPrincipal,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: str = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(queries.SORTS)] = "-created_at",
     status: Annotated[list[Status] | None, Query(), CommaSeparated] = None,
     priority: Annotated[int | None, Query(ge=1, le=5)] = None,
     assignee_id: uuid.UUID | None = None,
@@ -102,8 +121,8 @@ async def list_incidents(
     category: str | None = None,
     caller_id: uuid.UUID | None = None,
     problem_id: uuid.UUID | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
     sla_breached: bool | None = None,
     q: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
@@ -126,13 +145,27 @@ async def list_incidents(
     return page_response(items, next_cursor)
 
 
-@router.get("/{ref}", response_model=IncidentRead)
+@router.get("/{ref}", response_model=IncidentRead, responses=documented(etag=200))
 async def get_incident(session: SessionDep, incident: IncidentDep, response: Response) -> IncidentRead:
     with_etag(response, incident.version)
     return await queries.read(session, incident)
 
 
-@router.patch("/{ref}", response_model=IncidentRead)
+@router.patch(
+    "/{ref}",
+    response_model=IncidentRead,
+    responses=documented(
+        etag=200,
+        if_match=True,
+        conflict="the incident is closed or cancelled, or cannot move to that status",
+        rules={
+            "body.parent_id": "an incident that exists, is not deleted and is not this one or below it",
+            "body.hold_reason": "required to move to on_hold, and only then (see `GET …/transitions`)",
+            "body.resolution_code": "required to move to resolved, and kept while resolved",
+            "body.resolution_notes": "required to move to resolved, and kept while resolved",
+        },
+    ),
+)
 async def update_incident(
     request: Request,
     incident: LockedIncident,
@@ -147,7 +180,7 @@ async def update_incident(
     return updated
 
 
-@router.delete("/{ref}", status_code=204)
+@router.delete("/{ref}", status_code=204, responses=documented(if_match=True))
 async def delete_incident(
     request: Request, incident: LockedIncident, session: SessionDep, principal: CurrentPrincipal
 ) -> Response:
@@ -161,7 +194,12 @@ async def transitions(incident: IncidentDep, principal: CurrentPrincipal) -> lis
     return queries.transitions(incident, principal)
 
 
-@router.post("/{ref}/notes", status_code=201, response_model=NoteRead)
+@router.post(
+    "/{ref}/notes",
+    status_code=201,
+    response_model=NoteRead,
+    responses=documented(conflict="the incident is closed or cancelled, or the Idempotency-Key is in flight"),
+)
 async def add_note(
     ref: str,
     session: SessionDep,
@@ -192,6 +230,17 @@ async def list_policies(session: SessionDep, _: CurrentPrincipal) -> list[SlaPol
     return [SlaPolicyRead.model_validate(p, from_attributes=True) for p in await policies.policies(session)]
 
 
-@policies_router.put("/{priority}", response_model=SlaPolicyRead)
-async def put_policy(priority: int, session: SessionDep, _: Admin, data: SlaPolicyWrite) -> SlaPolicyRead:
+@policies_router.put(
+    "/{priority}",
+    response_model=SlaPolicyRead,
+    responses=documented(
+        rules={
+            "body.response_minutes": "at most resolution_minutes",
+            "body.calendar": "a known IANA time zone, real holiday dates, end after start",
+        }
+    ),
+)
+async def put_policy(
+    priority: Annotated[int, Path(ge=1, le=5)], session: SessionDep, _: Admin, data: SlaPolicyWrite
+) -> SlaPolicyRead:
     return SlaPolicyRead.model_validate(await policies.put_policy(session, priority, data), from_attributes=True)

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from itsm_shared.schemas import RequestBody
-from pydantic import BaseModel, ConfigDict, Field
+from itsm_shared.schemas import JsonInt, RequestBody
+from pydantic import BaseModel, Field, StrictFloat
+from pydantic.json_schema import SkipJsonSchema
 
-from incident.models import RequesterMode, Visibility
+from incident.models import HoldReason, RequesterMode, Status, Visibility
 
 READ_ONLY = frozenset(
     {
@@ -42,23 +43,24 @@ class IncidentCreate(_Body):
     caller_id: uuid.UUID | None = None
     category: str | None = Field(default=None, max_length=100)
     configuration_item: str | None = Field(default=None, max_length=200)
-    impact: int = Impact
-    urgency: int = Urgency
+    impact: JsonInt = Impact
+    urgency: JsonInt = Urgency
     assignment_group: str | None = Field(default=None, max_length=100)
     assignee_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
 
 
 class IncidentUpdate(_Body):
-    title: str | None = Field(default=None, min_length=1, max_length=200)
+    # May be left out, never null (`SkipJsonSchema[None]`: null is refused by the use case, with a 422 naming it).
+    title: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=100_000)
-    caller_id: uuid.UUID | None = None
+    caller_id: uuid.UUID | SkipJsonSchema[None] = None
     category: str | None = Field(default=None, max_length=100)
     configuration_item: str | None = Field(default=None, max_length=200)
-    impact: int | None = Field(default=None, ge=1, le=3)
-    urgency: int | None = Field(default=None, ge=1, le=3)
-    status: str | None = None
-    hold_reason: str | None = None
+    impact: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
+    urgency: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
+    status: Status | None = None
+    hold_reason: HoldReason | None = None
     assignment_group: str | None = Field(default=None, max_length=100)
     assignee_id: uuid.UUID | None = None
     resolution_code: str | None = Field(default=None, max_length=50)
@@ -116,9 +118,7 @@ class IncidentRead(BaseModel):
     version: int
 
 
-class NoteCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NoteCreate(RequestBody):
     body: str = Field(min_length=1, max_length=100_000)
     # Unset: public for a requester (their only kind), internal (a work note) for everyone else.
     visibility: Visibility | None = None
@@ -133,23 +133,25 @@ class NoteRead(BaseModel):
     created_at: datetime
 
 
-class CalendarBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# HH:MM or HH:MM:SS[.ffffff], a real time of day.
+TIME_OF_DAY = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$"
 
+
+class CalendarBody(RequestBody):
     kind: str = Field(pattern="^(24x7|business_hours)$")
-    timezone: str = "UTC"
-    weekdays: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
-    start: str = "08:00"
-    end: str = "18:00"
-    holidays: list[str] = Field(default_factory=list)
+    timezone: str = Field(default="UTC", min_length=1, max_length=100, description="an IANA time zone name")
+    weekdays: list[Annotated[JsonInt, Field(ge=0, le=6)]] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], min_length=1, description="0 (Monday) to 6 (Sunday)"
+    )
+    start: str = Field(default="08:00", pattern=TIME_OF_DAY)
+    end: str = Field(default="18:00", pattern=TIME_OF_DAY, description="after start")
+    holidays: list[Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]] = Field(default_factory=list)
 
 
-class SlaPolicyWrite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SlaPolicyWrite(RequestBody):
     name: str = Field(min_length=1, max_length=100)
-    response_minutes: float = Field(gt=0, le=525_600)
-    resolution_minutes: float = Field(gt=0, le=5_256_000)
+    response_minutes: StrictFloat = Field(gt=0, le=525_600)
+    resolution_minutes: StrictFloat = Field(gt=0, le=5_256_000)
     calendar: CalendarBody
 
 
@@ -163,12 +165,10 @@ class SlaPolicyRead(BaseModel):
     updated_at: datetime | None
 
 
-class RequesterPolicyWrite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RequesterPolicyWrite(RequestBody):
     mode: RequesterMode
     # Used by `cap`: a requester's incident gets this priority at the highest (1 critical .. 5 planning).
-    highest_priority: int = Field(default=3, ge=1, le=5)
+    highest_priority: JsonInt = Field(default=3, ge=1, le=5)
 
 
 class RequesterPolicyRead(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,6 +215,15 @@ def crossed(clock: Clock, now: datetime) -> list[str]:
     return fired
 
 
+def _percentage(spent: float, target_seconds: float) -> float | None:
+    """None when there is no meaningful figure: no target, or a target so small (a policy of 1e-300 minutes is
+    valid) that the ratio overflows a float, which JSON (and the outbox's jsonb) cannot hold."""
+    if not target_seconds:
+        return None
+    value = 100 * spent / target_seconds
+    return round(value, 2) if math.isfinite(value) else None
+
+
 def view(clock: Clock, now: datetime) -> dict[str, Any]:
     spent = elapsed(clock, now)
     breached = clock.breached or spent >= clock.target_seconds
@@ -221,7 +231,7 @@ def view(clock: Clock, now: datetime) -> dict[str, Any]:
         "target_seconds": clock.target_seconds,
         "due_at": clock.due_at,
         "elapsed_seconds": round(spent, 3),
-        "percentage": round(100 * spent / clock.target_seconds, 2) if clock.target_seconds else None,
+        "percentage": _percentage(spent, clock.target_seconds),
         "state": clock.state,
         "paused": clock.state == ClockState.PAUSED,
         "breached": breached,

@@ -13,7 +13,8 @@ from itsm_shared.http import (
     create_once,
     with_etag,
 )
-from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
+from itsm_shared.openapi import documented
+from itsm_shared.pagination import CommaSeparated, Cursor, Limit, Page, parse_sort, sort_by
 from itsm_shared.schemas import HistoryRead, Transition
 
 from problem import links, service
@@ -45,7 +46,7 @@ LockedProblem = Annotated[Problem, Depends(locked_problem)]
 Statuses = Annotated[list[Status] | None, Query(), CommaSeparated]
 
 
-@router.post("", status_code=201, response_model=ProblemRead)
+@router.post("", status_code=201, response_model=ProblemRead, responses=documented(etag=201, location=201))
 async def create_problem(
     session: SessionDep, data: ProblemCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -64,8 +65,8 @@ async def list_problems(
     session: SessionDep,
     principal: CurrentPrincipal,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: str = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(service.SORTS)] = "-created_at",
     status: Statuses = None,
     priority: Annotated[int | None, Query(ge=1, le=5)] = None,
     category: str | None = None,
@@ -91,13 +92,27 @@ async def list_problems(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{ref}", response_model=ProblemRead)
+@router.get("/{ref}", response_model=ProblemRead, responses=documented(etag=200))
 async def get_problem(problem: ProblemDep, response: Response) -> ProblemRead:
     with_etag(response, problem.version)
     return service.render(problem)
 
 
-@router.patch("/{ref}", response_model=ProblemRead)
+@router.patch(
+    "/{ref}",
+    response_model=ProblemRead,
+    responses=documented(
+        etag=200,
+        if_match=True,
+        conflict="the problem is closed or cancelled, or cannot move to that status",
+        rules={
+            "body.root_cause": "required to move to fix_in_progress (`GET …/transitions` lists what each move needs)",
+            "body.resolution_code": "required to move to resolved, one of the resolution codes",
+            "body.workaround": "required while the problem is a known error",
+            "body.resolve_linked_incidents": "only with a move to resolved",
+        },
+    ),
+)
 async def update_problem(
     request: Request,
     problem: LockedProblem,
@@ -122,7 +137,15 @@ async def linked_incidents(session: SessionDep, problem: ProblemDep) -> list[Lin
     return await links.linked_incidents(session, problem)
 
 
-@router.post("/{ref}/incidents", status_code=201, response_model=LinkedIncident)
+@router.post(
+    "/{ref}/incidents",
+    status_code=201,
+    response_model=LinkedIncident,
+    responses=documented(
+        conflict="the problem is closed or cancelled, or the incident is linked to another problem",
+        rules={"body.incident_id": "an incident the problem service knows (from the incident events), not deleted"},
+    ),
+)
 async def link_incident(
     session: SessionDep, problem: LockedProblem, principal: CurrentPrincipal, data: LinkCreate
 ) -> LinkedIncident:
@@ -137,7 +160,9 @@ async def unlink_incident(
     return Response(status_code=204)
 
 
-@router.post("/{ref}/notes", status_code=201, response_model=NoteRead)
+@router.post(
+    "/{ref}/notes", status_code=201, response_model=NoteRead, responses=documented(conflict="the problem is final")
+)
 async def add_note(
     ref: str,
     session: SessionDep,
@@ -167,8 +192,8 @@ async def known_errors(
     session: SessionDep,
     principal: CurrentPrincipal,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: str = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(service.SORTS)] = "-created_at",
     q: Annotated[str | None, Query(max_length=500)] = None,
     configuration_item: str | None = None,
     category: str | None = None,

@@ -3,8 +3,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from itsm_shared.schemas import RequestBody
-from pydantic import BaseModel, ConfigDict, Field
+from itsm_shared.schemas import JsonInt, RequestBody
+from pydantic import BaseModel, Field, StrictBool
+from pydantic.json_schema import SkipJsonSchema
+
+from problem.models import Status
 
 READ_ONLY = frozenset(
     {
@@ -33,8 +36,8 @@ Text = Field(default=None, max_length=100_000)
 class ProblemCreate(_Body):
     title: str = Field(min_length=1, max_length=200)
     description: str | None = Text
-    impact: int = Field(default=3, ge=1, le=3)
-    urgency: int = Field(default=3, ge=1, le=3)
+    impact: JsonInt = Field(default=3, ge=1, le=3)
+    urgency: JsonInt = Field(default=3, ge=1, le=3)
     category: str | None = Field(default=None, max_length=100)
     configuration_item: str | None = Field(default=None, max_length=200)
     assignment_group: str | None = Field(default=None, max_length=100)
@@ -44,10 +47,11 @@ class ProblemCreate(_Body):
 
 
 class ProblemUpdate(_Body):
-    title: str | None = Field(default=None, min_length=1, max_length=200)
+    # May be left out, never null (`SkipJsonSchema[None]`: null is refused by the use case, with a 422 naming it).
+    title: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=200)
     description: str | None = Text
-    impact: int | None = Field(default=None, ge=1, le=3)
-    urgency: int | None = Field(default=None, ge=1, le=3)
+    impact: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
+    urgency: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
     category: str | None = Field(default=None, max_length=100)
     configuration_item: str | None = Field(default=None, max_length=200)
     assignment_group: str | None = Field(default=None, max_length=100)
@@ -57,11 +61,11 @@ class ProblemUpdate(_Body):
     workaround: str | None = Text
     fix: str | None = Text
     resolution_code: str | None = Field(default=None, max_length=30)
-    known_error: bool | None = None
+    known_error: StrictBool | None = None
     change_id: uuid.UUID | None = None
-    status: str | None = None
+    status: Status | None = None
     # Not stored: with status resolved, also resolve the open linked incidents (solved_by_problem).
-    resolve_linked_incidents: bool = False
+    resolve_linked_incidents: StrictBool = False
 
 
 class ProblemRead(BaseModel):
@@ -93,9 +97,7 @@ class ProblemRead(BaseModel):
     version: int
 
 
-class LinkCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LinkCreate(RequestBody):
     incident_id: uuid.UUID
 
 
@@ -110,9 +112,7 @@ class LinkedIncident(BaseModel):
     linked_at: datetime
 
 
-class NoteCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NoteCreate(RequestBody):
     body: str = Field(min_length=1, max_length=100_000)
 
 

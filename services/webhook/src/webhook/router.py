@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal
 from itsm_shared.db import SessionDep
 from itsm_shared.http import IdempotencyKey, check_if_match, create_once, etag, with_etag
-from itsm_shared.pagination import CommaSeparated, Limit, Page, parse_sort
+from itsm_shared.openapi import documented
+from itsm_shared.pagination import CommaSeparated, Cursor, Limit, Page, parse_sort, sort_by
 
 from webhook import deliveries, service
 from webhook.models import DeliveryStatus, Subscription
@@ -46,7 +47,19 @@ LockedSubscription = Annotated[Subscription, Depends(locked_subscription)]
 Statuses = Annotated[list[DeliveryStatus] | None, Query(), CommaSeparated]
 
 
-@router.post("", status_code=201, response_model=SubscriptionCreated, summary="Subscribe an endpoint")
+URL_RULES = {
+    "body.url": "https (plain http only where ITSM_WEBHOOK_ALLOW_PRIVATE_NETWORKS is set), with a host that resolves to"
+    " public addresses only (no loopback, private, link-local, multicast or metadata address)",
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SubscriptionCreated,
+    summary="Subscribe an endpoint",
+    responses=documented(etag=201, location=201, rules=URL_RULES),
+)
 async def create_subscription(
     session: SessionDep, data: SubscriptionCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
 ) -> JSONResponse:
@@ -68,8 +81,8 @@ async def list_subscriptions(
     session: SessionDep,
     principal: CurrentPrincipal,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: Annotated[str, Query(pattern=r"^[-+]?created_at$")] = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(service.SORTS)] = "-created_at",
     active: bool | None = None,
 ) -> Page[SubscriptionRead]:
     items, next_cursor = await service.list_subscriptions(
@@ -78,13 +91,17 @@ async def list_subscriptions(
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.get("/{subscription_id}", response_model=SubscriptionRead)
+@router.get("/{subscription_id}", response_model=SubscriptionRead, responses=documented(etag=200))
 async def get_subscription(subscription: SubscriptionDep, response: Response) -> SubscriptionRead:
     with_etag(response, subscription.version)
     return service.render(subscription)
 
 
-@router.patch("/{subscription_id}", response_model=SubscriptionRead)
+@router.patch(
+    "/{subscription_id}",
+    response_model=SubscriptionRead,
+    responses=documented(etag=200, if_match=True, rules=URL_RULES),
+)
 async def update_subscription(
     request: Request,
     subscription: LockedSubscription,
@@ -99,7 +116,7 @@ async def update_subscription(
     return updated
 
 
-@router.delete("/{subscription_id}", status_code=204)
+@router.delete("/{subscription_id}", status_code=204, responses=documented(if_match=True))
 async def delete_subscription(
     request: Request, subscription: LockedSubscription, session: SessionDep, principal: CurrentPrincipal
 ) -> Response:
@@ -108,7 +125,12 @@ async def delete_subscription(
     return Response(status_code=204)
 
 
-@router.post("/{subscription_id}/rotate-secret", response_model=SecretRotated, summary="A new signing secret")
+@router.post(
+    "/{subscription_id}/rotate-secret",
+    response_model=SecretRotated,
+    summary="A new signing secret",
+    responses=documented(etag=200, if_match=True),
+)
 async def rotate_secret(
     request: Request, subscription: LockedSubscription, session: SessionDep, principal: CurrentPrincipal
 ) -> JSONResponse:
@@ -122,8 +144,8 @@ async def list_deliveries(
     session: SessionDep,
     subscription: SubscriptionDep,
     limit: Limit = 50,
-    cursor: str | None = None,
-    sort: Annotated[str, Query(pattern=r"^[-+]?created_at$")] = "-created_at",
+    cursor: Cursor = None,
+    sort: Annotated[str, sort_by(deliveries.SORTS)] = "-created_at",
     status: Statuses = None,
     event_id: uuid.UUID | None = None,
 ) -> Page[DeliveryRead]:

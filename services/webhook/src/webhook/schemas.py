@@ -5,8 +5,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from itsm_shared.schemas import RequestBody
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from itsm_shared.schemas import AsDateTime, RequestBody
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StrictBool
 
 READ_ONLY = frozenset(
     {
@@ -42,7 +42,7 @@ def _unique(values: list[str]) -> list[str]:
 
 
 EventTypes = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=200)]],
+    list[Annotated[str, Field(min_length=1, max_length=200, pattern=EVENT_TYPE.pattern)]],
     Field(min_length=1, max_length=100),
     AfterValidator(_event_types),
 ]
@@ -65,15 +65,16 @@ class SubscriptionCreate(_Body):
     event_types: EventTypes
     subjects: Subjects | None = None
     description: Description = None
-    active: bool = True
+    active: StrictBool = True
 
 
 class SubscriptionUpdate(_Body):
+    not_null = frozenset({"url", "event_types", "active"})
     url: Url | None = None
     event_types: EventTypes | None = None
     subjects: Subjects | None = None
     description: Description = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class SubscriptionRead(BaseModel):
@@ -139,10 +140,8 @@ class DeliveryRead(BaseModel):
     created_at: datetime
 
 
-class ReplayRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    since: AwareDatetime
+class ReplayRequest(RequestBody):
+    since: Annotated[AwareDatetime, AsDateTime]
 
 
 class ReplayRead(BaseModel):
