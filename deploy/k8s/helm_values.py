@@ -7,7 +7,7 @@ written by hand (the same regions mechanism as deploy/configs.py, whose `replace
     python deploy/k8s/helm_values.py           rewrite the regions (after editing deploy/services.toml)
     python deploy/k8s/helm_values.py --check   exit 1 and show the difference when a file is not up to date
 
-tests/deploy/test_k8s.py runs the check.
+tests/deploy/test_k8s_table.py runs the check.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import yaml
 from itsm_shared.broker_users import Topology, permissions, topic_permissions
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.trust import REPLAYER
+from k8s_charts import DATA, render, the
 from processes import StackError, probe_rabbitmq
-from test_k8s import DATA, render, the
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import pytest
 import service_table as services
 import stack
 import yaml
+from k8s_charts import APP, of_kind, render
 from test_compose import env_of
-from test_k8s import APP, of_kind, render
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WELL_KNOWN = "/.well-known/oauth-authorization-server"
