@@ -1,6 +1,7 @@
 """Audit tests: the shared fixtures (the `itsm` pytest plugin, itsm_shared.testing_fixtures) set for the audit
 service, plus what the log's own tests need: direct database connections (as the service's role, and as a
-superuser who can tamper), the rewrite the table's owner can do, and a publisher onto the session's exchange."""
+superuser who can tamper), the rewrite the table's owner can do, a publisher onto the session's exchange, and
+storing a batch through the service's own code (`store`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
+from audit import ingest
 from audit.anchors import AnchorKeys
 from audit.chain import canonical_json, format_received_at, record_hash
 from fastapi import FastAPI
-from itsm_shared.db import asyncpg_dsn
+from itsm_shared.db import asyncpg_dsn, transaction
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event
 from itsm_shared.testing import TestDatabase, eventually
 from itsm_shared.testing_fixtures import Actor
@@ -243,3 +245,17 @@ async def rewrite_chain(
             )
         for table in tables:
             await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+
+
+# ---------------------------------------------------------------- storing through the service's own code
+
+
+def incoming(e: dict[str, Any] | str) -> ingest.Incoming:
+    return ingest.parse_incoming((e if isinstance(e, str) else json.dumps(e)).encode())
+
+
+async def store(
+    sessions: async_sessionmaker[AsyncSession], *events: dict[str, Any] | str, keys: AnchorKeys | None = None
+) -> list[Any]:
+    async with transaction(sessions) as session:
+        return await ingest.store_batch(session, [incoming(e) for e in events], keys)
