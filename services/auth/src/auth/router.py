@@ -103,7 +103,13 @@ async def token(
     return JSONResponse(result.model_dump(exclude_none=True), headers=NO_STORE)
 
 
-@router.post("/revoke", status_code=200, summary="Revoke a refresh token and its family (RFC 7009)")
+@router.post(
+    "/revoke",
+    status_code=200,
+    response_class=Response,
+    summary="Revoke a refresh token and its family (RFC 7009)",
+    responses={200: {"description": "Revoked, or not a token of ours (RFC 7009 §2.2): an empty answer"}},
+)
 async def revoke(
     session: SessionDep,
     token: Annotated[str, Form(min_length=1, max_length=MAX_TOKEN)],

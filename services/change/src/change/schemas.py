@@ -234,7 +234,7 @@ class BlackoutWindowCreate(_BlackoutBody):
 
 
 class BlackoutWindowUpdate(_BlackoutBody):
-    not_null = frozenset({"name", "timezone", "start", "end"})
+    not_null = frozenset({"name", "timezone", "start", "end", "configuration_items"})
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: Text | None = None
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
