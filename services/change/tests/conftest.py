@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -134,3 +135,46 @@ def window(start: datetime, hours: float, *cis: str) -> dict[str, Any]:
         "planned_end": iso(start + timedelta(hours=hours)),
         "configuration_items": list(cis),
     }
+
+
+# ---------------------------------------------------------------- moving through the state model
+
+CLOSE = {"close_code": "successful", "close_notes": "done, monitored for an hour"}
+
+
+async def transitions(client: httpx.AsyncClient, who: Actor, change: dict[str, Any]) -> list[str]:
+    response = await client.get(f"/api/v1/changes/{change['id']}/transitions", headers=who.headers)
+    assert response.status_code == 200, response.text
+    return [t["status"] for t in response.json()]
+
+
+async def expect_status(
+    client: httpx.AsyncClient, who: Actor, change: dict[str, Any], status: str, code: int, **fields: Any
+) -> dict[str, Any]:
+    response = await patch(client, who, change, status=status, **fields)
+    assert response.status_code == code, (status, response.text)
+    return dict(response.json())
+
+
+# ---------------------------------------------------------------- scheduling
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+async def scheduled(client: httpx.AsyncClient, who: Actor, start: datetime, hours: float, *cis: str) -> dict[str, Any]:
+    """A standard change scheduled at [start, start + hours) on `cis`."""
+    change = await create(client, who, type="standard", **PLANS, **window(start, hours, *cis))
+    return await move(client, who, change, "scheduled")
+
+
+async def try_schedule(
+    client: httpx.AsyncClient, who: Actor, start: datetime, hours: float, *cis: str, type: str = "standard"
+) -> httpx.Response:
+    change = await create(client, who, type=type, **PLANS, **window(start, hours, *cis))
+    return await patch(client, who, change, status="scheduled")
+
+
+async def blackout(client: httpx.AsyncClient, who: Actor, **body: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/blackout-windows", headers=who.headers, json={"name": "freeze", **body})
+    assert response.status_code == 201, response.text
+    return dict(response.json())
