@@ -26,6 +26,7 @@ from itsm_shared.docs import docs_router
 from itsm_shared.errors import install_error_handlers
 from itsm_shared.events import CloudEvent, routing_key
 from itsm_shared.observability import configure_logging, health_router, install_request_context
+from itsm_shared.openapi import describe_responses
 from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.trust import broker_user, connection_user
@@ -156,6 +157,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
 
     app = FastAPI(title=spec.title, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_error_handlers(app)
+    describe_responses(app)  # the document states what those handlers and the gateway answer
     install_request_context(app)
 
     async def database_ready() -> None:

@@ -160,10 +160,6 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(dbapi_type, _dbapi(database_down, data_error, database_down))
     app.add_exception_handler(DBAPIError, _dbapi(database_down, data_error, unhandled))
     app.add_exception_handler(Exception, unhandled)
-    # The document states what these handlers render (imported here: openapi.py takes PROBLEM_JSON from this module).
-    from itsm_shared.openapi import describe_responses
-
-    describe_responses(app)
 
 
 def allowed_methods(request: Request) -> list[str]:
