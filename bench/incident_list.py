@@ -23,7 +23,7 @@ BUFFERS) of the SQL behind each case: the statement is built by the service's ow
 a session that records instead of executing), compiled for asyncpg and explained as the service's role with the
 same parameters; when the service's code no longer fits that call, EXPLAIN is skipped and says why. Ends with
 the summary table (also kept in build/bench/ for `make bench`). Everything started is stopped and the scratch
-database dropped, also on failure or Ctrl-C.
+database dropped, also on failure or Ctrl-C. The data: benchlib/incident_data.py; EXPLAIN: benchlib/list_explain.py.
 
     uv run python bench/incident_list.py [--rows 1000000] [--requests 200] [--depth 10000]
 """
@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
-import re
 import shutil
 import sys
 import tempfile
@@ -48,28 +46,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.common import (
-    CPUS,
-    INCIDENT_QUEUES,
-    Summary,
-    agent_token,
-    bench_settings,
     cleanup,
     ignore_signals,
-    load_average,
-    machine_line,
-    ms,
-    password_token,
-    percentile,
-    plain_dsn,
     processes,
-    ratio,
-    remove_stack_topology,
     services,
     signals_as_interrupt,
     stack_module,
     start_bare_app,
-    verdict,
 )
+from benchlib.figures import ms, percentile, ratio, verdict
+from benchlib.incident_data import load
+from benchlib.list_explain import explain_cases
+from benchlib.machine import CPUS, load_average, machine_line
+from benchlib.scratch import INCIDENT_QUEUES, bench_settings, plain_dsn, remove_stack_topology
+from benchlib.table import Summary
+from benchlib.tokens import agent_token, password_token
 
 RATE_LIMIT = 1_000_000
 PAGE_TARGET_P95 = 0.015
@@ -79,321 +70,6 @@ WARMUP_REQUESTS = 10
 SLOW_CASE_SECONDS = 0.2  # a case slower than this per request is measured with fewer requests
 SLOW_CASE_REQUESTS = 30
 OLDEST_OPEN_P4 = {"sort": "created_at", "status": "new", "priority": 4}
-
-COMPONENTS = [
-    "VPN", "email", "printer", "laptop", "Wi-Fi", "Outlook", "SAP", "payroll", "CRM", "database",
-    "network share", "desk phone", "monitor", "docking station", "SSO", "Teams", "SharePoint", "Jira",
-    "badge reader", "firewall", "backup", "Citrix", "Excel", "browser", "antivirus", "scanner", "projector",
-    "keyboard", "headset", "webcam", "intranet", "DNS", "DHCP", "load balancer", "Kubernetes", "storage",
-    "mailbox", "calendar", "license server", "ERP",
-]  # fmt: skip
-SYMPTOMS = [
-    "is not working", "is very slow", "keeps crashing", "times out", "shows an error", "cannot connect",
-    "login fails", "freezes", "disconnects repeatedly", "returns server errors", "is unreachable",
-    "has missing data", "fails to sync", "denies permission", "certificate expired", "is out of disk space",
-    "uses too much CPU", "hangs on startup", "shows a blue screen", "gives wrong results",
-]  # fmt: skip
-SITES = ["Berlin", "London", "New York", "Paris", "Madrid", "Tokyo", "Sydney", "Toronto", "Mumbai", "Singapore"]
-CATEGORIES = [
-    "hardware", "software", "network", "database", "access", "email", "telephony", "security", "storage",
-    "printing", "inquiry", "facilities",
-]  # fmt: skip
-
-
-def _array(values: list[str]) -> str:
-    return "ARRAY[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
-
-
-LOAD_INCIDENTS = f"""
-INSERT INTO incident.incident (
-    id, number, title, description, caller_id, category, configuration_item, impact, urgency, priority, status,
-    hold_reason, assignment_group, assignee_id, resolution_code, resolution_notes, reopen_count, sla_breached,
-    created_by, created_at, updated_at, resolved_at, closed_at, version)
-WITH base AS (
-    SELECT g.i,
-           now() - random() * interval '730 days' AS created,
-           random() AS r_status, random() AS r_impact, random() AS r_urgency, random() AS r_took,
-           1 + floor(random() * 40)::int AS c, 1 + floor(random() * 20)::int AS sy, 1 + floor(random() * 10)::int AS st,
-           floor(random() * 5000)::int AS caller_n, 1 + floor(random() * 12)::int AS cat,
-           floor(random() * 20)::int AS grp_n, floor(random() * 300)::int AS agent_n,
-           floor(random() * 20000)::int AS err, floor(random() * 4)::int AS hold_n
-    FROM generate_series(1, $1::int) AS g(i)
-), shaped AS (
-    SELECT b.*,
-           CASE WHEN r_impact < 0.15 THEN 1 WHEN r_impact < 0.5 THEN 2 ELSE 3 END AS impact,
-           CASE WHEN r_urgency < 0.15 THEN 1 WHEN r_urgency < 0.5 THEN 2 ELSE 3 END AS urgency,
-           CASE WHEN created > now() - interval '14 days' THEN
-                CASE WHEN r_status < 0.25 THEN 'new' WHEN r_status < 0.60 THEN 'in_progress'
-                     WHEN r_status < 0.70 THEN 'on_hold' WHEN r_status < 0.85 THEN 'resolved'
-                     WHEN r_status < 0.97 THEN 'closed' ELSE 'cancelled' END
-           ELSE
-                CASE WHEN r_status < 0.010 THEN 'new' WHEN r_status < 0.025 THEN 'in_progress'
-                     WHEN r_status < 0.040 THEN 'on_hold' WHEN r_status < 0.940 THEN 'closed' ELSE 'cancelled' END
-           END AS status,
-           ({_array(COMPONENTS)})[c] AS comp, ({_array(SYMPTOMS)})[sy] AS symp, ({_array(SITES)})[st] AS site
-    FROM base b
-), timed AS (
-    SELECT s.*,
-           (ARRAY[1, 2, 3, 2, 3, 4, 3, 4, 5])[(impact - 1) * 3 + urgency] AS priority,
-           CASE WHEN status IN ('resolved', 'closed')
-                THEN least(created + r_took * interval '5 days', now()) END AS resolved,
-           CASE WHEN status = 'closed' THEN least(created + r_took * interval '5 days' + interval '7 days', now())
-                WHEN status = 'cancelled' THEN least(created + r_took * interval '2 days', now()) END AS closed
-    FROM shaped s
-)
-SELECT gen_random_uuid(),
-       'INC' || lpad(i::text, 7, '0'),
-       comp || ' ' || symp || ' (' || site || ')',
-       'User reports that the ' || comp || ' ' || symp || ' at the ' || site || ' office since '
-           || to_char(created, 'FMDay HH24:MI') || '. Error code ERR-' || err
-           || '. Restarting did not help; colleagues nearby see the same. Please investigate.',
-       md5('caller' || caller_n)::uuid,
-       ({_array(CATEGORIES)})[cat],
-       'CI-' || lpad((caller_n % 900)::text, 4, '0'),
-       impact, urgency, priority, status,
-       CASE WHEN status = 'on_hold'
-            THEN (ARRAY['awaiting_caller', 'awaiting_change', 'awaiting_problem', 'awaiting_vendor'])[1 + hold_n] END,
-       'group-' || grp_n,
-       CASE WHEN status <> 'new' THEN md5('agent' || agent_n)::uuid END,
-       CASE WHEN resolved IS NOT NULL THEN 'solved' END,
-       CASE WHEN resolved IS NOT NULL THEN 'Fixed the ' || comp || '; confirmed with the caller.' END,
-       0,
-       status IN ('new', 'in_progress', 'on_hold') AND created < now() - interval '3 days',
-       md5('caller' || caller_n)::uuid,
-       created,
-       greatest(created, resolved, closed),
-       resolved,
-       closed,
-       CASE WHEN status = 'new' THEN 1 ELSE 3 END
-FROM timed
-"""
-
-# Two clocks per incident, from its policy. Running clocks past due are marked warned and breached with nothing
-# left to fire (the state the SLA scheduler leaves them in); due moments use wall-clock time (approximate for
-# business-hours calendars, and only read back by the list, never recomputed there).
-LOAD_CLOCKS = """
-INSERT INTO incident.sla_clock (
-    id, incident_id, kind, target_seconds, calendar, state, started_at, pauses, due_at, warning_at, stopped_at,
-    warned, breached, next_fire_at)
-WITH c AS (
-    SELECT i.id AS incident_id, k.kind,
-           CASE WHEN k.kind = 'response' THEN p.response_minutes ELSE p.resolution_minutes END * 60.0 AS target,
-           p.calendar, i.created_at AS started,
-           CASE WHEN k.kind = 'response' THEN CASE WHEN i.status = 'new' THEN 'running' ELSE 'stopped' END
-                WHEN i.status IN ('new', 'in_progress') THEN 'running'
-                WHEN i.status = 'on_hold' THEN 'paused'
-                ELSE 'stopped' END AS state,
-           CASE WHEN k.kind = 'response'
-                THEN least(i.created_at + random() * interval '2 hours', now())
-                ELSE coalesce(i.resolved_at, i.closed_at, now()) END AS stop_at,
-           least(i.created_at + interval '2 hours', now()) AS paused_from
-    FROM incident.incident i
-    JOIN incident.sla_policy p ON p.priority = i.priority
-    CROSS JOIN (VALUES ('response'), ('resolution')) AS k(kind)
-), d AS (
-    SELECT c.*, started + target * interval '1 second' AS due,
-           started + 0.75 * target * interval '1 second' AS warning
-    FROM c
-)
-SELECT gen_random_uuid(), incident_id, kind, target, calendar, state, started,
-       CASE WHEN state = 'paused' THEN jsonb_build_array(jsonb_build_array(to_jsonb(paused_from), NULL))
-            ELSE '[]'::jsonb END,
-       due,
-       CASE WHEN state = 'paused' THEN NULL ELSE warning END,
-       CASE WHEN state = 'stopped' THEN stop_at END,
-       CASE WHEN state = 'stopped' THEN stop_at > warning ELSE now() >= warning END,
-       CASE WHEN state = 'stopped' THEN stop_at > due ELSE now() >= due END,
-       CASE WHEN state = 'running' AND now() < warning THEN warning
-            WHEN state = 'running' AND now() < due THEN due END
-FROM d
-"""
-
-SECONDARY_INDEXES = """
-SELECT i.relname AS name, pg_get_indexdef(i.oid) AS definition
-FROM pg_index x
-JOIN pg_class i ON i.oid = x.indexrelid
-JOIN pg_class t ON t.oid = x.indrelid
-JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = 'incident' AND t.relname IN ('incident', 'sla_clock')
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
-ORDER BY i.relname
-"""
-
-
-async def load(admin_dsn: str, rows: int) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(admin_dsn)
-    try:
-        await connection.execute(
-            "SET TIME ZONE 'UTC'; SET maintenance_work_mem = '512MB'; SET session_replication_role = replica"
-        )
-        await connection.execute("SELECT setseed(0.42)")
-        indexes = await connection.fetch(SECONDARY_INDEXES)
-        for index in indexes:
-            await connection.execute(f'DROP INDEX incident."{index["name"]}"')
-        steps: list[tuple[str, str, tuple[Any, ...]]] = [
-            (f"{rows:,} incidents", LOAD_INCIDENTS, (rows,)),
-            (f"{2 * rows:,} SLA clocks", LOAD_CLOCKS, ()),
-            ("number sequence", "SELECT setval('incident.incident_number_seq', $1::bigint)", (rows,)),
-        ]
-        steps += [(f"index {i['name']}", i["definition"], ()) for i in indexes]
-        steps += [
-            ("VACUUM ANALYZE incident", "VACUUM (ANALYZE) incident.incident", ()),
-            ("VACUUM ANALYZE sla_clock", "VACUUM (ANALYZE) incident.sla_clock", ()),
-        ]
-        for what, sql, params in steps:
-            started = time.monotonic()
-            await connection.execute(sql, *params)
-            print(f"  {what}: {time.monotonic() - started:.1f} s", flush=True)
-        sizes = await connection.fetch(
-            "SELECT c.relname, pg_size_pretty(pg_table_size(c.oid)) AS heap, "
-            "pg_size_pretty(pg_indexes_size(c.oid)) AS indexes FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = 'incident' AND c.relname IN ('incident', 'sla_clock') ORDER BY 1"
-        )
-        for size in sizes:
-            print(f"  size of {size['relname']}: table {size['heap']}, indexes {size['indexes']}")
-        counts = await connection.fetch(
-            "SELECT status, count(*) AS n FROM incident.incident GROUP BY status ORDER BY count(*) DESC"
-        )
-        print("  by status: " + ", ".join(f"{c['status']} {c['n']:,}" for c in counts))
-        settings = await connection.fetch(
-            "SELECT name, current_setting(name) AS value FROM pg_settings WHERE name IN "
-            "('shared_buffers', 'work_mem', 'effective_cache_size', 'random_page_cost', 'jit')"
-        )
-        print("  server: " + ", ".join(f"{s['name']}={s['value']}" for s in settings))
-    finally:
-        await connection.close()
-
-
-# ---------------------------------------------------------------- the service's own SQL, for EXPLAIN
-
-
-class _NoRows:
-    def all(self) -> list[Any]:
-        return []
-
-
-class RecordingSession:
-    """Stands in for the AsyncSession: records the statements the service code would run."""
-
-    def __init__(self) -> None:
-        self.statements: list[Any] = []
-
-    async def exec(self, statement: Any) -> _NoRows:
-        self.statements.append(statement)
-        return _NoRows()
-
-
-def _service_function(name: str) -> Any:
-    """incident.queries.<name>, or incident.service.<name> in older layouts; the service's code is being
-    reworked, so EXPLAIN is skipped (with the reason) when neither fits."""
-    import importlib
-
-    for module in ("incident.queries", "incident.service"):
-        with contextlib.suppress(ImportError):
-            found = getattr(importlib.import_module(module), name, None)
-            if found is not None:
-                return found
-    raise LookupError(f"no {name} in incident.queries or incident.service")
-
-
-def router_filters(params: dict[str, Any]) -> dict[str, Any]:
-    """The filter dict incident.router.list_incidents builds from the query string."""
-    raw = params.get("status")
-    statuses = [s for s in raw.split(",") if s] if raw else None
-    names = ("priority", "assignee_id", "assignment_group", "category", "caller_id", "problem_id")
-    filters: dict[str, Any] = {"status": statuses, **{n: params.get(n) for n in names}}
-    return filters | {"created_after": None, "created_before": None, "sla_breached": None, "q": params.get("q")}
-
-
-def _compiled(statement: Any) -> tuple[str, list[Any]]:
-    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-
-    compiled = statement.compile(dialect=asyncpg_dialect.dialect(), compile_kwargs={"render_postcompile": True})
-    return str(compiled), [compiled.params[name] for name in compiled.positiontup]
-
-
-async def service_sql(params: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The list query and its parameters, as the service builds them for these query parameters."""
-    from incident import queries
-    from itsm_shared.auth import Principal, Role
-    from itsm_shared.pagination import parse_sort
-
-    session = RecordingSession()
-    principal = Principal(id=uuid.uuid4(), roles=frozenset({Role.AGENT}))
-    await _service_function("list_incidents")(
-        session,
-        principal,
-        sort=parse_sort(params.get("sort", "-created_at"), queries.SORTS),
-        limit=int(params.get("limit", 50)),
-        cursor=params.get("cursor"),
-        filters=router_filters(params),
-    )
-    return _compiled(session.statements[0])
-
-
-async def clocks_sql(ids: list[uuid.UUID]) -> tuple[str, list[Any]]:
-    session = RecordingSession()
-    await _service_function("clocks_of")(session, ids)
-    return _compiled(session.statements[0])
-
-
-UUID_LIST_RE = re.compile(r"\{[0-9a-f-]{36}(?:,[0-9a-f-]{36})+\}")
-INDEX_RE = re.compile(r"(?:Index(?: Only)? Scan(?: Backward)? using|Bitmap Index Scan on) (\w+)")
-NODE_RE = re.compile(r"^\s*(?:->\s*)?([A-Z][A-Za-z ]+?)(?: using \w+| on \w+)?(?: on \w+)?\s+\(")
-
-
-def plan_shape(lines: list[str]) -> list[str]:
-    return [m.group(0).split("(")[0].strip() for line in lines if (m := NODE_RE.match(line))]
-
-
-async def explain(app_dsn: str, sql: str, values: list[Any], *, generic: bool = False) -> list[str]:
-    import asyncpg
-
-    connection = await asyncpg.connect(app_dsn)
-    try:
-        if generic:
-            await connection.execute("SET plan_cache_mode = force_generic_plan")
-        rows = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *values)
-    finally:
-        await connection.close()
-    return [r[0] for r in rows]
-
-
-def condensed(sql: str) -> str:
-    text = " ".join(sql.split())
-    return re.sub(r"SELECT incident\.id, .*? FROM", "SELECT incident.id, ... (all columns) FROM", text, count=1)
-
-
-async def explain_cases(app_dsn: str, cases: list[Case], first_page_ids: list[uuid.UUID]) -> None:
-    for case in cases:
-        sql, values = await service_sql(case.params)
-        custom = await explain(app_dsn, sql, values)
-        generic = await explain(app_dsn, sql, values, generic=True)
-        used = sorted(set(INDEX_RE.findall("\n".join(custom))))
-        print(f"-- {case.name}: indexes used: {', '.join(used) or 'none (sequential scan)'}")
-        print(f"   SQL: {condensed(sql)}")
-        print(f"   parameters: {[str(v) for v in values]}")
-        for line in custom:
-            print(f"   {line}")
-        if plan_shape(generic) != plan_shape(custom):
-            used_generic = sorted(set(INDEX_RE.findall("\n".join(generic))))
-            print(
-                "   generic plan (what a prepared statement may switch to after 5 runs) differs; "
-                f"indexes: {', '.join(used_generic) or 'none'}"
-            )
-            for line in generic:
-                print(f"   | {line}")
-    sql, values = await clocks_sql(first_page_ids)
-    lines = await explain(app_dsn, sql, values)
-    print(
-        f"-- SLA clocks of the first page's 50 incidents (second query of every list request): indexes used:"
-        f" {', '.join(sorted(set(INDEX_RE.findall(chr(10).join(lines)))))}"
-    )
-    for line in lines:
-        print("   " + UUID_LIST_RE.sub(lambda m: f"{{...{m.group(0).count(',') + 1} ids...}}", line))
 
 
 # ---------------------------------------------------------------- HTTP, one client
@@ -531,7 +207,9 @@ async def benchmark(stack: stack_module.Stack, bare_url: str, args: argparse.Nam
     print()
     print("== EXPLAIN (ANALYZE, BUFFERS) of the SQL behind each case, as the service's role ==")
     try:
-        await explain_cases(plain_dsn(app_url(s.database_url, "incident")), cases, first_page_ids)
+        await explain_cases(
+            plain_dsn(app_url(s.database_url, "incident")), [(c.name, c.params) for c in cases], first_page_ids
+        )
     except Exception as exc:
         print(f"   skipped: the service's query code did not fit ({type(exc).__name__}: {exc})")
     print()

@@ -15,7 +15,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib.common import RESULTS_DIR, Row, Summary, machine_line
+from benchlib.machine import machine_line
+from benchlib.table import RESULTS_DIR, Row, Summary
 
 ORDER = ("incident_create", "incident_list")
 
