@@ -25,7 +25,13 @@ Measures the figures of issue 10 in one sitting, each beside the bare baseline m
    the run's database plus the server's own processes, RabbitMQ's beam.smp, the bare app, wrk. For the stack
    the window is the load plus the time until every consumer caught up, so the consumers' work for those
    creates is in it, divided by the incidents created (rows: wrk's successes plus the requests still in
-   flight when it stopped); for the bare app the window is the load, divided by wrk's successes.
+   flight when it stopped); for the bare app the window is the load, divided by wrk's successes;
+6. PostgreSQL WAL bytes per create over the same windows (pg_wal_lsn_diff(pg_current_wal_lsn(), <at the
+   start>), benchlib/wal.py), divided by the same counts: the whole server's WAL, so whatever else writes on
+   this PostgreSQL counts too; and the messages the broker delivered per create (RabbitMQ's global counters
+   through `rabbitmqctl eval`, the management plugin not being enabled: benchlib/broker_counters.py), read
+   before each create load on the stack and after its catching up: the whole node's, so other users of the
+   broker count too.
 
 The stack is the one `make run` starts (deploy/stack.py `Stack`: every service, problem and audit consuming,
 Traefik with deploy/traefik's configuration and its access log) on an isolated database, exchange and ports,
@@ -53,8 +59,8 @@ met?) with the date, machine size and load average; the table is also kept in bu
 Everything started is stopped and every scratch database and exchange removed, also on failure or Ctrl-C.
 
 This module runs the plan (class `Bench`); the pieces it measures with are in bench/benchlib/: the outside
-subscriber's events (subscriber_events.py), the consumers' sampler and figures (consumers.py), CPU (cpu.py),
-wrk (wrk.py); the details and the summary table: create_report.py.
+subscriber's events (subscriber_events.py), the consumers' sampler and figures (consumers.py), CPU (cpu.py), WAL
+(wal.py), broker counters (broker_counters.py), wrk (wrk.py); the details and the summary table: create_report.py.
 
     uv run python bench/incident_create.py [--duration 8] [--rounds 2] [--connections 32] [--threads 2]
 """
@@ -76,6 +82,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib.broker_counters import BrokerCounters
 from benchlib.common import (
     BENCH_DIR,
     cleanup,
@@ -102,6 +109,7 @@ from benchlib.scratch import (
 from benchlib.subscriber_events import Events
 from benchlib.table import Summary
 from benchlib.tokens import agent_token, password_token
+from benchlib.wal import WalMeter
 from benchlib.wrk import run_wrk, wrk_version
 from gateway import DEFAULT_LOGIN_RATE_LIMIT  # deploy/gateway.py (deploy/ is on sys.path, see benchlib.common)
 
@@ -128,6 +136,8 @@ class Bench:
             groups=groups,
             pids={"bench (this process)": {os.getpid()}},
         )
+        self.wal = WalMeter(plain_dsn(processes.with_database(self.s.admin_database_url, "postgres")))
+        self.broker = BrokerCounters()
         self.subscriber: asyncio.subprocess.Process | None = None
         self.token = ""
         self.token_at = 0.0
@@ -158,9 +168,12 @@ class Bench:
         self.meter.pids["outside subscriber"] = {self.subscriber.pid}
         await self.observer.start()
         self.meter.exclude.add(self.observer.backend_pid)
+        await self.wal.start()
+        self.meter.exclude.add(self.wal.backend_pid)
 
     async def close(self) -> None:
         await self.observer.close()
+        await self.wal.close()
         await self.meter.close()
         if self.subscriber is not None and self.subscriber.returncode is None:
             self.subscriber.terminate()
@@ -190,10 +203,15 @@ class Bench:
         print(f"running: {label}{' (warm-up)' if not record else ''} ...", flush=True)
         self.meter.databases = {self.bare_db} if target == "bare" else {processes.database_of(self.s.database_url)}
         snapshots: list[CpuSnapshot] = []
+        wal_start: list[int] = []
 
         async def started(pid: int) -> None:
             snapshots.append(await self.meter.snapshot())
+            wal_start.append(await self.wal.position())
 
+        on_stack = kind == "create" and target != "bare"
+        # The broker's counters: rabbitmqctl takes about a second, so before the load and after the catching up.
+        delivered_before = await self.broker.delivered() if on_stack and record else None
         before = await self.observer.sample()
         result = await run_wrk(
             self.url(kind, target),
@@ -209,25 +227,35 @@ class Bench:
         )
         load_end = await self.meter.snapshot()
         run = Run(kind, target, label, result, {}, cores_line(snapshots[0], load_end), rate_asked=rate)
-        end = load_end
-        if kind == "create" and target != "bare":
-            end = await self.catch_up(run, before)
+        if on_stack:
+            end, run.wal_bytes = await self.catch_up(run, before, wal_start[0])
+        else:
+            end, run.wal_bytes = load_end, await self.wal.bytes_since(wal_start[0])
         run.cpu = CpuMeter.seconds(snapshots[0], end) | {WRK: result.cpu_seconds}
+        if delivered_before is not None and (delivered_after := await self.broker.delivered()) is not None:
+            run.delivered = delivered_after - delivered_before
         if record:
             self.runs.append(run)
         print(run.line(), flush=True)
-        if kind == "create" and target != "bare":
+        if on_stack:
             print(
                 f"  {'':<34} lag p50 {ms(percentile(run.lags, 50))} p99 {ms(percentile(run.lags, 99))} over"
                 f" {len(run.lags)} events; after the load: every event out {ms(run.relay_caught_up)},"
                 f" consumers caught up {ms(run.caught_up)}",
                 flush=True,
             )
+        if run.completed:
+            delivered = run.delivered
+            per_create = "" if delivered is None else f"; broker messages delivered {delivered / run.completed:.2f}"
+            print(
+                f"  {'':<34} per request: WAL {(run.wal_bytes or 0) / run.completed:,.0f} bytes{per_create}", flush=True
+            )
         return run
 
-    async def catch_up(self, run: Run, before: Sample) -> CpuSnapshot:
+    async def catch_up(self, run: Run, before: Sample, wal_start: int) -> tuple[CpuSnapshot, int]:
         """Wait until the outside subscriber and both consumers have every incident created so far; fill in the
-        run's event lags and consumer figures. Returns the CPU snapshot taken at that moment."""
+        run's event lags and consumer figures. Returns the CPU snapshot taken at that moment and the WAL bytes
+        written since the position `wal_start`, read right after it."""
         w = run.wrk
         deadline = time.monotonic() + self.args.drain_timeout
         done_at: dict[str, float] = {}
@@ -249,6 +277,7 @@ class Bench:
                 break
             await asyncio.sleep(0.25)
         end = await self.meter.snapshot()
+        wal_bytes = await self.wal.bytes_since(wal_start)
         self.events.read()
         if before.incidents is not None and sample.incidents is not None:
             run.created = sample.incidents - before.incidents
@@ -257,7 +286,7 @@ class Bench:
         run.lags = self.events.lags(w.started, sample.at)
         for name in CONSUMERS:
             run.consumers[name] = consumer_figures(self.observer, self.events, name, w, done_at.get(name))
-        return end
+        return end, wal_bytes
 
     # -- the plan -----------------------------------------------------------------------------------
 
@@ -365,7 +394,10 @@ async def measure(
         await bench.benchmark()
     finally:
         await bench.close()
-    report(bench.runs, args, dict(bench.observer.failed), summary, rate_limit=RATE_LIMIT, max_inflight=MAX_INFLIGHT)
+    unread = dict(bench.observer.failed)
+    if bench.broker.unavailable:
+        unread["broker messages delivered"] = bench.broker.unavailable
+    report(bench.runs, args, unread, summary, rate_limit=RATE_LIMIT, max_inflight=MAX_INFLIGHT)
 
 
 if __name__ == "__main__":

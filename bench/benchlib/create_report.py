@@ -1,6 +1,6 @@
 """The figures of bench/incident_create.py: what each run measured (`Run`), runs pooled by kind and target
 (`Pooled`), the details printed after the runs, and the summary table: the figures of issue 10 against the bare
-baseline and their targets, with the CPU per create of each process."""
+baseline and their targets, with the CPU, WAL and broker deliveries per create a capacity plan needs."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ class Run:
     consumers: dict[str, ConsumerFigures] = field(default_factory=dict)
     caught_up: float = math.nan  # seconds after the load until the subscriber and every consumer had all
     relay_caught_up: float = math.nan  # seconds after the load until the subscriber had every event
+    wal_bytes: int | None = None  # PostgreSQL WAL written over the CPU window (the whole server's)
+    delivered: int | None = None  # messages the broker delivered around that window (the whole node's)
 
     @property
     def completed(self) -> int:
@@ -88,6 +90,18 @@ class Pooled:
     def cpu_ms(self, group: str) -> float:
         completed = sum(r.completed for r in self.runs)
         return 1000 * sum(r.cpu.get(group, 0.0) for r in self.runs) / completed if completed else math.nan
+
+    def wal_bytes(self) -> float:
+        """PostgreSQL WAL bytes per completed request, over the runs that read it."""
+        runs = [r for r in self.runs if r.wal_bytes is not None]
+        completed = sum(r.completed for r in runs)
+        return sum(r.wal_bytes or 0 for r in runs) / completed if completed else math.nan
+
+    def delivered(self) -> float:
+        """Broker messages delivered per completed request, over the runs that read them."""
+        runs = [r for r in self.runs if r.delivered is not None]
+        completed = sum(r.completed for r in runs)
+        return sum(r.delivered or 0 for r in runs) / completed if completed else math.nan
 
     def groups(self) -> list[str]:
         """Our groups, busiest first."""
@@ -167,6 +181,21 @@ def report(
             + ", ".join(parts)
             + f"; kernel interrupts {p.cpu_ms(INTERRUPTS):.2f}; not ours {p.cpu_ms(NOT_OURS):.2f}"
             + (f" ({', '.join(others)})" if others else "")
+        )
+    print()
+    print("== PostgreSQL WAL and broker deliveries per successful request (the whole server's and node's) ==")
+    for name, p in (
+        ("create gateway", create_gw),
+        ("create direct", create_direct),
+        ("create half rate", half),
+        ("create bare", create_bare),
+        ("list gateway", list_gw),
+        ("list bare", list_bare),
+    ):
+        delivered = p.delivered()
+        print(
+            f"  {name:<17} WAL {p.wal_bytes():,.0f} bytes"
+            + ("" if math.isnan(delivered) else f"; broker messages delivered {delivered:.2f}")
         )
     if unread:
         print()
@@ -333,6 +362,19 @@ def table(
         f"{create_gw.cpu_ms(WRK):.2f} / {create_gw.cpu_ms(INTERRUPTS):.2f} / {create_gw.cpu_ms(NOT_OURS):.2f}",
         f"{create_bare.cpu_ms(WRK):.2f} / {create_bare.cpu_ms(INTERRUPTS):.2f} / {create_bare.cpu_ms(NOT_OURS):.2f}",
     )
+    wal, bare_wal = create_gw.wal_bytes(), create_bare.wal_bytes()
+    summary.add(
+        "PostgreSQL WAL bytes per create (whole server; bare: the bare app's inserts)",
+        f"{wal:,.0f}",
+        f"{bare_wal:,.0f}",
+        times(wal, bare_wal),
+    )
+    delivered = create_gw.delivered()
+    summary.add(
+        "broker messages delivered per create (whole node)",
+        "n/a (not read)" if math.isnan(delivered) else f"{delivered:.2f}",
+        "0 (none)",
+    )
     summary.notes += [
         "",
         f"Stack as `make run` starts it, every service, problem and audit consuming; gateway API rate limit lifted"
@@ -345,4 +387,10 @@ def table(
         " kernel interrupts (irq + softirq, the network stack outside any process) are the whole machine's;"
         " 'not ours' is the rest of its busy time (other processes, and processes that began and ended between"
         " two samples).",
+        "WAL per create: pg_wal_lsn_diff(pg_current_wal_lsn(), <at the start>) over the same windows as the CPU,"
+        " divided by the same incidents; it is the whole server's WAL, so whatever else writes on this PostgreSQL"
+        " counts too. Broker messages delivered per create: RabbitMQ's global counters (messages_delivered_total,"
+        " every queue type; rabbitmqctl eval, no management plugin) read before each create load and after its"
+        " catching up, divided by the incidents created; the whole node's, so other users of this broker count"
+        " too.",
     ]
