@@ -2,7 +2,7 @@
 any service could log in as every other service's role. Now each role has a password of its own, given to that
 service's migration job (which sets it) and to that service only: by the local runner (generated per run dir,
 0600, unless the operator gives them), by docker-compose (one secret per service) and by the Helm chart (one
-Secret per service, tests/deploy/test_k8s.py).
+Secret per service, tests/deploy/test_k8s_secrets.py).
 
 The machine's PostgreSQL trusts 127.0.0.1, where no password is checked at all; so the attack runs against a
 throwaway cluster of its own (initdb in a temporary directory, another port, scram-sha-256 for every connection),
