@@ -57,8 +57,8 @@ class IncidentUpdate(_Body):
     caller_id: uuid.UUID | SkipJsonSchema[None] = None
     category: str | None = Field(default=None, max_length=100)
     configuration_item: str | None = Field(default=None, max_length=200)
-    impact: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
-    urgency: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
+    impact: Annotated[JsonInt, Field(ge=1, le=3)] | SkipJsonSchema[None] = None  # the bounds inside: null is no int
+    urgency: Annotated[JsonInt, Field(ge=1, le=3)] | SkipJsonSchema[None] = None  # the bounds inside: null is no int
     status: Status | None = None
     hold_reason: HoldReason | None = None
     assignment_group: str | None = Field(default=None, max_length=100)

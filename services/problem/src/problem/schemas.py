@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from itsm_shared.schemas import JsonInt, RequestBody
 from pydantic import BaseModel, Field, StrictBool
@@ -50,8 +51,8 @@ class ProblemUpdate(_Body):
     # May be left out, never null (`SkipJsonSchema[None]`: null is refused by the use case, with a 422 naming it).
     title: str | SkipJsonSchema[None] = Field(default=None, min_length=1, max_length=200)
     description: str | None = Text
-    impact: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
-    urgency: JsonInt | SkipJsonSchema[None] = Field(default=None, ge=1, le=3)
+    impact: Annotated[JsonInt, Field(ge=1, le=3)] | SkipJsonSchema[None] = None  # the bounds inside: null is no int
+    urgency: Annotated[JsonInt, Field(ge=1, le=3)] | SkipJsonSchema[None] = None  # the bounds inside: null is no int
     category: str | None = Field(default=None, max_length=100)
     configuration_item: str | None = Field(default=None, max_length=200)
     assignment_group: str | None = Field(default=None, max_length=100)
