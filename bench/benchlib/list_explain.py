@@ -27,6 +27,8 @@ class RecordingSession:
         self.statements.append(statement)
         return _NoRows()
 
+    execute = exec  # the list reads rows (session.execute), other queries ORM objects (session.exec)
+
 
 def _service_function(name: str) -> Any:
     """incident.queries.<name>, or incident.service.<name> in older layouts; the service's code is being
