@@ -112,6 +112,46 @@ async def test_new_incident_matching_an_open_known_error_is_linked_automatically
     assert events.of(problem["id"]) == got
 
 
+async def test_a_new_incident_is_linked_automatically_even_when_its_created_event_comes_last(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    as_incident: Any,
+    names: dict[str, Any],
+    manager: Actor,
+    listen: Listen,
+) -> None:
+    """Two incident replicas each relay their own outbox rows, so an incident's later events (an SLA warning, an
+    update) can reach this service before its `incident.created` (seen under a kill -9 and after a database outage,
+    tests/e2e/test_replicas.py). The created event still links the incident, on what the read model knows of it by
+    then: once, and not when the incident was deleted meanwhile."""
+    ci = f"db-{uuid.uuid4().hex[:6]}"
+    problem = await create(client, manager, configuration_item=ci, category="database")
+    r = await client.patch(
+        f"/api/v1/problems/{problem['id']}", headers=manager.headers, json={"known_error": True, "workaround": "wait"}
+    )
+    assert r.status_code == 200
+    events = await listen("problem.incident_linked")
+    apart, together, deleted = (incident_data(configuration_item=ci, category="database") for _ in range(3))
+    # In two batches: the later event applied first, the created event found older than the read model's row.
+    await publish_incident_event(as_incident, names, "sla_warning", apart, sequence=2)
+    assert await eventually(lambda: ref_row(app, apart["id"]))
+    await publish_incident_event(as_incident, names, "created", apart, sequence=1)
+    # Probably in one batch: the same, folded together.
+    await publish_incident_event(as_incident, names, "updated", together, sequence=3)
+    await publish_incident_event(as_incident, names, "created", together, sequence=1)
+    # Deleted before its created event arrived: nothing to link.
+    await publish_incident_event(as_incident, names, "deleted", deleted, sequence=2)
+    assert await eventually(lambda: ref_row(app, deleted["id"]))
+    await publish_incident_event(as_incident, names, "created", deleted, sequence=1)
+    got = await events.wait(problem["id"], count=2)
+    await asyncio.sleep(1)  # a third link, or a second one of these, would show by now
+    got = events.of(problem["id"])
+    assert sorted(e["data"]["incident_id"] for e in got) == sorted([apart["id"], together["id"]])
+    assert all(e["data"]["automatic"] is True for e in got)
+    listed = (await client.get(f"/api/v1/problems/{problem['id']}/incidents", headers=manager.headers)).json()
+    assert sorted(i["incident_id"] for i in listed) == sorted([apart["id"], together["id"]])
+
+
 async def test_resolving_publishes_the_linked_incidents(
     client: httpx.AsyncClient,
     app: FastAPI,

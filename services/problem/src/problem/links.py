@@ -177,7 +177,8 @@ async def on_incident_events(session: AsyncSession, events: Sequence[CloudEvent[
     """A batch of `incident.*` events, new to this consumer, in arrival order, with the effect of applying each in
     turn: the incident read model upserted in one statement (an event older than what is stored is ignored,
     `deleted` sticks once set, one more than MAX_SEQUENCE_GAP ahead of it is rejected), then the new incidents
-    linked to matching open known errors."""
+    linked to matching open known errors: each one whose created event is in the batch, even behind its later
+    events, as it was created."""
     outcomes: list[object] = [APPLIED] * len(events)
     incidents: list[tuple[int, uuid.UUID, dict[str, Any], CloudEvent[dict[str, Any]]]] = []
     for n, event in enumerate(events):
@@ -195,11 +196,16 @@ async def on_incident_events(session: AsyncSession, events: Sequence[CloudEvent[
     ids = sorted({incident_id for _, incident_id, _, _ in incidents})
     stored = {row.id: _Ref(row.sequence, row.deleted) for row in await session.execute(_LOCK_REFS, {"ids": ids})}
     refs = dict(stored)
-    created: list[_Created] = []
+    # The incidents whose created event this batch brings (applied, or older than the read model's row): new ones.
+    created: dict[uuid.UUID, _Created] = {}
     for n, incident_id, values, event in incidents:
         sequence = event.sequence or 0
         ref = refs.get(incident_id)
         if ref is not None and ref.sequence >= sequence and event.type != DELETED:
+            if event.type == CREATED:
+                # An incident's later events can arrive before its created event (each incident replica relays
+                # its own outbox rows): older than the read model, it is still a new incident to link.
+                created.setdefault(incident_id, _Created(incident_id, event, values))
             continue  # older than what is applied already
         if (refused := sequence_refusal(sequence, None if ref is None else ref.sequence)) is not None:
             outcomes[n] = Rejected(f"incident {incident_id}: {refused}")  # it would hide every later event
@@ -210,9 +216,10 @@ async def on_incident_events(session: AsyncSession, events: Sequence[CloudEvent[
             values=values,
         )
         if event.type == CREATED:
-            created.append(_Created(incident_id, event, values))
+            created.setdefault(incident_id, _Created(incident_id, event, values))
     await _upsert(session, refs, stored)
-    await _auto_link(session, created)
+    # Each linked as it was created, unless it was deleted meanwhile.
+    await _auto_link(session, [c for c in created.values() if not refs[c.incident_id].deleted])
     return outcomes
 
 
