@@ -19,7 +19,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, FastAPI
-from itsm_shared.auth import CurrentPrincipal, JWKSCache, Principal, Role, TokenVerifier, require_roles
+from itsm_shared.auth import (
+    CurrentPrincipal,
+    JWKSCache,
+    Principal,
+    Role,
+    TokenVerifier,
+    require_roles,
+    subject_digest,
+)
 from itsm_shared.errors import DomainError, Unauthorized, Unavailable, install_error_handlers
 
 JWKS_URL = "https://auth.test/api/v1/auth/jwks.json"
@@ -61,6 +69,7 @@ class JWKSServer:
 
     def __init__(self, *keys: SigningKey) -> None:
         self.keys = list(keys)
+        self.revoked: list[dict[str, Any]] = []  # the `revoked` member: subjects' digests and not_before
         self.fetches = 0
         self.down = False
 
@@ -69,7 +78,7 @@ class JWKSServer:
         self.fetches += 1
         if self.down:
             return httpx.Response(503)
-        return httpx.Response(200, json={"keys": [k.jwk() for k in self.keys]})
+        return httpx.Response(200, json={"keys": [k.jwk() for k in self.keys], "revoked": self.revoked})
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -328,6 +337,37 @@ async def test_a_withdrawn_key_stops_verifying_within_one_refresh_interval(key: 
         error = await rejected(verifier, token)
         assert error.detail == "unknown signing key"
         await rejected(verifier, sign(key, claims()))
+
+
+async def test_a_revoked_subject_is_refused_within_one_refresh_interval(key: SigningKey) -> None:
+    """Finding 6: the issuer lists a subject (a client cut off) in its JWKS's `revoked` member; within one reload
+    its tokens issued before `not_before` are refused, the one already verified and cached too, while its tokens
+    issued since, and other subjects' tokens, verify; malformed entries are ignored."""
+    server = JWKSServer(key)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    subject, other = str(uuid.uuid4()), str(uuid.uuid4())
+    now = int(time.time())
+    async with JWKSCache(JWKS_URL, client=client, refresh_seconds=0.3, min_refetch_seconds=0.3) as cache:
+        verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
+        cached, unseen = sign(key, claims(sub=subject, iat=now - 5)), sign(key, claims(sub=subject, iat=now - 1))
+        later, bystander = sign(key, claims(sub=subject, iat=now)), sign(key, claims(sub=other, iat=now - 5))
+        await verifier.verify(cached)
+        server.revoked = [
+            {"sub_sha256": subject_digest(subject), "not_before": now},
+            {"sub_sha256": subject_digest(other), "not_before": "soon"},
+            {"sub": other, "not_before": now},
+            "junk",
+        ]
+        revoked_at = time.monotonic()
+        await eventually(lambda: cache.not_before(subject) == now, timeout=2)
+        assert time.monotonic() - revoked_at < 0.3 + 0.5
+        for token in (cached, unseen):
+            assert (await rejected(verifier, token)).detail == "token revoked"
+        assert (await verifier.verify(later)).id == uuid.UUID(subject)
+        assert (await verifier.verify(bystander)).id == uuid.UUID(other)
+        server.revoked = []  # the revocation ages out of the document: nothing is refused for it any more
+        await eventually(lambda: cache.not_before(subject) is None, timeout=2)
+        assert (await verifier.verify(cached)).id == uuid.UUID(subject)
 
 
 async def test_a_hanging_jwks_endpoint_does_not_delay_tokens_whose_key_is_known(key: SigningKey) -> None:

@@ -1,5 +1,6 @@
 """Issue #11, finding 6: service clients can be disabled, given new roles, have their secret rotated and be
-deleted, each taking away what the client holds (its secret; its issued access tokens run out)."""
+deleted, each taking away what the client holds (its secret; its issued access tokens are revoked everywhere:
+test_client_revocation.py)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,14 @@ fetches; background reloads do not count, so a key rotated in just after one is 
 joins a reload already under way, and waits for it at most `wait_seconds`. After a failed reload the set keeps
 the keys it has and retries with a growing delay (1, 2, 4 ... s, up to the interval); only while it has never
 loaded any key is a token refused as 503 (the issuer's fault, not the token's).
+
+Revoked subjects travel in the same document, one reload for both: auth's JWKS carries, beside `keys`, a member
+`revoked` (RFC 7517 §5 lets a JWK Set have members a reader ignores) listing `{"sub_sha256", "not_before"}` for every
+subject (a service client disabled, deleted, re-keyed or given other roles; a user disabled, re-roled or with a new
+password) whose change is younger than an access token's lifetime. `TokenVerifier` refuses a token of such a
+subject issued (`iat`) before `not_before`, cached or not, so every service stops a cut-off client's tokens within
+one refresh interval, as it stops a revoked key's. The subject is hashed (SHA-256 of `sub`): the public document
+names nobody.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Annotated, Any, Protocol, Self
+from typing import Annotated, Any, Protocol, Self, runtime_checkable
 
 import httpx
 import jwt
@@ -77,6 +85,32 @@ class KeySource(Protocol):
     async def key(self, kid: str) -> jwt.PyJWK: ...
 
 
+@runtime_checkable
+class RevocationList(Protocol):
+    """A key source that also knows revoked subjects (`RefreshingKeySet` does, from the same document)."""
+
+    def not_before(self, subject: str) -> int | None: ...
+
+
+def subject_digest(subject: str) -> str:
+    """How a revoked subject is named in the published document: the SHA-256 hex of the token's `sub`."""
+    return hashlib.sha256(subject.encode()).hexdigest()
+
+
+def parse_revocations(document: Any) -> dict[str, int]:
+    """The revoked subjects of a JWKS document (its `revoked` member), `not_before` by subject digest; entries
+    that are not well formed are ignored, a later `not_before` for the same subject wins."""
+    revoked: dict[str, int] = {}
+    entries = document.get("revoked", []) if isinstance(document, dict) else []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        digest, not_before = entry.get("sub_sha256"), entry.get("not_before")
+        if isinstance(digest, str) and isinstance(not_before, int) and not isinstance(not_before, bool):
+            revoked[digest] = max(not_before, revoked.get(digest, not_before))
+    return revoked
+
+
 def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
     """The EdDSA keys of a JWKS document, by kid; anything else in it is ignored."""
     keys: dict[str, jwt.PyJWK] = {}
@@ -87,9 +121,10 @@ def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
 
 
 class RefreshingKeySet:
-    """Public keys by kid from `load()`, reloaded every `refresh_seconds` in the background (see the module's
-    docstring). Subclasses give `load`; `autostart` starts the background loop on first use (stopped by
-    `aclose`), otherwise the owner calls `refresh()` on its own schedule."""
+    """Public keys by kid, and revoked subjects, from the JWKS document `load()` returns, reloaded every
+    `refresh_seconds` in the background (see the module's docstring). Subclasses give `load`; `autostart` starts
+    the background loop on first use (stopped by `aclose`), otherwise the owner calls `refresh()` on its own
+    schedule."""
 
     def __init__(
         self,
@@ -108,18 +143,24 @@ class RefreshingKeySet:
         self.loads = 0  # attempts, for metrics and tests
         self.failures = 0  # consecutive failed loads
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._revoked: dict[str, int] = {}
         self._loaded = False
         self._attempted_at = -float("inf")  # monotonic time of the last load attempt
         self._asked_at = -float("inf")  # monotonic time of the last reload asked for by an unknown kid
         self._loading: asyncio.Task[bool] | None = None
         self._loop: asyncio.Task[None] | None = None
 
-    async def load(self) -> dict[str, jwt.PyJWK]:
+    async def load(self) -> dict[str, Any]:
+        """The issuer's JWKS document (`keys`, and `revoked` when it lists revoked subjects)."""
         raise NotImplementedError
 
     @property
     def kids(self) -> frozenset[str]:
         return frozenset(self._keys)
+
+    def not_before(self, subject: str) -> int | None:
+        """The time before which the subject's tokens are revoked, if the last document listed it."""
+        return self._revoked.get(subject_digest(subject))
 
     def retry_delay(self) -> float:
         """How long after the last attempt the next one may start: `min_refetch` while loads succeed, then
@@ -170,7 +211,8 @@ class RefreshingKeySet:
     async def _load_once(self) -> bool:
         self.loads += 1
         try:
-            keys = await asyncio.wait_for(self.load(), timeout=self.load_timeout)
+            document = await asyncio.wait_for(self.load(), timeout=self.load_timeout)
+            keys, revoked = parse_jwks(document), parse_revocations(document)
         except Exception as exc:  # the set stays as it was; the next attempt backs off
             self.failures += 1
             log.warning("signing keys not reloaded (%s failures in a row): %r", self.failures, exc)
@@ -178,7 +220,7 @@ class RefreshingKeySet:
         finally:
             self._attempted_at = time.monotonic()
             self._loading = None
-        self._keys, self._loaded, self.failures = keys, True, 0
+        self._keys, self._revoked, self._loaded, self.failures = keys, revoked, True, 0
         return True
 
     def start(self) -> None:
@@ -233,10 +275,11 @@ class JWKSCache(RefreshingKeySet):
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=5.0)
 
-    async def load(self) -> dict[str, jwt.PyJWK]:
+    async def load(self) -> dict[str, Any]:
         response = await self._client.get(self.url)
         response.raise_for_status()
-        return parse_jwks(response.json())
+        document: dict[str, Any] = response.json()
+        return document
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -248,7 +291,8 @@ class TokenVerifier:
     """Verifies access tokens; a verified token is remembered (by its hash, up to `cache_size` of them) until it
     expires, so a client's next requests with it do not redo the signature check. What the cache serves is
     re-checked against the key source's current keys, so a withdrawn key stops its tokens as soon as the key
-    source drops it (for a `JWKSCache`, within one refresh interval)."""
+    source drops it (for a `JWKSCache`, within one refresh interval), and against the subjects it lists as revoked
+    (a token issued before its subject's `not_before` is refused, 401 "token revoked")."""
 
     def __init__(self, keys: KeySource, *, issuer: str, audience: str, cache_size: int = 10_000) -> None:
         self.keys = keys
@@ -265,16 +309,25 @@ class TokenVerifier:
             if time.time() < expires:
                 try:
                     await self.keys.key(kid)  # the key must still be published
+                    self._check_not_revoked(principal)  # and its subject not revoked since
                 except Unauthorized:
                     self._verified.pop(digest, None)
                     raise
                 return principal
             self._verified.pop(digest, None)
         principal, kid = await self._verify(token)
+        self._check_not_revoked(principal)
         self._verified[digest] = (float(principal.claims["exp"]), kid, principal)
         if len(self._verified) > self.cache_size:
             self._verified.popitem(last=False)
         return principal
+
+    def _check_not_revoked(self, principal: Principal) -> None:
+        if not isinstance(self.keys, RevocationList):
+            return
+        not_before = self.keys.not_before(str(principal.claims["sub"]))
+        if not_before is not None and int(principal.claims["iat"]) < not_before:
+            raise Unauthorized("token revoked")
 
     async def _verify(self, token: str) -> tuple[Principal, str]:
         try:

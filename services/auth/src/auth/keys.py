@@ -8,16 +8,15 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jwt
 from itsm_shared import outbox
-from itsm_shared.auth import Principal, RefreshingKeySet, parse_jwks
+from itsm_shared.auth import Principal, RefreshingKeySet
 from itsm_shared.errors import NotFound
 from sqlalchemy import delete, func, text, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth import security
+from auth import revocations, security
 from auth.config import SERVICE, AuthSettings
 from auth.models import SigningKey
 from auth.schemas import SigningKeyRead
@@ -106,7 +105,12 @@ async def published_keys(session: AsyncSession) -> list[SigningKey]:
 
 
 async def jwks(session: AsyncSession) -> dict[str, Any]:
-    return {"keys": [k.public_jwk for k in await published_keys(session)]}
+    """The published keys and, beside them, the revoked subjects (auth.revocations) every service reloads with
+    them."""
+    return {
+        "keys": [k.public_jwk for k in await published_keys(session)],
+        "revoked": await revocations.published(session),
+    }
 
 
 async def list_signing_keys(session: AsyncSession) -> list[SigningKeyRead]:
@@ -165,13 +169,14 @@ async def purge_retired_keys(session: AsyncSession) -> int:
 
 
 class DatabaseKeySource(RefreshingKeySet):
-    """The published keys as the JWKS shows them, read from the database; reloaded by the service's upkeep loop
-    every ITSM_JWKS_REFRESH_SECONDS (and on an unknown kid), like every other service's JWKSCache."""
+    """The published keys (and revoked subjects) as the JWKS shows them, read from the database; reloaded by the
+    service's upkeep loop every ITSM_JWKS_REFRESH_SECONDS (and on an unknown kid), like every other service's
+    JWKSCache."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], *, refresh_seconds: float) -> None:
         super().__init__(refresh_seconds=refresh_seconds, min_refetch_seconds=1.0, autostart=False)
         self.sessions = sessions
 
-    async def load(self) -> dict[str, jwt.PyJWK]:
+    async def load(self) -> dict[str, Any]:
         async with self.sessions() as session:
-            return parse_jwks(await jwks(session))
+            return await jwks(session)

@@ -8,7 +8,7 @@ from itsm_shared.app import Runtime, ServiceSpec, create_app
 from itsm_shared.auth import KeySource
 from itsm_shared.db import transaction
 
-from auth import keys, security, tokens, users
+from auth import keys, revocations, security, tokens, users
 from auth.config import get_settings
 from auth.keys import DatabaseKeySource
 from auth.router import router, well_known
@@ -42,14 +42,16 @@ def key_source_of(rt: Runtime) -> DatabaseKeySource:
 
 
 async def upkeep(rt: Runtime) -> None:
-    """Every JWKS refresh interval: delete retired keys past their time and old failed logins, then reload the keys
-    this process verifies with (a key revoked by another replica is refused within the interval here too)."""
+    """Every JWKS refresh interval: delete retired keys past their time, revocations no token can still be caught
+    by and old failed logins, then reload the keys (and revoked subjects) this process verifies with (a key or
+    subject revoked by another replica is refused within the interval here too)."""
     settings = get_settings()
     while True:
         await asyncio.sleep(settings.jwks_refresh_seconds)
         try:
             async with transaction(rt.sessions) as session:
                 await keys.purge_retired_keys(session)
+                await revocations.purge(session)
                 await tokens.forget_old_failures(session, settings)
         except Exception:
             log.exception("auth upkeep failed; retrying next interval")

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from itsm_shared.models import IdempotencyRecord, InboxMessage, OutboxMessage, utc_column
-from sqlalchemy import Boolean, Column, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
@@ -15,6 +15,7 @@ __all__ = [
     "LoginThrottle",
     "OutboxMessage",
     "RefreshToken",
+    "RevokedSubject",
     "ServiceClient",
     "SigningKey",
     "User",
@@ -104,3 +105,15 @@ class LoginThrottle(SQLModel, table=True):
     failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     blocked_until: datetime | None = Field(default=None, sa_column=utc_column(nullable=True, default_now=False))
     last_failure_at: datetime | None = Field(default=None, sa_column=utc_column())
+
+
+class RevokedSubject(SQLModel, table=True):
+    """A client or user whose access tokens issued before `not_before` (unix seconds) every service refuses
+    (auth.revocations); no foreign key, so a deleted client's row stays until no token it held can be valid."""
+
+    __tablename__ = "revoked_subject"
+    __table_args__ = (Index("ix_revoked_subject_not_before", "not_before"),)
+
+    subject: uuid.UUID = Field(primary_key=True)
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    not_before: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -176,11 +176,18 @@ async def get_user(session: SessionDep, _: Admin, user_id: uuid.UUID, response: 
 
 @router.patch("/users/{user_id}", response_model=UserRead, responses=documented(etag=200, if_match=True))
 async def update_user(
-    request: Request, session: SessionDep, admin: Admin, user_id: uuid.UUID, data: UserUpdate, response: Response
+    request: Request,
+    session: SessionDep,
+    admin: Admin,
+    user_id: uuid.UUID,
+    data: UserUpdate,
+    response: Response,
+    background: BackgroundTasks,
 ) -> UserRead:
     user = await users.get_user(session, user_id, for_update=True)
     check_if_match(request, user.version)
     updated = await users.update_user(session, user, data, admin)
+    reload_keys_after_commit(request, background)  # a revoked subject is refused here at once
     with_etag(response, updated.version)
     return updated
 
@@ -222,28 +229,41 @@ async def get_client(session: SessionDep, _: Admin, client_id: ClientId, respons
 
 @router.patch("/clients/{client_id}", response_model=ClientRead, responses=documented(etag=200, if_match=True))
 async def update_client(
-    request: Request, session: SessionDep, admin: Admin, client_id: ClientId, data: ClientUpdate, response: Response
+    request: Request,
+    session: SessionDep,
+    admin: Admin,
+    client_id: ClientId,
+    data: ClientUpdate,
+    response: Response,
+    background: BackgroundTasks,
 ) -> ClientRead:
     client = await users.get_client(session, client_id, for_update=True)
     check_if_match(request, client.version)
     updated = await users.update_client(session, client, data, admin)
+    reload_keys_after_commit(request, background)
     with_etag(response, updated.version)
     return updated
 
 
 @router.post("/clients/{client_id}/rotate-secret", response_model=ClientCreated, summary="A new client secret")
-async def rotate_client_secret(session: SessionDep, admin: Admin, client_id: ClientId) -> JSONResponse:
+async def rotate_client_secret(
+    request: Request, session: SessionDep, admin: Admin, client_id: ClientId, background: BackgroundTasks
+) -> JSONResponse:
     client = await users.get_client(session, client_id, for_update=True)
     rotated = await users.rotate_client_secret(session, client, admin)
+    reload_keys_after_commit(request, background)
     return JSONResponse(rotated.model_dump(mode="json"), headers=NO_STORE)  # the new secret, shown once
 
 
 @router.delete("/clients/{client_id}", status_code=204, responses=documented(if_match=True))
-async def delete_client(request: Request, session: SessionDep, admin: Admin, client_id: ClientId) -> Response:
+async def delete_client(
+    request: Request, session: SessionDep, admin: Admin, client_id: ClientId, background: BackgroundTasks
+) -> Response:
     client = await users.get_client(session, client_id, for_update=True)
     check_if_match(request, client.version)
     await users.delete_client(session, client, admin)
-    return Response(status_code=204)
+    reload_keys_after_commit(request, background)
+    return Response(status_code=204, background=background)
 
 
 @router.get("/keys", response_model=list[SigningKeyRead])
@@ -252,8 +272,9 @@ async def list_keys(session: SessionDep, _: Admin) -> list[SigningKeyRead]:
 
 
 def reload_keys_after_commit(request: Request, background: BackgroundTasks) -> None:
-    """This process reloads the keys it verifies with once the change is committed (the seam commits before the
-    response is sent; background tasks run after it): its own tokens follow a rotation or revocation at once."""
+    """This process reloads the keys (and revoked subjects) it verifies with once the change is committed (the
+    seam commits before the response is sent; background tasks run after it): its own tokens follow a rotation
+    or revocation at once."""
     source: keys.DatabaseKeySource = request.app.state.runtime.extras["keys"]
     background.add_task(source.refresh, fresh=True)
 

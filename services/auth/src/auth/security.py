@@ -252,8 +252,9 @@ def mint_access_token(
     kind: str,
     name: str | None,
     ttl_seconds: int,
+    issued_at: int | None = None,
 ) -> str:
-    now = int(time.time())
+    now = issued_at if issued_at is not None else int(time.time())
     claims = {
         "iss": issuer,
         "aud": audience,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy import delete, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth import keys, security
+from auth import keys, revocations, security
 from auth.config import SERVICE, AuthSettings
 from auth.errors import OAuthError, invalid_client, invalid_grant, invalid_request
 from auth.models import LoginThrottle, RefreshToken, ServiceClient, User
@@ -129,6 +130,9 @@ async def _access_token(
     session: AsyncSession, settings: AuthSettings, *, subject: uuid.UUID, roles: list[str], kind: str, name: str | None
 ) -> str:
     key = await keys.current_signing_key(session)
+    # Not before the subject's last revocation (auth.revocations): a client re-enabled within the second it was
+    # disabled in gets a token its revocation does not refuse.
+    issued_at = max(int(time.time()), await revocations.not_before(session, subject) or 0)
     return security.mint_access_token(
         kid=key.kid,
         private_pem=keys.private_pem(key),
@@ -139,6 +143,7 @@ async def _access_token(
         kind=kind,
         name=name,
         ttl_seconds=settings.access_token_ttl_seconds,
+        issued_at=issued_at,
     )
 
 
@@ -394,7 +399,10 @@ async def refresh_grant(session: AsyncSession, settings: AuthSettings, token: st
 
 async def authenticate_client(session: AsyncSession, client_id: str, secret: str) -> ServiceClient:
     """The active service client whose secret this is; else 401 invalid_client (unknown, wrong or disabled alike)."""
-    client = (await session.exec(select(ServiceClient).where(ServiceClient.client_id == client_id))).first()
+    # FOR SHARE: an admin's change of the client (which locks it FOR UPDATE, then revokes its tokens) waits for
+    # this token to be issued, and a request after it sees the change.
+    stmt = select(ServiceClient).where(ServiceClient.client_id == client_id).with_for_update(read=True)
+    client = (await session.exec(stmt.execution_options(populate_existing=True))).first()
     valid, _ = await security.verify_password(secret, client.secret_hash if client else None)
     if client is None or not valid or not client.active:
         raise invalid_client()

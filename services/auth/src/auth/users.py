@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from auth import security, tokens
+from auth import revocations, security, tokens
 from auth.config import SERVICE
 from auth.models import ServiceClient, User
 from auth.schemas import (
@@ -142,6 +142,7 @@ async def update_user(session: AsyncSession, user: User, data: UserUpdate, actor
     user.updated_at = datetime.now(UTC)
     if user.active is False or "roles" in changes or "password" in changes:
         await tokens.revoke_user_families(session, user.id)  # the user's row is locked: see tokens.py
+        await revocations.revoke_subject(session, user.id, "user")  # and its access tokens, everywhere
     session.add(user)
     await outbox.emit(
         session,
@@ -248,8 +249,9 @@ def _touch(client: ServiceClient) -> None:
 async def update_client(
     session: AsyncSession, client: ServiceClient, data: ClientUpdate, actor: Principal
 ) -> ClientRead:
-    """Name, roles, `active`. A disabled client gets no new token; the access tokens it already holds are
-    self-contained and stay valid until they expire (at most ITSM_ACCESS_TOKEN_TTL_SECONDS), as a user's do."""
+    """Name, roles, `active`. A disabled client gets no new token, and the access tokens it holds, like those of
+    a client given other roles, are refused by every service within one JWKS refresh interval (auth.revocations).
+    The caller holds the client's row lock."""
     changes: dict[str, list[Any]] = {}
     for field, value in data.model_dump(exclude_unset=True).items():
         if value is None or getattr(client, field) == value:
@@ -260,13 +262,16 @@ async def update_client(
         return client_view(client)
     _touch(client)
     session.add(client)
+    if "roles" in changes or not client.active:
+        await revocations.revoke_subject(session, client.id, "client")
     await _client_event(session, "client_updated", client, actor, changes=changes)
     return client_view(client)
 
 
 async def rotate_client_secret(session: AsyncSession, client: ServiceClient, actor: Principal) -> ClientCreated:
-    """A new secret, returned once; the old one stops working now."""
+    """A new secret, returned once; the old one stops working now, and the tokens it got are revoked."""
     secret = security.new_secret()
+    await revocations.revoke_subject(session, client.id, "client")
     client.secret_hash = await security.hash_password(secret)
     _touch(client)
     session.add(client)
@@ -275,7 +280,9 @@ async def rotate_client_secret(session: AsyncSession, client: ServiceClient, act
 
 
 async def delete_client(session: AsyncSession, client: ServiceClient, actor: Principal) -> None:
-    """The client is gone: its secret no longer authenticates (its issued access tokens run out, as above)."""
+    """The client is gone: its secret no longer authenticates and its access tokens are revoked (the revocation's
+    row outlives the client's)."""
     _touch(client)
+    await revocations.revoke_subject(session, client.id, "client")
     await _client_event(session, "client_deleted", client, actor)
     await session.delete(client)
