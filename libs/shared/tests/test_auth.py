@@ -276,6 +276,23 @@ async def test_a_key_rotated_in_just_after_a_background_reload_verifies_at_its_f
         assert server.fetches == 2
 
 
+async def test_a_key_rotated_in_seconds_after_the_first_load_verifies_at_its_first_token(
+    key: SigningKey, server: JWKSServer
+) -> None:
+    """The e2e failure of 2026-11-29, second form: the first token loaded the keys (a reload an unknown kid asked
+    for), the issuer rotated a few seconds later, and the new key's first token was refused as 'unknown signing
+    key' for the rest of a 10 s window. With the default window of 1 s it is fetched."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    async with JWKSCache(JWKS_URL, client=client, autostart=False) as cache:
+        verifier = TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
+        assert isinstance(await verifier.verify(sign(key, claims())), Principal)  # loads: k1 was unknown
+        await asyncio.sleep(1.1)
+        rotated = SigningKey("k2")
+        server.keys.append(rotated)
+        assert isinstance(await verifier.verify(sign(rotated, claims())), Principal)
+        assert server.fetches == 2
+
+
 async def test_issuer_unreachable(key: SigningKey) -> None:
     server = JWKSServer(key)
     server.down = True

@@ -49,6 +49,15 @@ async def syntax(session: SessionDep) -> None:
     await session.execute(text("SELEC 1"))
 
 
+@router.get("/shutting-down")
+async def shutting_down(session: SessionDep) -> None:
+    """What a service meets while PostgreSQL stops or starts: SQLSTATE 57P03 (cannot_connect_now), raised by the
+    server here so the test needs no outage."""
+    await session.execute(
+        text("DO $$ BEGIN RAISE EXCEPTION 'the database system is shutting down' USING ERRCODE = '57P03'; END $$")
+    )
+
+
 @pytest.fixture(scope="module")
 def app(settings: ServiceSettings, sessions: async_sessionmaker[AsyncSession]) -> FastAPI:
     spec = ServiceSpec(
@@ -87,6 +96,13 @@ async def test_a_data_error_caused_by_input_is_422(client: httpx.AsyncClient, pa
 
 async def test_the_same_route_with_a_good_value_works(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/data/as-integer", params={"value": "7"})).json() == {"value": 7}
+
+
+async def test_a_database_shutting_down_is_503_not_500(client: httpx.AsyncClient) -> None:
+    """Seen in the replica fault test (issue #13): during a PostgreSQL restart a few creates answered 500."""
+    response = await client.get("/api/v1/data/shutting-down")
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON and "Retry-After" in response.headers
 
 
 async def test_other_database_errors_stay_500(client: httpx.AsyncClient) -> None:

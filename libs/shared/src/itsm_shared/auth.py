@@ -49,6 +49,9 @@ ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a JOSE typ, not a secret)
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
 LEEWAY_SECONDS = 30
 DEFAULT_REFRESH_SECONDS = 60.0
+# At most one reload a second for unknown kids: a flood of forged kids costs the issuer one fetch a second per
+# process, and a key rotated in is fetched at its first token unless another reload ran within that second.
+DEFAULT_MIN_REFETCH_SECONDS = 1.0
 
 
 class Role:
@@ -130,7 +133,7 @@ class RefreshingKeySet:
         self,
         *,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
-        min_refetch_seconds: float = 10.0,
+        min_refetch_seconds: float = DEFAULT_MIN_REFETCH_SECONDS,
         wait_seconds: float = 5.0,
         load_timeout_seconds: float = 10.0,
         autostart: bool = True,
@@ -259,7 +262,7 @@ class JWKSCache(RefreshingKeySet):
         url: str,
         *,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
-        min_refetch_seconds: float = 10.0,
+        min_refetch_seconds: float = DEFAULT_MIN_REFETCH_SECONDS,
         wait_seconds: float = 5.0,
         client: httpx.AsyncClient | None = None,
         autostart: bool = True,

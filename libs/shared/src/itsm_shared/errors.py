@@ -192,13 +192,23 @@ def _sqlstate(exc: Exception) -> str | None:
     return sqlstate if isinstance(sqlstate, str) else None
 
 
+# SQLSTATE classes of a failure that is the moment's, not the request's: the connection (08), a deadlock or a
+# serialization failure (40), the server out of resources (53), shutting down or starting up (57P01-03).
+TRANSIENT_SQLSTATES = ("08", "40", "53", "57P01", "57P02", "57P03")
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """The database is away or busy for now (a 503 and a retry later, never a 500): the connection was lost
+    (asyncpg's failures surface with `connection_invalidated`), or the server answered with a transient SQLSTATE."""
+    return exc.connection_invalidated or (_sqlstate(exc) or "").startswith(TRANSIENT_SQLSTATES)
+
+
 def _dbapi(down: Any, data: Any, other: Any) -> Any:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DBAPIError)
         if caused_by_input(exc):
             result: JSONResponse = await data(request, exc)
-        # asyncpg connection failures surface as DBAPIError with connection_invalidated set.
-        elif exc.connection_invalidated:
+        elif database_unavailable(exc):
             result = await down(request, exc)
         else:
             result = await other(request, exc)

@@ -27,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared.broker import event_queue, events_exchange
 from itsm_shared.db import transaction
-from itsm_shared.errors import Unavailable
+from itsm_shared.errors import Unavailable, database_unavailable
 from itsm_shared.events import CloudEvent
 from itsm_shared.observability import correlation_id
 from itsm_shared.settings import ServiceSettings
@@ -91,19 +91,9 @@ async def handle_once(
         return True
 
 
-# SQLSTATE classes of a failure that is the moment's, not the message's: the connection (08), a deadlock or a
-# serialization failure (40), the server out of resources (53), shutting down or starting up (57P01-03).
-TRANSIENT_SQLSTATES = ("08", "40", "53", "57P01", "57P02", "57P03")
-
-
 def is_transient(exc: BaseException) -> bool:
     """The database (or whatever the handler waits on) is away for now: retry in place, spend no delivery."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        if str(getattr(exc.orig, "sqlstate", "") or "").startswith(TRANSIENT_SQLSTATES):
-            return True
-    return isinstance(exc, TRANSIENT)
+    return (isinstance(exc, DBAPIError) and database_unavailable(exc)) or isinstance(exc, TRANSIENT)
 
 
 async def park(
