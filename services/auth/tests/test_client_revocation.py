@@ -7,12 +7,16 @@ password is revoked the same way."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import jwt
 import pytest
+from auth import revocations
+from fastapi import FastAPI
 from itsm_shared.auth import JWKSCache, TokenVerifier, subject_digest
+from itsm_shared.db import transaction
 from itsm_shared.errors import Unauthorized
 from itsm_shared.testing import eventually
 
@@ -149,3 +153,13 @@ async def test_a_user_with_a_new_password_has_their_tokens_refused_elsewhere(
     await eventually(lambda: refused(elsewhere, token), timeout=REFRESH_SECONDS + 3, what="user's token refused")
     fresh = (await login(client, user["username"], "another long password")).json()["access_token"]
     assert str((await elsewhere.verify(fresh)).id) == user["id"]
+
+
+async def test_two_changes_within_one_second_never_share_a_not_before(app: FastAPI) -> None:
+    """The CI failure of 2026-11-30: re-enabled at hh:mm:06.6 (not_before 07, so the next token was dated 07), a
+    token issued at 06.8, rotated at 06.9: the rotation's not_before was 07 again and did not catch that token."""
+    subject = uuid.uuid4()
+    async with transaction(app.state.sessions) as session:
+        first = await revocations.revoke_subject(session, subject, "client")
+        second = await revocations.revoke_subject(session, subject, "client")
+    assert second == first + 1

@@ -9,7 +9,8 @@ no valid token and are deleted by the upkeep loop.
 
 `not_before` is a whole second, rounded up: a token issued in the second of the change, before it, is refused too;
 a token issued after the change in that same second (a client re-enabled at once) is given that `iat`
-(tokens._access_token), so it is not caught by the revocation it follows."""
+(tokens._access_token), so it is not caught by the revocation it follows; and a further change of the subject
+moves `not_before` at least one second on, so it catches those tokens."""
 
 from __future__ import annotations
 
@@ -33,16 +34,17 @@ def _window_start() -> int:
 async def revoke_subject(session: AsyncSession, subject: uuid.UUID, kind: str) -> int:
     """Refuse the subject's access tokens issued until now (the caller holds the subject's row lock, which token
     issuance for it takes too, so no token issued before the change carries a later `iat`)."""
-    not_before = math.ceil(time.time())
-    await session.execute(
+    # A second change within the second of the first must still catch the tokens issued between them, which the
+    # first dated at its own `not_before`: so never the same `not_before` twice, always one more.
+    result = await session.execute(
         text(
             "INSERT INTO revoked_subject (subject, kind, not_before) VALUES (:subject, :kind, :not_before) "
             "ON CONFLICT (subject) DO UPDATE SET kind = EXCLUDED.kind, "
-            "not_before = GREATEST(revoked_subject.not_before, EXCLUDED.not_before)"
+            "not_before = GREATEST(revoked_subject.not_before + 1, EXCLUDED.not_before) RETURNING not_before"
         ),
-        {"subject": subject, "kind": kind, "not_before": not_before},
+        {"subject": subject, "kind": kind, "not_before": math.ceil(time.time())},
     )
-    return not_before
+    return int(result.scalar_one())
 
 
 async def not_before(session: AsyncSession, subject: uuid.UUID) -> int | None:
