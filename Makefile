@@ -15,7 +15,7 @@ SERVICES := $(shell python3 deploy/service_table.py names)
 help:
 	@echo "make run        start PostgreSQL/RabbitMQ-backed services and the gateway locally (Ctrl-C stops);"
 	@echo "                ITSM_REPLICAS=2 make run: two processes of every service behind the gateway"
-	@echo "make test       every test suite, each service in its own pytest process"
+	@echo "make test       lint, types, then every test suite, each service in its own pytest process (what CI runs)"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make types      mypy (strict) over libs/, services/ and deploy/"
 	@echo "make fmt        ruff format + ruff check --fix"
@@ -34,7 +34,8 @@ run: install
 
 # One pytest process per suite: the SQLModel metadata of two services must never share a process.
 # A suite that does not exist yet is skipped, one with no tests (pytest exit 5) is not a failure.
-test: install
+# lint and types first: `make test` is the whole check, and the one command CI runs (.ci/run).
+test: install lint types
 	@failed=(); \
 	suites=(libs/shared/tests $(addsuffix /tests,$(addprefix services/,$(SERVICES))) tests/deploy tests/e2e); \
 	for suite in "$${suites[@]}"; do \
