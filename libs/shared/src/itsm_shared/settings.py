@@ -3,13 +3,15 @@ credentials (`ITSM_DB_APP_PASSWORD_<SERVICE>`), which only that service's migrat
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import model_validator
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -120,3 +122,34 @@ def db_app_password(service: str, environ: Mapping[str, str] = os.environ) -> st
     if path := environ.get(f"{variable}_FILE"):
         return read_secret_file(Path(path), f"{variable}_FILE")
     return None
+
+
+def key_bytes(text: str, where: str, error: type[Exception], help_text: str) -> bytes:
+    """A 32-byte key written in URL-safe base64 (padding optional); `error` naming `where` otherwise."""
+    value = text.strip()
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise error(f"{where} is not 32 bytes in URL-safe base64. {help_text}")
+    return raw
+
+
+def configured_key(
+    value: SecretStr | None, path: Path | None, variable: str, *, error: type[Exception], help_text: str, missing: str
+) -> bytes:
+    """A service's own 32-byte key from `<variable>` or the file `<variable>_FILE`, exactly one of them (auth's KEK,
+    audit's anchor key, webhook's key of the signing secrets); `error` with a clear message otherwise."""
+    given = value is not None and value.get_secret_value().strip() != ""
+    if given and path is not None:
+        raise error(f"set {variable} or {variable}_FILE, not both")
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise error(f"{variable}_FILE={path} cannot be read: {exc}") from exc
+        return key_bytes(text, f"the key in {variable}_FILE={path}", error, help_text)
+    if value is not None and given:
+        return key_bytes(value.get_secret_value(), variable, error, help_text)
+    raise error(missing)

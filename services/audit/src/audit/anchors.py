@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from itsm_shared.settings import configured_key
 
 from audit.config import AuditSettings, get_settings
 from audit.errors import AnchorKeyError
@@ -105,38 +106,20 @@ class AnchorKeys:
         return [(kid, encode(_raw_public(key)), kid == self.kid) for kid, key in listed]
 
 
-def _seed(text: str, where: str) -> bytes:
-    try:
-        raw = decode(text)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise AnchorKeyError(f"{where} is not 32 bytes in URL-safe base64. {KEY_HELP}")
-    return raw
-
-
 def load_anchor_keys(settings: AuditSettings) -> AnchorKeys:
     """The anchor key from ITSM_AUDIT_ANCHOR_KEY or the file ITSM_AUDIT_ANCHOR_KEY_FILE (exactly one), plus the
     former public keys of ITSM_AUDIT_ANCHOR_PUBLIC_KEYS; a clear error otherwise."""
-    given = settings.audit_anchor_key is not None and settings.audit_anchor_key.get_secret_value().strip() != ""
-    if given and settings.audit_anchor_key_file is not None:
-        raise AnchorKeyError("set ITSM_AUDIT_ANCHOR_KEY or ITSM_AUDIT_ANCHOR_KEY_FILE, not both")
-    if settings.audit_anchor_key_file is not None:
-        try:
-            text = settings.audit_anchor_key_file.read_text()
-        except OSError as exc:
-            raise AnchorKeyError(
-                f"ITSM_AUDIT_ANCHOR_KEY_FILE={settings.audit_anchor_key_file} cannot be read: {exc}"
-            ) from exc
-        seed = _seed(text, f"the key in ITSM_AUDIT_ANCHOR_KEY_FILE={settings.audit_anchor_key_file}")
-    elif given:
-        assert settings.audit_anchor_key is not None
-        seed = _seed(settings.audit_anchor_key.get_secret_value(), "ITSM_AUDIT_ANCHOR_KEY")
-    else:
-        raise AnchorKeyError(
-            f"no anchor key: ITSM_AUDIT_ANCHOR_KEY and ITSM_AUDIT_ANCHOR_KEY_FILE are unset; the audit log signs "
+    seed = configured_key(
+        settings.audit_anchor_key,
+        settings.audit_anchor_key_file,
+        "ITSM_AUDIT_ANCHOR_KEY",
+        error=AnchorKeyError,
+        help_text=KEY_HELP,
+        missing=(
+            "no anchor key: ITSM_AUDIT_ANCHOR_KEY and ITSM_AUDIT_ANCHOR_KEY_FILE are unset; the audit log signs "
             f"every batch it appends with it. {KEY_HELP}"
-        )
+        ),
+    )
     former: list[bytes] = []
     for entry in settings.audit_anchor_public_keys.split(","):
         if entry.strip():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from itsm_shared.auth import ACCESS_TOKEN_TYPE, ALGORITHMS
+from itsm_shared.settings import configured_key, key_bytes
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
@@ -125,17 +125,6 @@ KEK_HELP = (
 _ENVELOPE = "kek1"
 
 
-def _parse_kek(text: str, where: str) -> bytes:
-    value = text.strip()
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise KeyEncryptionError(f"{where} is not 32 bytes in URL-safe base64. {KEK_HELP}")
-    return raw
-
-
 @dataclass(frozen=True)
 class KeyEncryption:
     """AES-256-GCM under the current KEK, the key's `kid` as associated data (a ciphertext moved to another row
@@ -186,22 +175,21 @@ class KeyEncryption:
 
 def load_key_encryption(settings: AuthSettings) -> KeyEncryption:
     """The KEK from ITSM_AUTH_KEK or the file ITSM_AUTH_KEK_FILE (exactly one), with a clear error otherwise."""
-    if settings.auth_kek is not None and settings.auth_kek_file is not None:
-        raise KeyEncryptionError("set ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE, not both")
-    if settings.auth_kek_file is not None:
-        try:
-            text = settings.auth_kek_file.read_text()
-        except OSError as exc:
-            raise KeyEncryptionError(f"ITSM_AUTH_KEK_FILE={settings.auth_kek_file} cannot be read: {exc}") from exc
-        current = _parse_kek(text, f"the key in ITSM_AUTH_KEK_FILE={settings.auth_kek_file}")
-    elif settings.auth_kek is not None and settings.auth_kek.get_secret_value().strip():
-        current = _parse_kek(settings.auth_kek.get_secret_value(), "ITSM_AUTH_KEK")
-    else:
-        raise KeyEncryptionError(f"no key-encryption key: ITSM_AUTH_KEK and ITSM_AUTH_KEK_FILE are unset. {KEK_HELP}")
+    current = configured_key(
+        settings.auth_kek,
+        settings.auth_kek_file,
+        "ITSM_AUTH_KEK",
+        error=KeyEncryptionError,
+        help_text=KEK_HELP,
+        missing=f"no key-encryption key: ITSM_AUTH_KEK and ITSM_AUTH_KEK_FILE are unset. {KEK_HELP}",
+    )
     previous: Sequence[str] = []
     if settings.auth_kek_previous is not None:
         previous = [p for p in settings.auth_kek_previous.get_secret_value().split(",") if p.strip()]
-    return KeyEncryption(current, tuple(_parse_kek(p, "an entry of ITSM_AUTH_KEK_PREVIOUS") for p in previous))
+    return KeyEncryption(
+        current,
+        tuple(key_bytes(p, "an entry of ITSM_AUTH_KEK_PREVIOUS", KeyEncryptionError, KEK_HELP) for p in previous),
+    )
 
 
 _encryption: KeyEncryption | None = None

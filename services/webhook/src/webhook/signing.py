@@ -11,7 +11,6 @@ associated data (a ciphertext copied to another row does not decrypt). A databas
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import hmac
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from itsm_shared.settings import configured_key
 
 from webhook.config import WebhookSettings, get_settings
 
@@ -64,17 +64,6 @@ def headers(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -
     }
 
 
-def _parse_key(text: str, where: str) -> bytes:
-    value = text.strip()
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
-        raise SecretKeyError(f"{where} is not 32 bytes in URL-safe base64. {KEY_HELP}")
-    return raw
-
-
 @dataclass(frozen=True)
 class SecretBox:
     key: bytes
@@ -105,20 +94,16 @@ class SecretBox:
 
 def load_box(settings: WebhookSettings) -> SecretBox:
     """The key from ITSM_WEBHOOK_SECRET_KEY or the file ITSM_WEBHOOK_SECRET_KEY_FILE (exactly one)."""
-    if settings.webhook_secret_key is not None and settings.webhook_secret_key_file is not None:
-        raise SecretKeyError("set ITSM_WEBHOOK_SECRET_KEY or ITSM_WEBHOOK_SECRET_KEY_FILE, not both")
-    if settings.webhook_secret_key_file is not None:
-        try:
-            text = settings.webhook_secret_key_file.read_text()
-        except OSError as exc:
-            raise SecretKeyError(
-                f"ITSM_WEBHOOK_SECRET_KEY_FILE={settings.webhook_secret_key_file} cannot be read: {exc}"
-            ) from exc
-        where = f"the key in ITSM_WEBHOOK_SECRET_KEY_FILE={settings.webhook_secret_key_file}"
-        return SecretBox(_parse_key(text, where))
-    if settings.webhook_secret_key is not None and settings.webhook_secret_key.get_secret_value().strip():
-        return SecretBox(_parse_key(settings.webhook_secret_key.get_secret_value(), "ITSM_WEBHOOK_SECRET_KEY"))
-    raise SecretKeyError(f"no key for the signing secrets: ITSM_WEBHOOK_SECRET_KEY is unset. {KEY_HELP}")
+    return SecretBox(
+        configured_key(
+            settings.webhook_secret_key,
+            settings.webhook_secret_key_file,
+            "ITSM_WEBHOOK_SECRET_KEY",
+            error=SecretKeyError,
+            help_text=KEY_HELP,
+            missing=f"no key for the signing secrets: ITSM_WEBHOOK_SECRET_KEY is unset. {KEY_HELP}",
+        )
+    )
 
 
 @functools.lru_cache
