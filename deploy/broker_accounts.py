@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import run_secrets
 from itsm_shared.broker_users import (
     BrokerAdminError,
     Topology,
@@ -57,16 +58,7 @@ class Credential:
 
 def password_file(run_dir: Path, service: str) -> Path:
     """The password of `service`'s broker user in the stack of `run_dir`, generated once (mode 0600)."""
-    path = run_dir / f"amqp-password-{service}"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path
-        with os.fdopen(descriptor, "w") as file:
-            file.write(secrets.token_urlsafe(32) + "\n")
-    return path
+    return run_secrets.secret_file(run_dir / f"amqp-password-{service}", lambda: secrets.token_urlsafe(32))
 
 
 def credential(run_dir: Path, service: str, environ: Mapping[str, str]) -> Credential:

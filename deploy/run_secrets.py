@@ -25,7 +25,7 @@ LEGACY_DB_APP_PASSWORD = "ITSM_DB_APP_PASSWORD"  # noqa: S105 (names of variable
 DB_PASSWORD_FILE = "ITSM_DB_PASSWORD_FILE"  # noqa: S105
 
 
-def _secret_file(path: Path, make: Callable[[], str]) -> Path:
+def secret_file(path: Path, make: Callable[[], str]) -> Path:
     """`path`, created once with `make()` (mode 0600) and kept."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,23 +41,21 @@ def _secret_file(path: Path, make: Callable[[], str]) -> Path:
 def auth_kek_file(run_dir: Path) -> Path:
     """The KEK of the stack in `run_dir`, generated once (mode 0600) and kept there: the signing keys in that
     stack's database can only be read with it. Unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
-    return _secret_file(run_dir / "auth-kek", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+    return secret_file(run_dir / "auth-kek", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
 
 def audit_anchor_key_file(run_dir: Path) -> Path:
     """The anchor key of the stack in `run_dir` (the audit service signs each batch of its chain with it), generated
     once (mode 0600) and kept there, given to the audit service only. Unless the operator gives
     ITSM_AUDIT_ANCHOR_KEY or ITSM_AUDIT_ANCHOR_KEY_FILE."""
-    return _secret_file(
-        run_dir / "audit-anchor-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
-    )
+    return secret_file(run_dir / "audit-anchor-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
 
 def db_password_file(run_dir: Path, service: str) -> Path:
     """The password of `<service>_app` in the stack of `run_dir`: one per service, generated once (mode 0600) and
     kept there, given to that service's migration job (which sets it) and to that service only. Unless the
     operator gives ITSM_DB_APP_PASSWORD_<SERVICE> or ITSM_DB_APP_PASSWORD_<SERVICE>_FILE."""
-    return _secret_file(run_dir / f"db-password-{service}", lambda: secrets.token_urlsafe(32))
+    return secret_file(run_dir / f"db-password-{service}", lambda: secrets.token_urlsafe(32))
 
 
 def is_db_credential(variable: str) -> bool:
@@ -68,6 +66,6 @@ def is_db_credential(variable: str) -> bool:
 def webhook_secret_key_file(run_dir: Path) -> Path:
     """The key of the webhook signing secrets of the stack in `run_dir`, generated once (mode 0600) and kept there.
     Unless the operator gives ITSM_WEBHOOK_SECRET_KEY or ITSM_WEBHOOK_SECRET_KEY_FILE."""
-    return _secret_file(
+    return secret_file(
         run_dir / "webhook-secret-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     )
