@@ -19,10 +19,12 @@ from typing import Any
 from unittest import mock
 
 import aio_pika
+import httpx
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from faststream.rabbit import RabbitBroker
 from itsm_shared import trust
+from itsm_shared.auth import JWKSCache, TokenVerifier
 from itsm_shared.broker import declare_dead_letter_queue, declare_topology, make_broker, unrouted_name
 from itsm_shared.db import make_engine, session_factory
 from itsm_shared.events import CloudEvent
@@ -44,6 +46,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from .jwks_support import AUDIENCE, ISSUER, JWKS_URL, JWKSServer, SigningKey
 from .support import SERVICE, SERVICE_ROLE
 
 # SQLModel nags on every AsyncSession.execute(); here it runs Core statements and text(), which is what it is for.
@@ -238,3 +241,28 @@ async def consumers(
         await cleanup.queue_delete(queue)
         await cleanup.queue_delete(f"{queue}.dlq")
     await cleanup.close()
+
+
+# ---------------------------------------------------------------- tokens and a JWKS (jwks_support.py)
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey("k1")
+
+
+@pytest.fixture
+def server(key: SigningKey) -> JWKSServer:
+    return JWKSServer(key)
+
+
+@pytest.fixture
+async def cache(server: JWKSServer) -> AsyncIterator[JWKSCache]:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    async with JWKSCache(JWKS_URL, client=client, min_refetch_seconds=0.3) as c:
+        yield c
+
+
+@pytest.fixture
+def verifier(cache: JWKSCache) -> TokenVerifier:
+    return TokenVerifier(cache, issuer=ISSUER, audience=AUDIENCE)
