@@ -165,15 +165,17 @@ def report(
             )
             print(f"    {'':<8} backlog/ready every second, during the load | after: {c.series}")
     print()
-    print("== CPU ms per successful request (stack: load + catching up; bare: load) ==")
-    for name, p in (
+    # The measured profiles, in the order both per-request tables below list them.
+    profiles = (
         ("create gateway", create_gw),
         ("create direct", create_direct),
         ("create half rate", half),
         ("create bare", create_bare),
         ("list gateway", list_gw),
         ("list bare", list_bare),
-    ):
+    )
+    print("== CPU ms per successful request (stack: load + catching up; bare: load) ==")
+    for name, p in profiles:
         parts = [f"{g} {p.cpu_ms(g):.2f}" for g in p.groups() if p.cpu_ms(g) >= 0.005]
         others = [f"{g[len(OTHER) :]} {p.cpu_ms(g):.2f}" for g in p.others() if p.cpu_ms(g) >= 0.05]
         print(
@@ -184,14 +186,7 @@ def report(
         )
     print()
     print("== PostgreSQL WAL and broker deliveries per successful request (the whole server's and node's) ==")
-    for name, p in (
-        ("create gateway", create_gw),
-        ("create direct", create_direct),
-        ("create half rate", half),
-        ("create bare", create_bare),
-        ("list gateway", list_gw),
-        ("list bare", list_bare),
-    ):
+    for name, p in profiles:
         delivered = p.delivered()
         print(
             f"  {name:<17} WAL {p.wal_bytes():,.0f} bytes"

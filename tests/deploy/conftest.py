@@ -6,8 +6,9 @@ k8s_charts.py) and the two gateways in front of stub backends (test_gateway*.py,
 
 from __future__ import annotations
 
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway_stubs import StubServer, stub_backend  # noqa: E402
 from gateway_support import LIVE, Gateway, start_test_gateway  # noqa: E402
 from k8s_charts import APP, DATA, Doc, render  # noqa: E402
 from processes import free_port  # noqa: E402
+from stack import Stack, StackSettings  # noqa: E402
 
 # ---------------------------------------------------------------- the Kubernetes charts
 
@@ -94,3 +96,23 @@ def strict(tmp_path_factory: pytest.TempPathFactory, stubs: dict[str, StubServer
     )
     yield gw
     gw.process.stop(grace=5)
+
+
+# ---------------------------------------------------------------- the keys the runner generates per run dir
+
+
+@pytest.fixture
+def generated_key_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str, str], tuple[Stack, Path]]:
+    """`(service, variable)`: with neither `variable` nor `variable`_FILE in the operator's shell, the runner of a
+    stack in tmp_path and the key file it gives `service` (in the run dir, mode 0600)."""
+
+    def generated(service: str, variable: str) -> tuple[Stack, Path]:
+        pytest.importorskip("itsm_shared.provision")
+        monkeypatch.delenv(variable, raising=False)
+        monkeypatch.delenv(f"{variable}_FILE", raising=False)
+        runner = Stack(StackSettings.isolated(tmp_path, services=()))
+        path = Path(runner.service_env(service)[f"{variable}_FILE"])
+        assert path.parent == tmp_path and stat.S_IMODE(path.stat().st_mode) == 0o600
+        return runner, path
+
+    return generated

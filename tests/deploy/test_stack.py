@@ -13,7 +13,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import configs
@@ -179,15 +179,12 @@ def test_service_env_follows_the_interfaces(monkeypatch: pytest.MonkeyPatch, tmp
     )
 
 
-def test_only_the_auth_service_is_given_the_kek(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_only_the_auth_service_is_given_the_kek(
+    monkeypatch: pytest.MonkeyPatch, generated_key_file: Callable[[str, str], tuple[stack.Stack, Path]]
+) -> None:
     """Issue #11, finding 1: the key-encryption key of the signing keys reaches the auth process only; the runner
     generates one per run dir (0600, kept) unless the operator gives ITSM_AUTH_KEK or ITSM_AUTH_KEK_FILE."""
-    pytest.importorskip("itsm_shared.provision")
-    monkeypatch.delenv("ITSM_AUTH_KEK", raising=False)
-    monkeypatch.delenv("ITSM_AUTH_KEK_FILE", raising=False)
-    runner = stack.Stack(stack.StackSettings.isolated(tmp_path, services=()))
-    path = Path(runner.service_env("auth")["ITSM_AUTH_KEK_FILE"])
-    assert path.parent == tmp_path and stat.S_IMODE(path.stat().st_mode) == 0o600
+    runner, path = generated_key_file("auth", "ITSM_AUTH_KEK")
     assert len(base64.urlsafe_b64decode(path.read_text().strip())) == 32
     kek = path.read_text()
     assert runner.service_env("auth")["ITSM_AUTH_KEK_FILE"] == str(path) and path.read_text() == kek  # kept

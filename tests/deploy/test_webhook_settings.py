@@ -4,7 +4,7 @@ reaches the webhook process only, and ITSM_WEBHOOK_* settings of the operator's 
 from __future__ import annotations
 
 import base64
-import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,13 +12,10 @@ import service_table as services
 import stack
 
 
-def test_only_the_webhook_service_is_given_its_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pytest.importorskip("itsm_shared.provision")
-    monkeypatch.delenv("ITSM_WEBHOOK_SECRET_KEY", raising=False)
-    monkeypatch.delenv("ITSM_WEBHOOK_SECRET_KEY_FILE", raising=False)
-    runner = stack.Stack(stack.StackSettings.isolated(tmp_path, services=()))
-    path = Path(runner.service_env("webhook")["ITSM_WEBHOOK_SECRET_KEY_FILE"])
-    assert path.parent == tmp_path and stat.S_IMODE(path.stat().st_mode) == 0o600
+def test_only_the_webhook_service_is_given_its_key(
+    monkeypatch: pytest.MonkeyPatch, generated_key_file: Callable[[str, str], tuple[stack.Stack, Path]]
+) -> None:
+    runner, path = generated_key_file("webhook", "ITSM_WEBHOOK_SECRET_KEY")
     key = path.read_text()
     assert len(base64.urlsafe_b64decode(key.strip())) == 32
     assert runner.service_env("webhook")["ITSM_WEBHOOK_SECRET_KEY_FILE"] == str(path) and path.read_text() == key

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,31 @@ WEBHOOK_ENV = {
     "ITSM_WEBHOOK_POLL_SECONDS": "0.2",
 }
 
+# A change's plans and a low-risk assessment (CONTRACT §6), for the tests that open changes through the gateway.
+PLANS = {"implementation_plan": "roll out", "backout_plan": "roll back", "test_plan": "smoke test"}
+LOW_RISK = {
+    "business_impact": "low",
+    "affected_users": "few",
+    "outage_required": "no",
+    "tested": "fully",
+    "backout": "simple",
+    "experience": "routine",
+    "business_hours": "no",
+}
+
 
 @contextlib.contextmanager
-def isolated_stack(run_dir: Path) -> Iterator[stack_module.Stack]:
-    """A whole stack of its own (database, exchange, queues, broker users, ports), removed when the block ends."""
-    settings = stack_module.StackSettings.isolated(run_dir, die_with_parent=True, service_env={"webhook": WEBHOOK_ENV})
+def isolated_stack(
+    run_dir: Path, *, replicas: int = 1, service_env: Mapping[str, Mapping[str, str]] | None = None
+) -> Iterator[stack_module.Stack]:
+    """A whole stack of its own (database, exchange, queues, broker users, ports), removed when the block ends.
+    `replicas` processes of every service; `service_env` per service (default: the webhook service's WEBHOOK_ENV)."""
+    settings = stack_module.StackSettings.isolated(
+        run_dir,
+        replicas=replicas,
+        die_with_parent=True,
+        service_env={"webhook": WEBHOOK_ENV} if service_env is None else service_env,
+    )
     running = stack_module.Stack(settings)
     try:
         running.start()
@@ -91,6 +111,19 @@ async def token(http: httpx.AsyncClient, username: str, password: str) -> dict[s
 
 def bearer(access_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {access_token}"}
+
+
+async def create_user(
+    http: httpx.AsyncClient, admin: str, username: str, password: str, roles: list[str]
+) -> dict[str, Any]:
+    """A user made by the admin through the auth API (201), as the API returns it."""
+    made = await http.post(
+        "/api/v1/auth/users",
+        headers=bearer(admin),
+        json={"username": username, "password": password, "roles": roles},
+    )
+    assert made.status_code == 201, made.text
+    return dict(made.json())
 
 
 @pytest.fixture

@@ -16,23 +16,13 @@ import icalendar
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
 from itsm_shared.testing import EventProbe, Listen, eventually
 
-from .conftest import bearer, token
+from .conftest import LOW_RISK, PLANS, bearer, token
 
 PASSWORD = "a perfectly fine password"
 CHANGES = "/api/v1/changes"
 WAIT = 15.0  # seconds
 
-LOW = {
-    "business_impact": "low",
-    "affected_users": "few",
-    "outage_required": "no",
-    "tested": "fully",
-    "backout": "simple",
-    "experience": "routine",
-    "business_hours": "no",
-}
-HIGH = {**LOW, "backout": "not_possible"}
-PLANS = {"implementation_plan": "roll out", "backout_plan": "roll back", "test_plan": "smoke test"}
+HIGH = {**LOW_RISK, "backout": "not_possible"}
 
 
 @dataclass
@@ -229,7 +219,7 @@ async def test_scheduling_blackouts_and_calendar_through_the_gateway(
     assert slot["start"] == "2032-03-29T05:00:00Z", slot
 
     # an emergency change may enter the freeze, authorised by a change manager
-    emergency_body = {"type": "emergency", "title": "Patch the zero-day", **PLANS, "risk_assessment": LOW}
+    emergency_body = {"type": "emergency", "title": "Patch the zero-day", **PLANS, "risk_assessment": LOW_RISK}
     emergency = (
         await http.post(
             CHANGES, headers=agent.headers(), json={**emergency_body, **planned(utc(2032, 3, 27, 10), 1, ci)}
@@ -252,7 +242,7 @@ async def test_scheduling_blackouts_and_calendar_through_the_gateway(
         await http.post(
             CHANGES,
             headers=agent.headers(),
-            json={"type": "normal", "title": "Resize volumes", **PLANS, "risk_assessment": LOW},
+            json={"type": "normal", "title": "Resize volumes", **PLANS, "risk_assessment": LOW_RISK},
         )
     ).json()
     normal = await move(http, agent, normal, "assess")

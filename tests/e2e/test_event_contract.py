@@ -21,21 +21,11 @@ import stack as stack_module
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
 from itsm_shared.testing import EventProbe, Listen, eventually
 
-from .conftest import bearer, token
+from .conftest import LOW_RISK, PLANS, bearer, token
 from .receiver import Answer, Receiver
 
 PASSWORD = "a perfectly fine password"
 WAIT = 30.0  # seconds
-PLANS = {"implementation_plan": "roll out", "backout_plan": "roll back", "test_plan": "smoke test"}
-LOW_RISK = {
-    "business_impact": "low",
-    "affected_users": "few",
-    "outage_required": "no",
-    "tested": "fully",
-    "backout": "simple",
-    "experience": "routine",
-    "business_hours": "no",
-}
 
 # CONTRACT §8: the attributes, extensions included, every event has.
 ATTRIBUTES = (

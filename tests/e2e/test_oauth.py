@@ -18,7 +18,7 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata, get_well_known_u
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
-from .conftest import bearer
+from .conftest import bearer, create_user
 from .test_auth import assert_security_headers
 
 PASSWORD = "a perfectly fine password"
@@ -70,12 +70,7 @@ async def test_authlib_discovers_the_server_and_gets_tokens_by_both_grants(
     assert client.status_code == 201, client.text
     svc = client.json()
     username = f"oa{uuid.uuid4().hex[:8]}"
-    made = await http.post(
-        "/api/v1/auth/users",
-        headers=bearer(admin),
-        json={"username": username, "password": PASSWORD, "roles": ["agent"]},
-    )
-    assert made.status_code == 201, made.text
+    made = await create_user(http, admin, username, PASSWORD, ["agent"])
 
     oauth = OAuth()
     for method in ("client_secret_basic", "client_secret_post"):
@@ -97,7 +92,7 @@ async def test_authlib_discovers_the_server_and_gets_tokens_by_both_grants(
     async with AsyncOAuth2Client(token_endpoint_auth_method="none") as public:
         got = await public.fetch_token(document["token_endpoint"], username=username, password=PASSWORD)
         claims = await verified(http, document, got["access_token"])
-        assert claims["iss"] == issuer and claims["sub"] == made.json()["id"]
+        assert claims["iss"] == issuer and claims["sub"] == made["id"]
         me = await http.get("/api/v1/auth/me", headers=bearer(got["access_token"]))
         assert me.status_code == 200 and me.json()["username"] == username
         refreshed = await public.refresh_token(document["token_endpoint"], refresh_token=got["refresh_token"])

@@ -27,12 +27,11 @@ import asyncpg
 import gateway as gateway_module
 import httpx
 import pytest
-import service_table as services
 import stack as stack_module
 from itsm_shared.db import asyncpg_dsn
-from itsm_shared.testing import EventProbe, eventually, listening, remove_topology
+from itsm_shared.testing import EventProbe, eventually, listening
 
-from .conftest import bearer, token
+from .conftest import bearer, isolated_stack, token
 from .load import IdempotentCreates
 
 pytestmark = pytest.mark.timeout(420)
@@ -52,19 +51,9 @@ CREATED, LINKED = "itsm.incident.created", "itsm.problem.incident_linked"
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_module.Stack]:
-    settings = stack_module.StackSettings.isolated(
-        tmp_path_factory.mktemp("replicas-run"), replicas=REPLICAS, die_with_parent=True
-    )
-    running = stack_module.Stack(settings)
-    try:
-        running.start()
+    # No service_env: the webhook service runs with its defaults here, as it always has in this test.
+    with isolated_stack(tmp_path_factory.mktemp("replicas-run"), replicas=REPLICAS, service_env={}) as running:
         yield running
-    finally:
-        running.stop()
-        running.drop_database()
-        running.drop_broker_users()
-        queues = tuple(settings.queue_prefix + q for name in running.services for q in services.get(name).queues)
-        asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange, queues))
 
 
 @dataclass

@@ -19,7 +19,7 @@ import stack as stack_module
 from itsm_shared.testing import eventually
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from .conftest import bearer, token
+from .conftest import bearer, create_user, token
 from .receiver import Answer, Receiver, Request
 
 PASSWORD = "a perfectly fine password"
@@ -46,12 +46,7 @@ class Verifier:
 
 async def integrator(http: httpx.AsyncClient, admin: str) -> dict[str, str]:
     username = f"wh{uuid.uuid4().hex[:10]}"
-    created = await http.post(
-        "/api/v1/auth/users",
-        headers=bearer(admin),
-        json={"username": username, "password": PASSWORD, "roles": ["integrator"]},
-    )
-    assert created.status_code == 201, created.text
+    await create_user(http, admin, username, PASSWORD, ["integrator"])
     return bearer(str((await token(http, username, PASSWORD))["access_token"]))
 
 
