@@ -68,28 +68,10 @@ async def test_offsets_are_compared_as_instants(client: httpx.AsyncClient, agent
     ci = unique_ci()
     await scheduled(client, agent, at(24, 10), 2, ci)  # 10:00-12:00 UTC
     berlin_1230 = (at(24, 11) + timedelta(minutes=30)).astimezone(BERLIN)  # 12:30+01:00 = 11:30Z
-    change = await create(
-        client,
-        agent,
-        type="standard",
-        **PLANS,
-        configuration_items=[ci],
-        planned_start=berlin_1230.isoformat(),
-        planned_end=(berlin_1230 + timedelta(hours=1)).isoformat(),
-    )
-    assert (await patch(client, agent, change, status="scheduled")).status_code == 409
+    assert (await try_schedule(client, agent, berlin_1230, 1, ci)).status_code == 409
     new_york_0700 = at(24, 12).astimezone(ZoneInfo("America/New_York"))  # 07:00-05:00 = 12:00Z: touching
-    change = await create(
-        client,
-        agent,
-        type="standard",
-        **PLANS,
-        configuration_items=[ci],
-        planned_start=new_york_0700.isoformat(),
-        planned_end=(new_york_0700 + timedelta(hours=1)).isoformat(),
-    )
     assert new_york_0700.isoformat().endswith("-05:00")
-    assert (await patch(client, agent, change, status="scheduled")).status_code == 200
+    assert (await try_schedule(client, agent, new_york_0700, 1, ci)).status_code == 200
 
 
 async def test_only_scheduled_and_implementing_changes_hold_their_window(

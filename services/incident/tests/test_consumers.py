@@ -20,6 +20,7 @@ from itsm_shared.inbox import handle_once
 from itsm_shared.testing import EventProbe, eventually
 
 from .conftest import LINKED, RESOLVED, Actor, Problems, create
+from .router_support import get, patch
 
 LINK_CONSUMER = "incident.problem-links"  # the inbox name of the link/unlink handler
 RESOLVE_CONSUMER = "incident.problem-resolved"
@@ -42,12 +43,6 @@ async def processed(db: asyncpg.Connection, consumer: str, *events: dict[str, An
     await eventually(lambda: inbox_has(db, consumer, *events), bool)
 
 
-async def get(client: httpx.AsyncClient, who: Actor, incident_id: str) -> dict[str, Any]:
-    response = await client.get(f"/api/v1/incidents/{incident_id}", headers=who.headers)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
 async def notes_of(client: httpx.AsyncClient, who: Actor, incident_id: str) -> list[dict[str, Any]]:
     response = await client.get(f"/api/v1/incidents/{incident_id}/notes", headers=who.headers)
     assert response.status_code == 200, response.text
@@ -58,12 +53,6 @@ async def history_of(client: httpx.AsyncClient, who: Actor, incident_id: str, fi
     response = await client.get(f"/api/v1/incidents/{incident_id}/history", headers=who.headers)
     assert response.status_code == 200, response.text
     return [h for h in response.json() if h["field"] == field]
-
-
-async def patch(client: httpx.AsyncClient, who: Actor, incident_id: str, **body: Any) -> dict[str, Any]:
-    response = await client.patch(f"/api/v1/incidents/{incident_id}", headers=who.headers, json=body)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
 
 
 async def parked(channel: aio_pika.abc.AbstractChannel, queue_name: str, message_id: str) -> dict[str, Any] | None:

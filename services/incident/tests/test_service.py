@@ -22,29 +22,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-Sessions = async_sessionmaker[AsyncSession]
+# CONTRACT §4 as data, written out in the tests so that a change to incident.lifecycle cannot move the goalposts.
+from .router_support import ALLOWED, NEEDS, PATH, RESOLUTION, STATUSES
 
-STATUSES = ("new", "in_progress", "on_hold", "resolved", "closed", "cancelled")
-# CONTRACT §4, written out again here so that a change to incident.lifecycle cannot move the goalposts.
-ALLOWED = {
-    "new": {"in_progress", "on_hold", "resolved", "cancelled"},
-    "in_progress": {"on_hold", "resolved", "cancelled"},
-    "on_hold": {"in_progress", "resolved", "cancelled"},
-    "resolved": {"closed", "in_progress"},
-    "closed": set(),
-    "cancelled": set(),
-}
-RESOLUTION = {"resolution_code": "fixed", "resolution_notes": "restarted the mail relay"}
-NEEDS: dict[str, dict[str, Any]] = {"on_hold": {"hold_reason": "awaiting_vendor"}, "resolved": RESOLUTION}
-# How to bring a new incident to each status, one PATCH per step.
-PATH: dict[str, list[dict[str, Any]]] = {
-    "new": [],
-    "in_progress": [{"status": "in_progress"}],
-    "on_hold": [{"status": "on_hold", "hold_reason": "awaiting_vendor"}],
-    "resolved": [{"status": "in_progress"}, {"status": "resolved", **RESOLUTION}],
-    "closed": [{"status": "resolved", **RESOLUTION}, {"status": "closed"}],
-    "cancelled": [{"status": "cancelled"}],
-}
+Sessions = async_sessionmaker[AsyncSession]
 
 
 def person(*roles: str) -> Principal:
