@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,35 @@ async def admin(http: httpx.AsyncClient, stack: stack_module.Stack) -> str:
     password = stack.settings.bootstrap_admin_password
     assert password
     return str((await token(http, "admin", password))["access_token"])
+
+
+PASSWORD = "a perfectly fine password"
+
+
+@dataclass
+class User:
+    id: str
+    username: str
+    access_token: str
+
+    def headers(self, correlation_id: str | None = None, **extra: str) -> dict[str, str]:
+        headers = {**bearer(self.access_token), **extra}
+        if correlation_id is not None:
+            headers["X-Correlation-ID"] = correlation_id
+        return headers
+
+
+async def new_user(http: httpx.AsyncClient, admin: str, *roles: str) -> User:
+    username = f"inc{uuid.uuid4().hex[:10]}"
+    made = await create_user(http, admin, username, PASSWORD, list(roles))
+    return User(made["id"], username, (await token(http, username, PASSWORD))["access_token"])
+
+
+@pytest.fixture
+async def agent(http: httpx.AsyncClient, admin: str) -> User:
+    return await new_user(http, admin, "agent")
+
+
+@pytest.fixture
+async def requester(http: httpx.AsyncClient, admin: str) -> User:
+    return await new_user(http, admin, "requester")

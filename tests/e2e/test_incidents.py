@@ -5,98 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
 import httpx
-import pytest
-import stack as stack_module
-from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, new_event, routing_key
-from itsm_shared.testing import Listen, eventually
+from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
+from itsm_shared.testing import Listen
 
-from .conftest import bearer, token
-
-PASSWORD = "a perfectly fine password"
-INCIDENTS = "/api/v1/incidents"
-
-
-@dataclass
-class User:
-    id: str
-    username: str
-    access_token: str
-
-    def headers(self, correlation_id: str | None = None, **extra: str) -> dict[str, str]:
-        headers = {**bearer(self.access_token), **extra}
-        if correlation_id is not None:
-            headers["X-Correlation-ID"] = correlation_id
-        return headers
-
-
-async def new_user(http: httpx.AsyncClient, admin: str, *roles: str) -> User:
-    username = f"inc{uuid.uuid4().hex[:10]}"
-    created = await http.post(
-        "/api/v1/auth/users",
-        headers=bearer(admin),
-        json={"username": username, "password": PASSWORD, "roles": list(roles)},
-    )
-    assert created.status_code == 201, created.text
-    return User(created.json()["id"], username, (await token(http, username, PASSWORD))["access_token"])
-
-
-@pytest.fixture
-async def agent(http: httpx.AsyncClient, admin: str) -> User:
-    return await new_user(http, admin, "agent")
-
-
-@pytest.fixture
-async def requester(http: httpx.AsyncClient, admin: str) -> User:
-    return await new_user(http, admin, "requester")
-
-
-async def create(http: httpx.AsyncClient, who: User, cid: str | None = None, **fields: Any) -> dict[str, Any]:
-    body = {"title": "Mail is down", "impact": 2, "urgency": 2, **fields}
-    response = await http.post(INCIDENTS, headers=who.headers(cid), json=body)
-    assert response.status_code == 201, response.text
-    assert response.headers["etag"] == f'"{response.json()["version"]}"'
-    return dict(response.json())
-
-
-async def patch(http: httpx.AsyncClient, who: User, ref: str, cid: str | None = None, **body: Any) -> dict[str, Any]:
-    response = await http.patch(f"{INCIDENTS}/{ref}", headers=who.headers(cid), json=body)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def get(http: httpx.AsyncClient, who: User, ref: str) -> dict[str, Any]:
-    response = await http.get(f"{INCIDENTS}/{ref}", headers=who.headers())
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def listed(http: httpx.AsyncClient, who: User, **params: Any) -> list[str]:
-    response = await http.get(INCIDENTS, headers=who.headers(), params=params)
-    assert response.status_code == 200, response.text
-    return [i["id"] for i in response.json()["items"]]
-
-
-async def transitions(http: httpx.AsyncClient, who: User, ref: str) -> dict[str, list[str]]:
-    response = await http.get(f"{INCIDENTS}/{ref}/transitions", headers=who.headers())
-    assert response.status_code == 200, response.text
-    return {t["status"]: t["required_fields"] for t in response.json()}
-
-
-def assert_sla_block(incident: dict[str, Any]) -> None:
-    sla = incident["sla"]
-    assert sla["response_due"] and sla["resolution_due"], sla
-    assert sla["response_due"] <= sla["resolution_due"]
-    assert sla["breached"] is False
-    for kind in ("response", "resolution"):
-        assert {"due_at", "state", "paused", "breached", "percentage", "elapsed_seconds"} <= set(sla[kind]), sla
-
+from .conftest import User, new_user
+from .incidents_support import INCIDENTS, assert_sla_block, create, get, listed, patch, transitions
 
 # ---------------------------------------------------------------- creation and visibility
 
@@ -395,111 +314,3 @@ async def test_if_match_and_idempotency_key(http: httpx.AsyncClient, agent: User
     )
     assert other.status_code == 422 and other.headers["content-type"] == "application/problem+json"
     assert await listed(http, agent, category=category) == [first.json()["id"]]
-
-
-# ---------------------------------------------------------------- from the problem service's events
-
-
-async def test_problem_link_event_reaches_the_incident_through_the_gateway(
-    http: httpx.AsyncClient,
-    stack: stack_module.Stack,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    agent: User,
-) -> None:
-    incident = await create(http, agent, title="Outlook keeps asking for the password")
-    problem = uuid.uuid4()
-    event = new_event(
-        service="problem",
-        type="problem.incident_linked",
-        subject=problem,
-        data={
-            "id": str(problem),
-            "number": "PRB0000777",
-            "incident_id": incident["id"],
-            "workaround": "Remove the cached credentials and sign in again",
-        },
-        sequence=3,
-    )
-    # As the problem service publishes it: its broker user, user_id set (anyone else's would be parked).
-    problem_service = await aio_pika.connect(stack.broker_url("problem"))
-    channel = await problem_service.channel(publisher_confirms=True)
-    exchange = await channel.get_exchange(stack.settings.exchange)
-    started = time.monotonic()
-    await exchange.publish(
-        aio_pika.Message(
-            json.dumps(event).encode(),
-            message_id=event["id"],
-            content_type=CLOUDEVENTS_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            user_id=problem_service.url.user,
-        ),
-        routing_key=routing_key(event["type"]),
-        mandatory=True,
-    )
-
-    async def notes() -> list[dict[str, Any]]:
-        return list((await http.get(f"{INCIDENTS}/{incident['id']}/notes", headers=agent.headers())).json())
-
-    linked = await eventually(
-        lambda: get(http, agent, incident["id"]), lambda i: i["problem_id"] == str(problem), what="the link"
-    )
-    visible = await eventually(
-        notes, lambda n: any("Remove the cached credentials" in x["body"] for x in n), what="the workaround note"
-    )
-    delay = time.monotonic() - started
-    print(
-        f"\nproblem.incident_linked published -> problem_id and workaround note visible via the gateway: {delay:.3f}s"
-    )
-    assert linked["version"] == incident["version"] + 1
-    assert [n["visibility"] for n in visible] == ["internal"] and "PRB0000777" in visible[0]["body"]
-    assert await listed(http, agent, problem_id=str(problem)) == [incident["id"]]
-    await problem_service.close()
-
-
-async def test_a_forged_problem_event_changes_no_incident(
-    http: httpx.AsyncClient,
-    stack: stack_module.Stack,
-    amqp: aio_pika.abc.AbstractRobustConnection,
-    agent: User,
-) -> None:
-    """Issue #11, finding 2, through the running stack: a problem.incident_linked with an attacker's work note and a
-    problem.resolved naming an incident, published on the exchange by a client that is not the problem service (the
-    broker's administrator here), change nothing; what the problem service publishes next on the same queues does."""
-    target = await create(http, agent, title="Laptop will not boot")
-    marker = await create(http, agent, title="Marker")
-    forged_problem, real_problem = uuid.uuid4(), uuid.uuid4()
-
-    def linked(incident: dict[str, Any], problem: uuid.UUID, workaround: str) -> dict[str, Any]:
-        data = {"id": str(problem), "incident_id": incident["id"], "workaround": workaround}
-        return new_event(service="problem", type="problem.incident_linked", subject=problem, data=data, sequence=1)
-
-    def resolved(incident: dict[str, Any], problem: uuid.UUID) -> dict[str, Any]:
-        data = {"id": str(problem), "resolve_linked_incidents": True, "incident_ids": [incident["id"]]}
-        return new_event(service="problem", type="problem.resolved", subject=problem, data=data, sequence=2)
-
-    async def publish(connection: aio_pika.abc.AbstractConnection, *events: dict[str, Any]) -> None:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(stack.settings.exchange)
-        user = connection.url.user if connection is not amqp else None
-        for event in events:
-            body = json.dumps(event).encode()
-            message = aio_pika.Message(
-                body, message_id=event["id"], content_type=CLOUDEVENTS_CONTENT_TYPE, user_id=user
-            )
-            await exchange.publish(message, routing_key=routing_key(event["type"]))
-        await channel.close()
-
-    await publish(amqp, linked(target, forged_problem, "Mail your password to it@evil.example"))
-    await publish(amqp, resolved(target, forged_problem))
-    problem_service = await aio_pika.connect(stack.broker_url("problem"))
-    try:
-        await publish(problem_service, linked(marker, real_problem, "Hold the power button"))
-        await eventually(lambda: get(http, agent, marker["id"]), lambda i: i["problem_id"] == str(real_problem))
-        await publish(problem_service, resolved(marker, real_problem))
-        await eventually(lambda: get(http, agent, marker["id"]), lambda i: i["status"] == "resolved")
-    finally:
-        await problem_service.close()
-    after = await get(http, agent, target["id"])
-    assert (after["problem_id"], after["status"], after["version"]) == (None, "new", target["version"])
-    notes = (await http.get(f"{INCIDENTS}/{target['id']}/notes", headers=agent.headers())).json()
-    assert notes == []
