@@ -189,6 +189,13 @@ async def assert_chain_is_gap_free(superuser: asyncpg.Connection) -> int:
     return int(row["n"])
 
 
+async def tamper(superuser: asyncpg.Connection, sql: str, *args: Any) -> None:
+    """Run `sql` as the superuser with the append-only triggers switched off (`session_replication_role`)."""
+    async with superuser.transaction():
+        await superuser.execute("SET LOCAL session_replication_role = replica")
+        await superuser.execute(sql, *args)
+
+
 async def rewrite_chain(
     conn: asyncpg.Connection,
     since: int,

@@ -8,7 +8,7 @@ from audit.verify import verify_chain
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .conftest import event, store
+from .conftest import event, store, tamper
 
 # ---------------------------------------------------------------- verifying
 
@@ -33,17 +33,13 @@ async def test_a_changed_event_is_found_and_named_by_its_seq(
     original = await superuser.fetchval("SELECT event::text FROM audit_event WHERE seq = $1", target)
     try:
         # A superuser can switch the append-only triggers off; the chain still tells.
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute(
-                "UPDATE audit_event SET event = jsonb_set(event, '{data,n}', '2') WHERE seq = $1", target
-            )
+        await tamper(
+            superuser, "UPDATE audit_event SET event = jsonb_set(event, '{data,n}', '2') WHERE seq = $1", target
+        )
         result = await verify_chain(sessions, full=True, chunk=2)  # stops early, with the next chunk in flight
         assert not result.ok and result.first_bad_seq == target and result.reason == "hash does not match the record"
     finally:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
+        await tamper(superuser, "UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
     assert (await verify_chain(sessions, full=True, chunk=1000)).ok
 
 
@@ -54,15 +50,11 @@ async def test_a_rewritten_hash_breaks_the_link_to_the_next_record(
     target = outcomes[1].seq
     original = await superuser.fetchval("SELECT hash FROM audit_event WHERE seq = $1", target)
     try:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", target, "f" * 64)
+        await tamper(superuser, "UPDATE audit_event SET hash = $2 WHERE seq = $1", target, "f" * 64)
         result = await verify_chain(sessions, full=True, chunk=1000)
         assert not result.ok and result.first_bad_seq == target
     finally:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", target, original)
+        await tamper(superuser, "UPDATE audit_event SET hash = $2 WHERE seq = $1", target, original)
 
 
 async def test_a_deleted_record_is_named_as_missing(
@@ -73,9 +65,7 @@ async def test_a_deleted_record_is_named_as_missing(
     row = await superuser.fetchrow("SELECT * FROM audit_event WHERE seq = $1", target)
     assert row is not None
     try:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("DELETE FROM audit_event WHERE seq = $1", target)
+        await tamper(superuser, "DELETE FROM audit_event WHERE seq = $1", target)
         result = await verify_chain(sessions, full=True, chunk=1000)
         assert not result.ok and result.first_bad_seq == target and result.reason == "record missing"
     finally:
@@ -95,15 +85,11 @@ async def test_tampering_after_the_last_checkpoint_is_found_without_a_full_walk(
     target = outcomes[0].seq
     original = await superuser.fetchval("SELECT event::text FROM audit_event WHERE seq = $1", target)
     try:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET subject = 'x', event = '{}'::jsonb WHERE seq = $1", target)
+        await tamper(superuser, "UPDATE audit_event SET subject = 'x', event = '{}'::jsonb WHERE seq = $1", target)
         result = await verify_chain(sessions, full=False, chunk=1000)
         assert not result.ok and result.first_bad_seq == target and result.checked == 1
     finally:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
+        await tamper(superuser, "UPDATE audit_event SET event = $2::jsonb WHERE seq = $1", target, original)
     assert (await verify_chain(sessions, full=False, chunk=1000)).ok
 
 
@@ -114,15 +100,11 @@ async def test_a_changed_checkpointed_record_fails_the_incremental_walk(
     last = (await verify_chain(sessions, full=False, chunk=1000)).last_seq  # a checkpoint at `last`
     original = await superuser.fetchval("SELECT hash FROM audit_event WHERE seq = $1", last)
     try:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", last, "0" * 64)
+        await tamper(superuser, "UPDATE audit_event SET hash = $2 WHERE seq = $1", last, "0" * 64)
         result = await verify_chain(sessions, full=False, chunk=1000)
         assert (
             not result.ok and result.first_bad_seq == last and result.reason == "record at the last checkpoint changed"
         )
     finally:
-        async with superuser.transaction():
-            await superuser.execute("SET LOCAL session_replication_role = replica")
-            await superuser.execute("UPDATE audit_event SET hash = $2 WHERE seq = $1", last, original)
+        await tamper(superuser, "UPDATE audit_event SET hash = $2 WHERE seq = $1", last, original)
     assert (await verify_chain(sessions, full=False, chunk=1000)).ok
