@@ -47,7 +47,7 @@ async def open_(sessions: Sessions, who: Principal, **fields: Any) -> IncidentRe
         created = await service.open_incident(
             session, IncidentCreate(**{"title": "Mail is down", "impact": 2, "urgency": 2, **fields}), who
         )
-    return created
+    return IncidentRead.model_validate(created)
 
 
 async def patch(sessions: Sessions, ref: Any, who: Principal, **fields: Any) -> IncidentRead:

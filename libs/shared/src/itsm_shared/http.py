@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request, Response
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared.errors import Conflict, Invalid, PreconditionFailed
+from itsm_shared.json_body import json_response
 from itsm_shared.models import IdempotencyRecord
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -73,7 +73,7 @@ class IdempotentRequest:
     def request_hash(self) -> str:
         return hashlib.sha256(json.dumps(jsonable_encoder(self.body), sort_keys=True).encode()).hexdigest()
 
-    async def begin(self) -> JSONResponse | None:
+    async def begin(self) -> Response | None:
         if self.key is None:
             return None
         if not 1 <= len(self.key) <= IDEMPOTENCY_KEY_MAX:
@@ -96,14 +96,14 @@ class IdempotentRequest:
             return self._replay(existing)
         return None
 
-    async def complete(self, status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    async def complete(self, status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
         """Remember the response for replays, in the create's transaction."""
-        encoded = body.model_dump(mode="json") if isinstance(body, BaseModel) else jsonable_encoder(body)
         if self.record is not None:
+            encoded = body.model_dump(mode="json") if isinstance(body, BaseModel) else to_jsonable_python(body)
             self.record.status_code = status
             self.record.body = encoded
             self.session.add(self.record)
-        return JSONResponse(encoded, status_code=status, headers=headers)
+        return json_response(body, status_code=status, headers=headers)
 
     async def _load(self) -> IdempotencyRecord | None:
         cutoff = datetime.now(UTC) - IDEMPOTENCY_TTL
@@ -122,7 +122,7 @@ class IdempotentRequest:
         )
         return result.scalar_one_or_none()
 
-    def _replay(self, record: IdempotencyRecord) -> JSONResponse:
+    def _replay(self, record: IdempotencyRecord) -> Response:
         if record.request_hash != self.request_hash:
             raise Invalid(
                 "this Idempotency-Key was used with a different request body",
@@ -134,13 +134,17 @@ class IdempotentRequest:
         if record.status_code == 201 and isinstance(record.body, dict):
             # The headers of the first answer, from what it created (created_headers), which the record holds.
             version = record.body.get("version")
-            created = SimpleNamespace(id=record.body.get("id"))
-            location = self.location if created.id is not None else None
-            headers |= created_headers(created, location, version if isinstance(version, int) else None)
-        return JSONResponse(record.body, status_code=record.status_code, headers=headers)
+            location = self.location if record.body.get("id") is not None else None
+            headers |= created_headers(record.body, location, version if isinstance(version, int) else None)
+        return json_response(record.body, status_code=record.status_code, headers=headers)
 
 
 T = TypeVar("T")
+
+
+def field_of(created: Any, name: str) -> Any:
+    """A created resource's field: a model's attribute or a plain mapping's value (a create shown as values)."""
+    return created.get(name) if isinstance(created, Mapping) else getattr(created, name, None)
 
 
 def created_headers(created: Any, location: str | None, version: int | None) -> dict[str, str]:
@@ -148,7 +152,7 @@ def created_headers(created: Any, location: str | None, version: int | None) -> 
     if version is not None:
         headers["ETag"] = etag(version)
     if location is not None:
-        headers["Location"] = f"{location}/{created.id}"
+        headers["Location"] = f"{location}/{field_of(created, 'id')}"
     return headers
 
 
@@ -160,8 +164,8 @@ async def create_once(
     create: Callable[[], Awaitable[T]],
     *,
     location: str | None = None,
-    version: Callable[[T], int | None] = lambda created: getattr(created, "version", None),
-) -> JSONResponse:
+    version: Callable[[T], int | None] = lambda created: field_of(created, "version"),
+) -> Response:
     """Every creating `POST` (CONTRACT §2): 201, with the ETag of `version(created)` and, given `location`, the
     Location of the new resource; replayed for a repeated Idempotency-Key with the same `request`. `create`
     writes; the request's transaction seam commits the record, its events and the remembered response."""

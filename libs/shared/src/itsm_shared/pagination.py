@@ -7,7 +7,7 @@ import base64
 import enum
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator
 from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, literal, tuple_
 
 from itsm_shared.errors import Invalid
+from itsm_shared.json_body import json_response
 
 T = TypeVar("T")
 MAX_LIMIT = 200
@@ -28,14 +29,11 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
-def page_response(items: Sequence[BaseModel], next_cursor: str | None) -> Response:
-    """A page as JSON, serialized once. (Returned as a model, FastAPI would validate every item again against
-    the route's response model, which still documents it.)"""
-    page = _AnyPage.model_construct(items=list(items), next_cursor=next_cursor)
-    return Response(_AnyPage.__pydantic_serializer__.to_json(page), media_type="application/json")
-
-
-_AnyPage = Page[Any]
+def page_response(items: Sequence[BaseModel | Mapping[str, Any]], next_cursor: str | None) -> Response:
+    """A page as JSON, serialized once: its items as models or as plain values in the model's shape (returned as
+    a model, FastAPI would validate every item again against the route's response model, which still documents
+    it)."""
+    return json_response({"items": items, "next_cursor": next_cursor})
 
 
 @dataclass(frozen=True)

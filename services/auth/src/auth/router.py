@@ -143,7 +143,7 @@ async def me(session: SessionDep, principal: CurrentPrincipal) -> Me:
     response_model=UserRead,
     responses=documented(etag=201, location=201, conflict="the username is taken"),
 )
-async def create_user(session: SessionDep, data: UserCreate, admin: Admin, key: IdempotencyKey = None) -> JSONResponse:
+async def create_user(session: SessionDep, data: UserCreate, admin: Admin, key: IdempotencyKey = None) -> Response:
     return await create_once(
         session,
         admin.actor,
@@ -205,9 +205,7 @@ async def unlock_user(session: SessionDep, admin: Admin, user_id: uuid.UUID, res
 
 
 @router.post("/clients", status_code=201, response_model=ClientCreated, responses=documented(etag=201))
-async def create_client(
-    session: SessionDep, data: ClientCreate, admin: Admin, key: IdempotencyKey = None
-) -> JSONResponse:
+async def create_client(session: SessionDep, data: ClientCreate, admin: Admin, key: IdempotencyKey = None) -> Response:
     response = await create_once(
         session, admin.actor, key, data.model_dump(), lambda: users.create_client(session, data, admin)
     )

@@ -126,7 +126,7 @@ UPDATE_BLACKOUT = documented(etag=200, if_match=True, rules=BLACKOUT_RULES)
 @router.post("", status_code=201, response_model=ChangeRead, responses=CREATE_CHANGE)
 async def create_change(
     session: SessionDep, data: ChangeCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,
@@ -255,7 +255,7 @@ async def history(session: SessionDep, change: ChangeDep) -> list[HistoryRead]:
 )
 async def decide(
     ref: str, session: SessionDep, principal: CurrentPrincipal, data: ApprovalCreate, key: IdempotencyKey = None
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,
@@ -281,7 +281,7 @@ async def add_note(
     principal: CurrentPrincipal,
     data: NoteCreate,
     key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,
@@ -327,7 +327,7 @@ async def next_slot(
 @blackouts_router.post("", status_code=201, response_model=BlackoutWindowRead, responses=CREATE_BLACKOUT)
 async def create_blackout(
     session: SessionDep, data: BlackoutWindowCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,
@@ -387,7 +387,7 @@ async def delete_blackout(
 @templates_router.post("", status_code=201, response_model=TemplateRead, responses=documented(etag=201, location=201))
 async def create_template(
     session: SessionDep, data: TemplateCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,

@@ -245,6 +245,17 @@ def _week(calendar: Calendar, monday: date, tz: ZoneInfo) -> timedelta:
     return total
 
 
+@lru_cache(maxsize=65536)
+def _weeks(calendar: Calendar, monday: date, weeks: int, tz: ZoneInfo) -> timedelta:
+    """The working time of `weeks` whole weeks from `monday`. Cached as well: a clock's elapsed time is worked
+    out again at every read, and its run of whole weeks only changes once a week (a list of the oldest open
+    incidents, whose clocks have run for years, would otherwise add up a hundred weeks per clock per read)."""
+    total = timedelta()
+    for n in range(weeks):
+        total += _week(calendar, monday + timedelta(weeks=n), tz)
+    return total
+
+
 def _days_from(instant: datetime, tz: ZoneInfo) -> Iterator[date]:
     # Start a day early: cheap insurance, as no earlier day's window can end after `instant`.
     day = instant.astimezone(tz).date() - timedelta(days=1)
@@ -319,8 +330,7 @@ def business_seconds_between(a: datetime, b: datetime, calendar: Calendar) -> fl
         day = first_day - one_day
         while day <= last_day:
             if weeks and day == weeks_from:
-                for n in range(weeks):
-                    total += _week(calendar, day + timedelta(weeks=n), tz)
+                total += _weeks(calendar, day, weeks, tz)
                 day += timedelta(weeks=weeks)
                 continue
             window = _window(calendar, day, tz)

@@ -4,7 +4,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal, Principal, Role, require_roles
 from itsm_shared.db import SessionDep
 from itsm_shared.http import (
@@ -96,7 +95,7 @@ async def put_requester_policy(
 )
 async def create_incident(
     session: SessionDep, data: IncidentCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,
@@ -207,7 +206,7 @@ async def add_note(
     principal: CurrentPrincipal,
     data: NoteCreate,
     key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     async def create() -> NoteRead:
         note = await service.add_note(session, incident, data, principal)
         return NoteRead.model_validate(note, from_attributes=True)

@@ -14,6 +14,7 @@ from itsm_shared.edits import FieldEdits
 from itsm_shared.errors import Conflict, Forbidden, Invalid
 from itsm_shared.priority import priority as derive_priority
 from itsm_shared.records import Event
+from pydantic_core import to_jsonable_python
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,7 +32,7 @@ from incident.models import (
     Visibility,
 )
 from incident.policies import policy, requester_policy, requester_priority
-from incident.queries import WORKERS, clocks_of, is_requester_only, render, render_values, require_worker, utcnow
+from incident.queries import WORKERS, clocks_of, is_requester_only, render, require_worker, shown, utcnow
 from incident.schemas import IncidentCreate, IncidentRead, IncidentUpdate, NoteCreate
 
 ASSIGNMENT_FIELDS = ("assignee_id", "assignment_group")
@@ -117,9 +118,10 @@ async def _check_parent(session: AsyncSession, incident_id: uuid.UUID | None, pa
         current = parent.parent_id
 
 
-async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Principal) -> IncidentRead:
-    """Create an incident with its SLA clocks. A requester's impact and urgency are taken as the requester policy
-    says (accepted, capped, or ignored: issue #11, point 16); an agent's or admin's as given."""
+async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Principal) -> dict[str, Any]:
+    """Create an incident with its SLA clocks; returns it as shown (`queries.shown`). A requester's impact and
+    urgency are taken as the requester policy says (accepted, capped, or ignored: issue #11, point 16); an agent's
+    or admin's as given."""
     impact, urgency = data.impact, data.urgency
     if is_requester_only(actor):
         if not actor.has(Role.REQUESTER):
@@ -153,8 +155,8 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
     # gives is written into the event), no ORM objects, and one rendering for the response and the event.
     target = await policy(session, values["priority"])
     clocks = {kind.value: sla.start(values["id"], kind, target, now) for kind in ClockKind}
-    created = render_values({**values, **UNNUMBERED}, clocks, now)
-    event = INCIDENTS.event(_Created(values["id"], 1), "created", created.model_dump(mode="json"), actor.actor)
+    created = shown({**values, **UNNUMBERED}, clocks, now)
+    event = INCIDENTS.event(_Created(values["id"], 1), "created", to_jsonable_python(created), actor.actor)
     row = await INCIDENTS.create(
         session,
         values,
@@ -162,7 +164,7 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
         events=[event],
         generated=("number",),
     )
-    created.number = row["number"]
+    created["number"] = row["number"]
     return created
 
 

@@ -4,7 +4,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
 from itsm_shared.auth import CurrentPrincipal
 from itsm_shared.db import SessionDep
 from itsm_shared.http import (
@@ -49,7 +48,7 @@ Statuses = Annotated[list[Status] | None, Query(), CommaSeparated]
 @router.post("", status_code=201, response_model=ProblemRead, responses=documented(etag=201, location=201))
 async def create_problem(
     session: SessionDep, data: ProblemCreate, principal: CurrentPrincipal, key: IdempotencyKey = None
-) -> JSONResponse:
+) -> Response:
     return await create_once(
         session,
         principal.actor,
@@ -170,7 +169,7 @@ async def add_note(
     principal: CurrentPrincipal,
     data: NoteCreate,
     key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     async def create() -> NoteRead:
         return NoteRead.model_validate(await service.add_note(session, problem, data, principal), from_attributes=True)
 
