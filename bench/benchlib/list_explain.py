@@ -23,11 +23,14 @@ class RecordingSession:
     def __init__(self) -> None:
         self.statements: list[Any] = []
 
-    async def exec(self, statement: Any) -> _NoRows:
-        self.statements.append(statement)
+    async def exec(self, statement: Any, parameters: dict[str, Any] | None = None) -> _NoRows:
+        self.statements.append(statement.params(parameters) if parameters else statement)
         return _NoRows()
 
     execute = exec  # the list reads rows (session.execute), other queries ORM objects (session.exec)
+
+    async def connection(self) -> RecordingSession:
+        return self  # the list reads on the session's Core connection
 
 
 def _service_function(name: str) -> Any:
@@ -79,6 +82,10 @@ async def service_sql(params: dict[str, Any]) -> tuple[str, list[Any]]:
 
 
 async def clocks_sql(ids: list[uuid.UUID]) -> tuple[str, list[Any]]:
+    from incident import queries
+
+    if (page_clocks := getattr(queries, "PAGE_CLOCKS", None)) is not None:  # the list's own statement
+        return _compiled(page_clocks.params(ids=ids))
     session = RecordingSession()
     await _service_function("clocks_of")(session, ids)
     return _compiled(session.statements[0])

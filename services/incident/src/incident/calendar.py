@@ -39,7 +39,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,6 +55,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # add_business_time gives up when this many consecutive local days have no working time.
 _MAX_IDLE_DAYS = 3 * 366
+# Windows a calendar keeps (`_window`): 45 years of dates.
+_CACHED_DAYS = 16384
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -107,6 +109,19 @@ class Calendar:
         if self.end <= self.start:
             end, start = _format_time(self.end), _format_time(self.start)
             raise ValueError(f"calendar end ({end}) must be after start ({start})")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def windows(self) -> dict[date, tuple[datetime, datetime] | None]:
+        """The working windows of the local dates worked out so far (`_window`)."""
+        return {}
+
+    @cached_property
+    def _hash(self) -> int:
+        """Worked out once: a calendar is a key of the window caches, looked up a dozen times per SLA view."""
+        return hash((self.kind, self.timezone, self.weekdays, self.start, self.end, self.holidays))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calendar:
@@ -221,10 +236,20 @@ def _local_to_utc(local: datetime, tz: ZoneInfo) -> datetime:
     return _EPOCH + timedelta(seconds=high)
 
 
-@lru_cache(maxsize=16384)
 def _window(calendar: Calendar, day: date, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
-    """The UTC working window of a local date, or None if it has none. Cached: every read of an incident
-    works out its SLA clocks' elapsed time again, over the same days."""
+    """The UTC working window of a local date, or None if it has none. Kept by the calendar (a plain dict is a
+    quarter of an lru_cache's cost): every read of an incident works out its SLA clocks' elapsed time again, over
+    the same days."""
+    windows = calendar.windows
+    if day in windows:
+        return windows[day]
+    window = _working_window(calendar, day, tz)
+    if len(windows) < _CACHED_DAYS:
+        windows[day] = window
+    return window
+
+
+def _working_window(calendar: Calendar, day: date, tz: ZoneInfo) -> tuple[datetime, datetime] | None:
     if day.weekday() not in calendar.weekdays or day in calendar.holidays:
         return None
     opens = _local_to_utc(datetime.combine(day, calendar.start), tz)

@@ -13,6 +13,7 @@ from itsm_shared.errors import Forbidden, NotFound
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.schemas import HistoryRead, Transition
 from sqlalchemy import ColumnElement, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -28,6 +29,10 @@ CLOCK_TABLE: sa.Table = SlaClock.__table__  # type: ignore[attr-defined]
 LISTED = [INCIDENT_TABLE.c[name] for name in READ_FIELDS]
 # A clock's calendar as its stored text: the parsed calendar is cached by that text (sla.calendar_of).
 CLOCK_COLUMNS = [sa.cast(c, sa.Text).label(c.name) if c.name == "calendar" else c for c in CLOCK_TABLE.c]
+# The clocks of a page's incidents: one array parameter, so one statement (prepared once) whatever the page's size.
+PAGE_CLOCKS = sa.select(*CLOCK_COLUMNS).where(
+    CLOCK_TABLE.c.incident_id == sa.any_(sa.bindparam("ids", type_=ARRAY(CLOCK_TABLE.c.incident_id.type)))
+)
 READERS = WORKERS | {Role.AUDITOR, Role.PROBLEM_MANAGER, Role.CHANGE_MANAGER, Role.CAB_MEMBER}
 
 
@@ -144,12 +149,13 @@ async def list_incidents(
         stmt = stmt.where(col(Incident.created_at) < filters["created_before"])
     if filters.get("q"):
         stmt = stmt.where(col(Incident.search).op("@@")(func.websearch_to_tsquery("english", filters["q"])))
-    # Rows, not ORM objects: a page is read, never changed.
-    rows = (await session.execute(keyset(stmt, sort, Incident.id, limit, cursor))).all()
+    # Rows, not ORM objects, on the session's Core connection: a page is read, never changed.
+    connection = await session.connection()
+    rows = (await connection.execute(keyset(stmt, sort, Incident.id, limit, cursor))).all()
     items, next_cursor = page_of(rows, sort, limit, value_of=lambda r: r._mapping[sort.name], id_of=lambda r: r.id)
     clocks: dict[uuid.UUID, dict[str, Any]] = {r.id: {} for r in items}
     if items:
-        for clock in (await session.execute(select(*CLOCK_COLUMNS).where(CLOCK_TABLE.c.incident_id.in_(clocks)))).all():
+        for clock in (await connection.execute(PAGE_CLOCKS, {"ids": list(clocks)})).all():
             clocks[clock.incident_id][clock.kind] = clock
     now = utcnow()
     return [shown(r._mapping, clocks[r.id], now) for r in items], next_cursor
