@@ -338,6 +338,25 @@ def business_seconds_between(a: datetime, b: datetime, calendar: Calendar) -> fl
         return 0.0
     if calendar.kind == "24x7":
         return (high - low).total_seconds()
+    # The measure adds up over [a, cut) and [cut, b) for any cut between them. Cut at the start of the UTC day
+    # before b's: [a, cut) is then the same all day for a clock read again and again (its start and today), so it
+    # is cached, and what is left spans two days at most.
+    try:
+        cut = high.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    except OverflowError:  # b on the first day datetime can hold
+        cut = low
+    if low < cut:
+        return (_cached_measure(low, cut, calendar) + _measure(cut, high, calendar)).total_seconds()
+    return _measure(low, high, calendar).total_seconds()
+
+
+@lru_cache(maxsize=65536)
+def _cached_measure(low: datetime, high: datetime, calendar: Calendar) -> timedelta:
+    return _measure(low, high, calendar)
+
+
+def _measure(low: datetime, high: datetime, calendar: Calendar) -> timedelta:
+    """The working time in [low, high) (UTC, low < high) of a business-hours calendar."""
     tz = ZoneInfo(calendar.timezone)  # cached by key; validated by Calendar
     total = timedelta()
     one_day = timedelta(days=1)
@@ -367,4 +386,4 @@ def business_seconds_between(a: datetime, b: datetime, calendar: Calendar) -> fl
                 total += overlap
     except OverflowError as exc:
         raise ValueError(f"[{low.isoformat()}, {high.isoformat()}) is too close to the datetime range's ends") from exc
-    return total.total_seconds()
+    return total
