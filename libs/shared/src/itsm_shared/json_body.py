@@ -6,6 +6,7 @@ UTC datetimes end in `Z`, UUIDs and enums are their values."""
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import orjson
 from fastapi import Response
@@ -15,7 +16,14 @@ OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=to_jsonable_python, option=OPTIONS)
+    return orjson.dumps(value, default=_default, option=OPTIONS)
+
+
+def _default(value: Any) -> Any:
+    # asyncpg's UUIDs subclass uuid.UUID, which orjson only encodes exactly: the values of a row are mostly these.
+    if isinstance(value, UUID):
+        return str(value)
+    return to_jsonable_python(value)
 
 
 def json_response(value: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

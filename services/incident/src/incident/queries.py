@@ -27,8 +27,9 @@ READ_FIELDS = tuple(name for name in IncidentRead.model_fields if name != "sla")
 INCIDENT_TABLE: sa.Table = Incident.__table__  # type: ignore[attr-defined]
 CLOCK_TABLE: sa.Table = SlaClock.__table__  # type: ignore[attr-defined]
 LISTED = [INCIDENT_TABLE.c[name] for name in READ_FIELDS]
-# A clock's calendar as its stored text: the parsed calendar is cached by that text (sla.calendar_of).
-CLOCK_COLUMNS = [sa.cast(c, sa.Text).label(c.name) if c.name == "calendar" else c for c in CLOCK_TABLE.c]
+# A clock's calendar and pauses as their stored text: the parsed calendar is cached by that text (sla.calendar_of),
+# and the pauses, most often none, are parsed only when there are some (sla._pauses).
+CLOCK_COLUMNS = [sa.cast(c, sa.Text).label(c.name) if c.name in ("calendar", "pauses") else c for c in CLOCK_TABLE.c]
 # The clocks of a page's incidents: one array parameter, so one statement (prepared once) whatever the page's size.
 PAGE_CLOCKS = sa.select(*CLOCK_COLUMNS).where(
     CLOCK_TABLE.c.incident_id == sa.any_(sa.bindparam("ids", type_=ARRAY(CLOCK_TABLE.c.incident_id.type)))

@@ -71,7 +71,10 @@ def _parsed(calendar: str) -> Calendar:
 
 
 def _pauses(clock: Clock) -> Iterator[tuple[datetime, datetime | None]]:
-    for start, end in clock.pauses:
+    pauses: Any = clock.pauses  # a list, or its stored text as a list query reads it (most clocks: "[]")
+    if isinstance(pauses, str):
+        pauses = json.loads(pauses) if pauses != "[]" else ()
+    for start, end in pauses:
         assert start is not None
         yield datetime.fromisoformat(start), datetime.fromisoformat(end) if end else None
 
