@@ -11,7 +11,8 @@ priority from the matrix; 40 components x 20 symptoms x 10 sites in title and de
 categories, 5,000 callers, 20 groups, 300 agents; response and resolution clocks running, paused or stopped
 according to the status.
 
-Measured over HTTP with an agent's token, one request at a time (after a warm-up), through the gateway and
+Measured over HTTP with an agent's token, by wrk on one connection (one request at a time, 4 s per case and place,
+after a warm-up; a Python client on the same cores would add its own milliseconds), through the gateway and
 directly on the incident service's port: the first page; a filtered page (status=in_progress&priority=2); the
 page 10,000 rows deep (walking the keyset cursor there, then fetching that same page repeatedly); the oldest
 open low-priority incidents (sort=created_at, status=new, priority=4), whose business-hours SLA clocks have run
@@ -25,7 +26,7 @@ same parameters; when the service's code no longer fits that call, EXPLAIN is sk
 the summary table (also kept in build/bench/ for `make bench`). Everything started is stopped and the scratch
 database dropped, also on failure or Ctrl-C. The data: benchlib/incident_data.py; EXPLAIN: benchlib/list_explain.py.
 
-    uv run python bench/incident_list.py [--rows 1000000] [--requests 200] [--depth 10000]
+    uv run python bench/incident_list.py [--rows 1000000] [--seconds 4] [--depth 10000]
 """
 
 from __future__ import annotations
@@ -54,21 +55,20 @@ from benchlib.common import (
     stack_module,
     start_bare_app,
 )
-from benchlib.figures import ms, percentile, ratio, verdict
+from benchlib.figures import ms, ratio, verdict
 from benchlib.incident_data import load
 from benchlib.list_explain import explain_cases
 from benchlib.machine import CPUS, load_average, machine_line
 from benchlib.scratch import INCIDENT_QUEUES, bench_settings, plain_dsn, remove_stack_topology
 from benchlib.table import Summary
 from benchlib.tokens import agent_token, password_token
+from benchlib.wrk import run_wrk
 
 RATE_LIMIT = 1_000_000
 PAGE_TARGET_P95 = 0.015
 TEXT_TARGET_P95 = 0.050
 DEPTH = 10_000
 WARMUP_REQUESTS = 10
-SLOW_CASE_SECONDS = 0.2  # a case slower than this per request is measured with fewer requests
-SLOW_CASE_REQUESTS = 30
 OLDEST_OPEN_P4 = {"sort": "created_at", "status": "new", "priority": 4}
 
 
@@ -85,28 +85,38 @@ class Case:
 
 @dataclass
 class Timing:
-    latencies: list[float]
+    p50: float
+    p95: float
     items: int
     size: int
     requests: int
 
 
-async def time_case(client: Any, url: str, params: dict[str, Any], headers: dict[str, str], requests: int) -> Timing:
+async def time_case(
+    client: Any, url: str, params: dict[str, Any], headers: dict[str, str], seconds: float, work_dir: Path, name: str
+) -> Timing:
+    """Warm up with httpx (and see the page's items and size), then time the case with wrk on one connection for
+    `seconds`: one request at a time from a C client that costs little (httpx, a Python client on the same
+    cores, added about 3.5 ms per request of its own)."""
+    import httpx
+
     items = size = 0
-    started = time.monotonic()
     for _ in range(WARMUP_REQUESTS):
         response = await client.get(url, params=params, headers=headers)
         response.raise_for_status()
         items, size = len(response.json()["items"]), len(response.content)
-    per_request = (time.monotonic() - started) / WARMUP_REQUESTS
-    count = SLOW_CASE_REQUESTS if per_request > SLOW_CASE_SECONDS else requests
-    latencies = []
-    for _ in range(count):
-        sent = time.perf_counter()
-        response = await client.get(url, params=params, headers=headers)
-        latencies.append(time.perf_counter() - sent)
-        response.raise_for_status()
-    return Timing(latencies, items, size, count)
+    result = await run_wrk(
+        str(httpx.URL(url, params=params)),
+        authorization=headers.get("Authorization"),
+        threads=1,
+        connections=1,
+        duration=seconds,
+        work_dir=work_dir,
+        name=name,
+    )
+    if result.errors:
+        raise RuntimeError(f"{name}: {result.error_text()}")
+    return Timing(result.latency("p50"), result.latency("p95"), items, size, result.requests)
 
 
 async def deep_cursor(client: Any, url: str, headers: dict[str, str], depth: int) -> str:
@@ -130,7 +140,9 @@ async def deep_cursor(client: Any, url: str, headers: dict[str, str], depth: int
 WHERE = ("gateway", "direct", "bare")
 
 
-async def benchmark(stack: stack_module.Stack, bare_url: str, args: argparse.Namespace, summary: Summary) -> None:
+async def benchmark(
+    stack: stack_module.Stack, bare_url: str, args: argparse.Namespace, summary: Summary, work_dir: Path
+) -> None:
     import httpx
     from itsm_shared.provision import app_url
 
@@ -173,31 +185,34 @@ async def benchmark(stack: stack_module.Stack, bare_url: str, args: argparse.Nam
                     async with httpx.AsyncClient(base_url=auth, timeout=30) as login:
                         headers = {"Authorization": f"Bearer {await password_token(login, 'bench-agent', password)}"}
                 print(f"measuring {where}: {case.name} ...", flush=True)
-                results[(where, case.name)] = await time_case(client, urls[where], params, headers, args.requests)
+                results[(where, case.name)] = await time_case(
+                    client, urls[where], params, headers, args.seconds, work_dir, f"{where} {case.name}"
+                )
         response = await client.get(urls["direct"], headers=headers)
         first_page_ids = [uuid.UUID(i["id"]) for i in response.json()["items"]]
 
     print()
     print("== results: GET /api/v1/incidents, limit 50 (the default), one request at a time ==")
-    print("   latency at the client (httpx in this process), warm-up requests excluded; bare: the bare app's")
-    print("   GET /incidents on the same table (one SELECT of 50 rows by the (created_at, id) index, no SLA clocks)")
+    print("   latency at the client (wrk, one connection: one request at a time), after 10 warm-up requests; bare:")
+    print("   the bare app's GET /incidents on the same table (one SELECT of 50 rows by the (created_at, id) index,")
+    print("   no SLA clocks)")
     for case in cases:
         for where in WHERE:
             if (t := results.get((where, case.name))) is None:
                 continue
-            p95 = percentile(t.latencies, 95)
+            p95 = t.p95
             print(
-                f"  {case.name:<56} {where:<8} p50 {ms(percentile(t.latencies, 50)):>9}  p95 {ms(p95):>9}"
+                f"  {case.name:<56} {where:<8} p50 {ms(t.p50):>9}  p95 {ms(p95):>9}"
                 f"  (n={t.requests}, {t.items} items, {t.size / 1024:.0f} KiB)"
                 + ("" if where == "bare" else f"  target p95 <= {ms(case.target)}: {verdict(p95 <= case.target)}")
             )
-        gateway = percentile(results[("gateway", case.name)].latencies, 95)
+        gateway = results[("gateway", case.name)].p95
         bare = results.get(("bare", case.name))
-        bare95 = percentile(bare.latencies, 95) if bare else math.nan
+        bare95 = bare.p95 if bare else math.nan
         r = ratio(gateway, bare95)
         summary.add(
             f"{args.rows:,} incidents, one client, via gateway: {case.name}, p95",
-            ms(gateway) + f" (direct {ms(percentile(results[('direct', case.name)].latencies, 95))})",
+            ms(gateway) + f" (direct {ms(results[('direct', case.name)].p95)})",
             ms(bare95) if bare else "—",
             "—" if math.isnan(r) else f"{r:.1f}x the bare",
             f"≤ {ms(case.target)}" + (" (full text)" if case.target != page else ""),
@@ -223,7 +238,7 @@ async def benchmark(stack: stack_module.Stack, bare_url: str, args: argparse.Nam
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1_000_000, help="incidents to load (default 1,000,000)")
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per case (default 200)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of wrk per case and place (default 4)")
     parser.add_argument("--depth", type=int, default=DEPTH, help="rows before the deep page (default 10,000)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the run directory even on success")
     args = parser.parse_args()
@@ -261,10 +276,10 @@ def main() -> int:
             bare, bare_url = start_bare_app(
                 run_dir, {"BARE_DATABASE_URL": plain_dsn(settings.database_url), "BARE_TABLE": "incident.incident"}
             )
-            asyncio.run(benchmark(stack, bare_url, args, summary))
+            asyncio.run(benchmark(stack, bare_url, args, summary, run_dir))
             summary.notes += [
                 "",
-                "One client (httpx, one request at a time); the stack is auth + incident + Traefik on the loaded"
+                "One client (wrk, one connection); the stack is auth + incident + Traefik on the loaded"
                 " database (API rate limit lifted); bare: bench/benchlib/bare_app.py reading the same table.",
             ]
             summary.finish()

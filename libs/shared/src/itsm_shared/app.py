@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,10 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         tasks += [asyncio.create_task(loop(rt), name=getattr(loop, "__name__", "loop")) for loop in spec.background]
         if spec.outbox:
             relay.start()
+        # What start-up built (modules, models, routes, the engine) lives as long as the process: out of the
+        # collector's sight, a full collection no longer walks it, which took a request's p99 from about 10 to 50-90 ms.
+        gc.collect()
+        gc.freeze()
         log.info("service started", extra={"service": spec.name})
         try:
             yield
