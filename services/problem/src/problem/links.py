@@ -17,7 +17,8 @@ from itsm_shared.inbox import PermanentError
 from itsm_shared.observability import correlation_id
 from itsm_shared.records import Event
 from itsm_shared.trust import sequence_refusal
-from sqlalchemy import text, tuple_
+from sqlalchemy import Uuid, any_, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -135,6 +136,25 @@ _UPSERT_REFS = text(
         updated_at = EXCLUDED.updated_at
     RETURNING id, xmax = 0 AS inserted
     """
+)
+
+
+# The auto-link's two queries, each with array parameters: one statement (prepared once) whatever the batch's size.
+_LINKED = select(ProblemIncident.incident_id).where(
+    col(ProblemIncident.incident_id) == any_(bindparam("ids", type_=ARRAY(Uuid())))
+)
+_CANDIDATES = (
+    select(Problem)
+    .where(
+        col(Problem.known_error),
+        col(Problem.status).in_(OPEN_STATUSES),
+        text(
+            "(problem.configuration_item, problem.category) IN "
+            "(SELECT * FROM unnest(CAST(:items AS text[]), CAST(:categories AS text[])))"
+        ),
+    )
+    .order_by(col(Problem.id))
+    .with_for_update()
 )
 
 
@@ -257,22 +277,10 @@ async def _auto_link(session: AsyncSession, created: Sequence[_Created]) -> None
     if not wanted:
         return
     ids = [c.incident_id for c in wanted]
-    linked = set(
-        (await session.exec(select(ProblemIncident.incident_id).where(col(ProblemIncident.incident_id).in_(ids)))).all()
-    )
+    linked = set((await session.exec(_LINKED.params(ids=ids))).all())
     pairs = sorted({(c.values["configuration_item"], c.values["category"]) for c in wanted})
-    candidates = (
-        await session.exec(
-            select(Problem)
-            .where(
-                col(Problem.known_error),
-                col(Problem.status).in_(OPEN_STATUSES),
-                tuple_(col(Problem.configuration_item), col(Problem.category)).in_(pairs),
-            )
-            .order_by(col(Problem.id))
-            .with_for_update()
-        )
-    ).all()
+    items, categories = [item for item, _ in pairs], [category for _, category in pairs]
+    candidates = (await session.exec(_CANDIDATES.params(items=items, categories=categories))).all()
     best = _preferred(candidates)
     for c in wanted:
         problem = best.get((c.values["configuration_item"], c.values["category"]))
