@@ -46,7 +46,7 @@ class ServiceSettings(BaseSettings):
     jwks_refresh_seconds: float = 60.0
     jwt_issuer: str = "itsm-auth"
     jwt_audience: str = "itsm"
-    db_pool_size: int = 10
+    db_pool_size: int = 20  # connections a process keeps at most (no overflow: itsm_shared.db.make_engine)
     db_statement_timeout_ms: int = 5000
     outbox_batch_size: int = 100
     outbox_sweep_seconds: float = 2.0
