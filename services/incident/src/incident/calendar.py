@@ -338,21 +338,41 @@ def business_seconds_between(a: datetime, b: datetime, calendar: Calendar) -> fl
         return 0.0
     if calendar.kind == "24x7":
         return (high - low).total_seconds()
-    # The measure adds up over [a, cut) and [cut, b) for any cut between them. Cut at the start of the UTC day
-    # before b's: [a, cut) is then the same all day for a clock read again and again (its start and today), so it
-    # is cached, and what is left spans two days at most.
+    # The measure adds up over [a, cut) and [cut, b) for any cut between them. Cut at the start of b's UTC day:
+    # [a, cut) is then the same all day for a clock read again and again (its start and today), so it is cached,
+    # and [cut, b) lies in one UTC day, whose working windows are worked out once (`_day_windows`).
+    cut = high.replace(hour=0, minute=0, second=0, microsecond=0)
     try:
-        cut = high.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
-    except OverflowError:  # b on the first day datetime can hold
-        cut = low
-    if low < cut:
-        return (_cached_measure(low, cut, calendar) + _measure(cut, high, calendar)).total_seconds()
-    return _measure(low, high, calendar).total_seconds()
+        windows = _day_windows(calendar, cut)
+    except OverflowError:  # b on the last day datetime can hold
+        return _measure(low, high, calendar).total_seconds()
+    total = _cached_measure(low, cut, calendar) if low < cut else timedelta()
+    begin = max(low, cut)
+    for opens, closes in windows:
+        if closes > begin and opens < high:
+            total += min(high, closes) - max(begin, opens)
+    return total.total_seconds()
 
 
 @lru_cache(maxsize=65536)
 def _cached_measure(low: datetime, high: datetime, calendar: Calendar) -> timedelta:
     return _measure(low, high, calendar)
+
+
+@lru_cache(maxsize=4096)
+def _day_windows(calendar: Calendar, midnight: datetime) -> tuple[tuple[datetime, datetime], ...]:
+    """The working windows that fall in the UTC day from `midnight`, cut to it, in order: of the local dates
+    from the day before to the day after (no other date's window can reach into it)."""
+    end = midnight + timedelta(days=1)
+    tz = ZoneInfo(calendar.timezone)
+    day, last = (midnight - timedelta(days=1)).astimezone(tz).date(), (end + timedelta(days=1)).astimezone(tz).date()
+    windows = []
+    while day <= last:
+        window = _window(calendar, day, tz)
+        day += timedelta(days=1)
+        if window is not None and window[1] > midnight and window[0] < end:
+            windows.append((max(window[0], midnight), min(window[1], end)))
+    return tuple(windows)
 
 
 def _measure(low: datetime, high: datetime, calendar: Calendar) -> timedelta:
