@@ -15,10 +15,7 @@ from itsm_shared.events import CloudEvent
 
 from problem import links
 
-QUEUE = "problem.incidents"
-# Up to this many events per transaction, collected for at most BATCH_WAIT seconds after the first.
-BATCH_SIZE = 100
-BATCH_WAIT = 0.005
+QUEUE = "problem.incidents"  # batches of the shared defaults (itsm_shared.batches.BatchConsumer)
 
 IncidentEvent = CloudEvent[dict[str, Any]]
 
@@ -37,8 +34,6 @@ def register(rt: Runtime) -> list[str]:
             handle=links.on_incident_events,
             publisher="incident",  # only the incident service's broker user (itsm_shared.trust); the rest is parked
             event_id=_event_id,
-            max_batch=BATCH_SIZE,
-            max_wait=BATCH_WAIT,
             description="Keeps the incident read model and links new incidents to open known errors",
         ),
     ]

@@ -9,10 +9,7 @@ from itsm_shared.batches import consume_batches, run_batch_consumers
 
 from webhook import fanout
 
-QUEUE = "webhook.events"
-# Up to this many events per transaction, collected for at most BATCH_WAIT seconds after the first.
-BATCH_SIZE = 100
-BATCH_WAIT = 0.005
+QUEUE = "webhook.events"  # batches of the shared defaults (itsm_shared.batches.BatchConsumer)
 
 
 def register(rt: Runtime) -> list[str]:
@@ -24,8 +21,6 @@ def register(rt: Runtime) -> list[str]:
             parse=fanout.parse,
             handle=fanout.on_events,
             event_id=fanout.event_id,
-            max_batch=BATCH_SIZE,
-            max_wait=BATCH_WAIT,
             description="Every event, stored for replays and fanned out to the matching webhook subscriptions",
         ),
     ]
