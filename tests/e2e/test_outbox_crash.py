@@ -9,19 +9,32 @@ import signal
 import uuid
 from collections import Counter
 
+import asyncpg
 import httpx
 import stack as stack_module
-from itsm_shared.testing import Listen
+from itsm_shared.db import asyncpg_dsn
+from itsm_shared.testing import Listen, eventually
 
 from .conftest import bearer
 
 PASSWORD = "a perfectly fine password"
 
 
+async def unpublished(stack: stack_module.Stack, service: str) -> int:
+    connection = await asyncpg.connect(asyncpg_dsn(stack.settings.database_url))
+    try:
+        return int(await connection.fetchval(f"SELECT count(*) FROM {service}.outbox WHERE published_at IS NULL"))
+    finally:
+        await connection.close()
+
+
 async def test_event_committed_before_a_kill_is_published_after_restart(
     stack: stack_module.Stack, http: httpx.AsyncClient, admin: str, listen: Listen
 ) -> None:
     probe = await listen("auth.user_created")
+    # Rows auth has not published yet (the events of the tests before, a pass a SIGTERM cut short) would reach the
+    # fault point before this test's change does: arm it once auth's outbox is empty.
+    await eventually(lambda: unpublished(stack, "auth"), lambda n: n == 0, timeout=30, what="auth's outbox drained")
 
     # Restart auth armed: it will SIGKILL itself when the relay is about to publish.
     stack.restart_service("auth", {"ITSM_FAULT_POINT": "outbox.before_publish"}, sig=signal.SIGTERM)
