@@ -156,6 +156,15 @@ class StackSettings:
         database and exchange, generous rate limits (a test that checks limits sets its own). With `replicas`,
         every replica of every service gets a free port of its own."""
         token = secrets.token_hex(4)
+        taken: set[int] = set()
+
+        def port() -> int:
+            # A free port the stack has not given out yet: the kernel may offer a port again once it is released.
+            while (found := free_port()) in taken:
+                pass
+            taken.add(found)
+            return found
+
         values: dict[str, Any] = {
             "admin_database_url": os.environ.get("ITSM_TEST_DATABASE_URL")
             or os.environ.get("ITSM_DATABASE_URL")
@@ -166,8 +175,8 @@ class StackSettings:
             "dead_letter_exchange": f"itsm_e2e_{token}.dlx",
             "queue_prefix": f"itsm_e2e_{token}.",
             "broker_user_prefix": f"itsm_e2e_{token}.",
-            "gateway_port": free_port(),
-            "service_ports": {name: free_port() for name in services.names()},
+            "gateway_port": port(),
+            "service_ports": {name: port() for name in services.names()},
             "api_rate_limit": 1000,
             "login_rate_limit": 6000,
             "bootstrap_admin_password": f"e2e-admin-{secrets.token_urlsafe(12)}",
@@ -178,6 +187,6 @@ class StackSettings:
         if replicas > 1 and "replica_ports" not in overrides:
             first: Mapping[str, int] = values["service_ports"]
             values["replica_ports"] = {
-                name: (first[name], *(free_port() for _ in range(replicas - 1))) for name in services.names()
+                name: (first[name], *(port() for _ in range(replicas - 1))) for name in services.names()
             }
         return cls(**values)
