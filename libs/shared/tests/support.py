@@ -6,19 +6,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from itsm_shared.db import transaction
 from itsm_shared.events import CloudEvent
 from itsm_shared.outbox import append
 from itsm_shared.trust import EVERYTHING, Role
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-SERVICE = "shared"  # events below come from /itsm/shared; relays listen on itsm_outbox_shared
+SERVICE = "shared"  # events below come from /itsm/shared
 # The test service's role in the trust table (conftest.shared_role): it publishes, and binds, any routing key.
 SERVICE_ROLE = Role(publishes=(EVERYTHING,), binds=(EVERYTHING,))
 Handler = Callable[[CloudEvent[dict[str, Any]]], Awaitable[None]]
 
 
 async def append_committed(sessions: async_sessionmaker[AsyncSession], *events: dict[str, Any]) -> None:
-    async with sessions() as session, session.begin():
+    """The events appended in one transaction that the services' seam commits (and that wakes the relays)."""
+    async with transaction(sessions) as session:
         for event in events:
             await append(session, event)

@@ -12,6 +12,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from itsm_shared.broker import declare_topology, unrouted_name
+from itsm_shared.db import transaction
 from itsm_shared.events import new_event
 from itsm_shared.models import OutboxMessage
 from itsm_shared.outbox import append
@@ -122,24 +123,61 @@ async def test_committed_append_is_published_once_and_marked(
         assert row.published_at >= row.created_at
 
 
-async def test_notify_wakes_the_relay_without_waiting_for_the_sweep(
+async def test_a_commit_wakes_the_relay_without_waiting_for_the_sweep(
     sessions: async_sessionmaker[AsyncSession],
     settings: ServiceSettings,
     listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await listen("notified.*")
-    relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
-
-    await eventually(lambda: relay_listeners(sessions), what="the relay's LISTEN connection")
-    # The relay's own catch-up pass may take the first event; the later ones can only come from a NOTIFY,
-    # since the next sweep is 30 s away and each must arrive within 5 s.
+    listener = await listen("woken.*")
+    relay = relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
+    await eventually(lambda: relay_connections(sessions), what="the relay's connection")
+    await asyncio.sleep(0.3)  # the relay's first pass is over: the next one is 30 s away unless it is woken
+    passes = count_passes(relay)
+    # Each event must arrive within 5 s, so only the seam's wake after the commit can have published it.
     for n in range(1, 4):
-        await append_committed(sessions, event("notified.created", n=n))
+        await append_committed(sessions, event("woken.created", n=n))
         await listener.wait(count=n, timeout=5.0)
+    assert len(passes) >= 3
 
 
-async def relay_listeners(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
+async def test_a_rolled_back_transaction_does_not_wake_the_relay(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ServiceSettings,
+    relays: Callable[..., OutboxRelay],
+) -> None:
+    relay = relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
+    await eventually(lambda: relay_connections(sessions), what="the relay's connection")
+    await asyncio.sleep(0.3)
+    passes = count_passes(relay)
+    with pytest.raises(RuntimeError, match="abandoned"):
+        await append_then_fail(sessions)
+    await asyncio.sleep(0.5)
+    assert passes == []
+    assert await rows(sessions) == []
+
+
+async def append_then_fail(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(sessions) as session:
+        await append(session, event("abandoned.created"))
+        raise RuntimeError("abandoned")
+
+
+def count_passes(relay: OutboxRelay) -> list[int]:
+    """Instrument one relay: the rows each pass it makes from now on published."""
+    made: list[int] = []
+    publish_batch = relay.publish_batch
+
+    async def counted() -> int:  # in the relay's thread
+        published = await publish_batch()
+        made.append(published)
+        return published
+
+    relay.publish_batch = counted  # type: ignore[method-assign]
+    return made
+
+
+async def relay_connections(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
     async with sessions() as session:
         pids = await session.execute(
             text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name"),
@@ -148,25 +186,21 @@ async def relay_listeners(sessions: async_sessionmaker[AsyncSession]) -> list[in
         return [int(pid) for (pid,) in pids]
 
 
-async def test_relay_listens_again_after_losing_its_connection(
+async def test_relay_reconnects_after_losing_its_connection(
     sessions: async_sessionmaker[AsyncSession],
     settings: ServiceSettings,
     listen: Listen,
     relays: Callable[..., OutboxRelay],
 ) -> None:
-    listener = await listen("relisten.*")
+    listener = await listen("reconnect.*")
     relays(relay_settings=settings.model_copy(update={"outbox_sweep_seconds": 30.0}))
-    (first,) = await eventually(lambda: relay_listeners(sessions), what="the relay's LISTEN connection")
+    (first,) = await eventually(lambda: relay_connections(sessions), what="the relay's connection")
     async with sessions() as session:
         assert await session.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
-
-    async def new_listener() -> list[int]:
-        return [pid for pid in await relay_listeners(sessions) if pid != first]
-
-    await eventually(new_listener, what="a new LISTEN connection")
     for n in range(1, 3):
-        await append_committed(sessions, event("relisten.created", n=n))
+        await append_committed(sessions, event("reconnect.created", n=n))
         await listener.wait(count=n, timeout=5.0)
+    assert [pid for pid in await relay_connections(sessions) if pid != first]
 
 
 async def test_two_relays_publish_every_row_exactly_once(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -56,6 +56,21 @@ async def driver_connection(session: AsyncSession) -> Any:
     return raw.driver_connection
 
 
+_AFTER_COMMIT = "itsm_after_commit"
+
+
+def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
+    """Run `action` (once, however often it is asked for) after the seam has committed the session's
+    transaction; never after a rollback. The outbox wakes its relays so (itsm_shared.outbox)."""
+    session.info.setdefault(_AFTER_COMMIT, {})[action] = None
+
+
+async def _commit(session: AsyncSession) -> None:
+    await session.commit()
+    for action in session.info.pop(_AFTER_COMMIT, {}):
+        action()
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
@@ -65,17 +80,18 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
     """The one seam that commits (ARCHITECTURE.md rule 3): a request, a consumed event and a scheduler pass each
     run their use cases inside one of these. It commits when the block ends normally and rolls back when it
     raises, except for an error that says its writes stand (`DomainError.keeps_writes`: a failed login is
-    counted, and still refused)."""
+    counted, and still refused). What `after_commit` asked for runs once the commit has returned."""
     async with sessions() as session:
         try:
             yield session
         except BaseException as exc:
             if isinstance(exc, DomainError) and exc.keeps_writes:
-                await session.commit()
+                await _commit(session)
             else:
+                session.info.pop(_AFTER_COMMIT, None)
                 await session.rollback()
             raise
-        await session.commit()
+        await _commit(session)
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -1,24 +1,29 @@
 """Transactional outbox: events are rows written in the caller's transaction; the relay (itsm_shared.relay)
 publishes them.
 
-`append` writes the rows and a NOTIFY in one statement (PostgreSQL delivers it only after commit), which wakes the
-relay; the relay also sweeps periodically as a safety net.
+`append` (and `Records.create`, which writes a record and its events in one statement) asks the transaction seam to
+wake this process's relays once the transaction has committed (`itsm_shared.db.after_commit`); the relays also
+sweep periodically (`outbox_sweep_seconds`), which publishes what another process committed and could not publish
+(it died first). No NOTIFY: in PostgreSQL 15 each one takes a lock that serializes every committing transaction that
+notifies and signals every listening backend of the database, whatever its channel (pgbench, the create's
+statement: 3,287 creates/s with it, 7,111 without).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from itsm_shared.db import driver_connection
+from itsm_shared.db import after_commit, driver_connection
 from itsm_shared.events import new_event, routing_key
 
-__all__ = ["channel_for", "routing_key"]
+__all__ = ["routing_key"]
 
 PUBLISHED = Counter("itsm_outbox_published_total", "Events published and confirmed by the broker")
 FAILED = Counter("itsm_outbox_publish_failures_total", "Publish attempts that failed", ["reason"])
@@ -27,19 +32,22 @@ PENDING = Gauge("itsm_outbox_pending", "Outbox rows not yet published at the las
 MAX_BACKOFF = timedelta(seconds=60)
 
 
-def channel_for(service: str) -> str:
-    return f"itsm_outbox_{service}"
+# The relays running in this process (OutboxRelay.start adds its wake, stop takes it away).
+RELAYS: set[Callable[[], None]] = set()
 
 
-# One statement for any number of events: the rows, and the NOTIFY that wakes the relays once they commit.
-APPEND = """
-WITH appended AS (
-    INSERT INTO outbox (id, routing_key, payload)
-    SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::jsonb[])
-    RETURNING 1
-)
-SELECT pg_notify($4, '')
-"""
+def wake_relays() -> None:
+    for wake in tuple(RELAYS):
+        wake()
+
+
+def written(session: AsyncSession) -> None:
+    """The session's transaction adds outbox rows: the relays are woken when it commits."""
+    after_commit(session, wake_relays)
+
+
+# One statement for any number of events.
+APPEND = "INSERT INTO outbox (id, routing_key, payload) SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::jsonb[])"
 
 
 async def append(session: AsyncSession, *events: dict[str, Any]) -> None:
@@ -52,8 +60,8 @@ async def append(session: AsyncSession, *events: dict[str, Any]) -> None:
         [uuid.UUID(str(e["id"])) for e in events],
         [routing_key(e["type"]) for e in events],
         [json.dumps(e, allow_nan=False) for e in events],  # NaN or Infinity: a bug to see, not a row to store
-        channel_for(events[0]["source"].rsplit("/", 1)[-1]),
     )
+    written(session)
 
 
 async def emit(session: AsyncSession, **event: Any) -> None:

@@ -65,7 +65,7 @@ def _create_sql(
     generated: tuple[str, ...],
 ) -> str:
     """One statement for a create: the record (returning what the database generates), its child rows, its
-    events with the generated values written into their `data`, and the NOTIFY that wakes the relays."""
+    events with the generated values written into their `data`."""
     returned = ", ".join(("id", *generated))
     parts = [
         f"record AS (INSERT INTO {table.name} ({', '.join(columns)}) VALUES {_values(1, len(columns), 1)} "
@@ -88,7 +88,7 @@ def _create_sql(
         f"SELECT e.id, e.routing_key, {payload} FROM record, "
         f"unnest(${n}::uuid[], ${n + 1}::varchar[], ${n + 2}::jsonb[]) AS e(id, routing_key, payload))"
     )
-    return f"WITH {', '.join(parts)} SELECT {returned}, pg_notify(${n + 3}, '') FROM record"
+    return f"WITH {', '.join(parts)} SELECT {returned} FROM record"
 
 
 @functools.lru_cache(maxsize=64)
@@ -211,13 +211,13 @@ class Records(Generic[R]):
         params += [
             [uuid.UUID(str(e["id"])) for e in events],
             [outbox.routing_key(e["type"]) for e in events],
-            [json.dumps(e) for e in events],
-            outbox.channel_for(self.service),
+            [json.dumps(e, allow_nan=False) for e in events],
         ]
         connection = await driver_connection(session)
         created: Mapping[str, Any] = await connection.fetchrow(
             _create_sql(table, columns, shapes, tuple(generated)), *params
         )
+        outbox.written(session)
         return created
 
     async def history(self, session: AsyncSession, row: R) -> list[HistoryRead]:

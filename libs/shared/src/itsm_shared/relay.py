@@ -2,9 +2,10 @@
 
 Requests saturating a service's event loop would otherwise delay its events by seconds: each step of a relay
 pass (claim, publish, confirm, mark) waits for a turn of a loop that dozens of requests share. The relay runs its
-own event loop in its own thread, with its own PostgreSQL connection (which also LISTENs for the NOTIFY that a
-committing append sends) and its own broker connection, so it is scheduled by the interpreter every few
-milliseconds whatever the request load.
+own event loop in its own thread, with its own PostgreSQL connection and its own broker connection, so it is
+scheduled by the interpreter every few milliseconds whatever the request load. A transaction of this process that
+wrote outbox rows wakes it once committed (`itsm_shared.outbox.written`); it also sweeps every
+`outbox_sweep_seconds`, for rows another process committed and did not publish.
 
 A pass claims a batch of due rows (`FOR UPDATE SKIP LOCKED`: replicas share the work), publishes all of it at
 once, persistent and mandatory, with the service's broker user as AMQP `user_id` (RabbitMQ checks it), and marks
@@ -30,10 +31,10 @@ import uvloop
 from aiormq.abc import AbstractConnection
 from pamqp import commands as spec
 
-from itsm_shared import faults
+from itsm_shared import faults, outbox
 from itsm_shared.db import asyncpg_dsn
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
-from itsm_shared.outbox import FAILED, PENDING, PUBLISHED, backoff, channel_for
+from itsm_shared.outbox import FAILED, PENDING, PUBLISHED, backoff
 from itsm_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,10 @@ class OutboxRelay:
         self._thread = threading.Thread(target=self._main, name=f"outbox-relay-{self.service}", daemon=True)
         self._thread.start()
         self._started.wait(timeout=10)
+        outbox.RELAYS.add(self.wake)
 
     async def stop(self) -> None:
+        outbox.RELAYS.discard(self.wake)
         if self._loop is not None and self._stop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already ended
                 self._loop.call_soon_threadsafe(self._stop.set)
@@ -106,9 +109,12 @@ class OutboxRelay:
             await asyncio.to_thread(self._thread.join, 15)
 
     def wake(self) -> None:
-        if self._loop is not None and self._wake is not None:
+        """A pass soon (from any thread). Already woken: the pass to come starts after this call, so it sees
+        what committed before it, and the wake costs no call into the relay's loop."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not wake.is_set():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(wake.set)
 
     async def publish_now(self) -> int:
         """One pass now, in the relay's thread (tests, and an operator's shell): how many rows it published."""
@@ -137,7 +143,7 @@ class OutboxRelay:
             await asyncio.sleep(0.1)
         delay = 0.25
         assert self._wake is not None
-        self._wake.set()  # a first pass at once: it connects, LISTENs and publishes what waits
+        self._wake.set()  # a first pass at once: it connects and publishes what waits
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_sweep_seconds)
@@ -167,15 +173,7 @@ class OutboxRelay:
                     "application_name": application_name(self.service),
                 },
             )
-            await self._db.add_listener(channel_for(self.service), self._on_notify)
-            self._db.add_termination_listener(self._on_notify)  # a lost connection: reconnect and LISTEN again now
-            assert self._wake is not None
-            self._wake.set()  # catch up on whatever committed while nobody was listening
         return self._db
-
-    def _on_notify(self, *_: object) -> None:
-        if self._wake is not None:
-            self._wake.set()
 
     async def _close_db(self) -> None:
         db, self._db = self._db, None
