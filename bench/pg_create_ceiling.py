@@ -4,7 +4,7 @@ The ceiling of issue 10's create figure as far as the database goes. pgbench (Po
 costs little) runs, on a scratch database migrated with the incident service's real migrations:
 
 - the service's create: the statement `Records.create` sends (the incident row, its two SLA clocks, its outbox event
-  with the number written into it, the NOTIFY), captured from `incident.service.open_incident` itself, in the
+  with the number written into it), captured from `incident.service.open_incident` itself, in the
   BEGIN/COMMIT the service's transaction seam wraps around it; each run gives it new ids (`gen_random_uuid()`), so
   every transaction inserts a new incident;
 - the bare app's INSERT ... RETURNING (bench/benchlib/bare_app.py), as it sends it: one statement, autocommit.

@@ -44,7 +44,7 @@ async def test_event_committed_before_a_kill_is_published_after_restart(
     created = await http.post(
         "/api/v1/auth/users", headers=bearer(admin), json={"username": username, "password": PASSWORD}
     )
-    # The relay wakes on the commit's NOTIFY and may reach the fault point before the response is sent, so the
+    # The commit wakes the relay, which may reach the fault point before the response is sent, so the
     # answer can be lost with the process (the gateway's 502 or 503). What must hold: the change committed.
     assert created.status_code in (201, 502, 503), created.text
     assert stack.wait_exit("auth", timeout=30) == -signal.SIGKILL
