@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from itsm_shared import records
 
 from .conftest import Actor, create
 from .router_support import API, assert_problem, get, history, listed, unique
@@ -119,3 +120,25 @@ async def test_history_records_each_changed_field(client: httpx.AsyncClient, age
     }
     assert {r["actor_id"] for r in rows} == {str(other.id)}
     assert all(datetime.fromisoformat(r["at"]).utcoffset() is not None for r in rows)
+
+
+async def test_a_plain_create_is_one_statement_and_a_keyed_one_a_transaction(
+    client: httpx.AsyncClient, agent: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue #10: a create with nothing before it commits in its one statement (no BEGIN/COMMIT round trips);
+    with an Idempotency-Key, whose reservation comes first, the statement joins that transaction."""
+    seen: list[tuple[bool, bool]] = []
+    driver_connection = records.driver_connection
+
+    async def spied(session: Any, *, sole: bool = False) -> Any:
+        connection = await driver_connection(session, sole=sole)
+        seen.append((sole, connection.is_in_transaction()))
+        return connection
+
+    monkeypatch.setattr(records, "driver_connection", spied)
+    body = {"title": "Printer on fire", "category": unique(), "impact": 1, "urgency": 2}
+    assert (await client.post(API, headers=agent.headers, json=body)).status_code == 201
+    keyed = {**agent.headers, "Idempotency-Key": uuid.uuid4().hex}
+    assert (await client.post(API, headers=keyed, json=body)).status_code == 201
+    assert seen == [(True, False), (True, True)]
+    assert len(await listed(client, agent, category=body["category"])) == 2

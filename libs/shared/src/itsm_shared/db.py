@@ -42,20 +42,39 @@ def make_engine(url: str, *, pool_size: int = 20, statement_timeout_ms: int = 50
     )
 
 
-async def driver_connection(session: AsyncSession) -> Any:
+async def driver_connection(session: AsyncSession, *, sole: bool = False) -> Any:
     """The asyncpg connection under the session's transaction, for the statements of a hot path written in SQL
     (the write path's inserts): they run in the same transaction, which the seam commits. JSON parameters are
-    passed as str (SQLAlchemy's codec on the connection)."""
+    passed as str (SQLAlchemy's codec on the connection).
+
+    `sole=True`: the caller's statement is the last of its transaction. When it is also the first (the session
+    has run nothing), no BEGIN is sent: PostgreSQL runs the statement in a transaction of its own and commits it,
+    one round trip where BEGIN, statement and COMMIT are three. The seam then has nothing left to commit, and
+    refuses to commit anything run after it (a RuntimeError: the sole statement has committed)."""
+    fresh = not session.in_transaction()
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     adapter = raw.dbapi_connection
     # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first statement: begin now, or a statement
     # sent straight to asyncpg would run outside the session's transaction and commit on its own.
     if adapter is not None and adapter._transaction is None:
-        await adapter._start_transaction()
+        if session.info.get(_SOLE):
+            raise RuntimeError("a statement after its transaction's sole statement, which has committed")
+        if sole and fresh:
+            session.info[_SOLE] = True
+        else:
+            await adapter._start_transaction()
     return raw.driver_connection
 
 
+async def _ran_after_sole(session: AsyncSession) -> bool:
+    """The session's sole statement (`driver_connection(sole=True)`) was followed by one that began a
+    transaction (through SQLAlchemy, which sends BEGIN with its first statement)."""
+    raw = await (await session.connection()).get_raw_connection()
+    return raw.dbapi_connection is not None and raw.dbapi_connection._transaction is not None
+
+
+_SOLE = "itsm_sole_statement"
 _AFTER_COMMIT = "itsm_after_commit"
 
 
@@ -66,6 +85,9 @@ def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
 
 
 async def _commit(session: AsyncSession) -> None:
+    if session.info.get(_SOLE) and await _ran_after_sole(session):
+        await session.rollback()
+        raise RuntimeError("a statement after its transaction's sole statement, which has committed")
     await session.commit()
     for action in session.info.pop(_AFTER_COMMIT, {}):
         action()

@@ -197,10 +197,13 @@ class Records(Generic[R]):
         children: Sequence[tuple[sa.Table, Sequence[Mapping[str, Any]]]] = (),
         events: Sequence[dict[str, Any]],
         generated: Sequence[str] = (),
+        last: bool = False,
     ) -> Mapping[str, Any]:
         """Create a record in one statement: its row (`values`, with its id), its `children` (a table and rows
         each), and its `events` (built by `event`), into whose `data` the database's `generated` values (the
-        number) are written. Returns the record's id and generated values. The caller's seam commits."""
+        number) are written. Returns the record's id and generated values. The caller's seam commits; `last`
+        (nothing else of the transaction follows) lets a transaction of this one statement skip BEGIN and
+        COMMIT (`driver_connection(sole=True)`)."""
         table: sa.Table = self.model.__table__  # type: ignore[attr-defined]
         columns = tuple(values)
         shapes = tuple((child, tuple(rows[0]), len(rows)) for child, rows in children if rows)
@@ -213,7 +216,7 @@ class Records(Generic[R]):
             [outbox.routing_key(e["type"]) for e in events],
             [json.dumps(e, allow_nan=False) for e in events],
         ]
-        connection = await driver_connection(session)
+        connection = await driver_connection(session, sole=last)
         created: Mapping[str, Any] = await connection.fetchrow(
             _create_sql(table, columns, shapes, tuple(generated)), *params
         )

@@ -163,6 +163,7 @@ async def open_incident(session: AsyncSession, data: IncidentCreate, actor: Prin
         children=[(CLOCK_TABLE, [sla.columns(clock) for clock in clocks.values()])],
         events=[event],
         generated=("number",),
+        last=True,  # a create with no Idempotency-Key and no read before it is this one statement
     )
     created["number"] = row["number"]
     return created

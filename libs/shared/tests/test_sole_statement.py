@@ -1,0 +1,80 @@
+"""`driver_connection(sole=True)`: a transaction of one statement skips BEGIN and COMMIT, and the seam refuses to
+commit anything run after that statement (issue #10: the incident create's round trips)."""
+
+from __future__ import annotations
+
+import pytest
+from itsm_shared.db import driver_connection, transaction
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+pytestmark = pytest.mark.usefixtures("clean_outbox")
+
+
+def insert(n: int) -> str:
+    """A row of a table the service's role writes (the outbox: no relay runs in these tests)."""
+    return f"INSERT INTO outbox (id, routing_key, payload) VALUES (gen_random_uuid(), 'sole.{n}', '{{}}')"
+
+
+async def stored(engine: AsyncEngine) -> list[int]:
+    """What another connection sees committed."""
+    async with engine.connect() as connection:
+        keys = await connection.execute(text("SELECT routing_key FROM outbox ORDER BY routing_key"))
+        return [int(key.removeprefix("sole.")) for (key,) in keys]
+
+
+async def test_a_first_and_sole_statement_commits_by_itself(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async with transaction(sessions) as session:
+        connection = await driver_connection(session, sole=True)
+        assert connection.is_in_transaction() is False  # no BEGIN was sent
+        await connection.execute(insert(1))
+        assert await stored(engine) == [1], "committed before the seam's commit: its own transaction"
+    assert await stored(engine) == [1]
+
+
+async def test_sole_after_another_statement_stays_in_the_transaction(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async def second_then_fail() -> None:
+        async with transaction(sessions) as session:
+            await session.execute(text(insert(1)))
+            connection = await driver_connection(session, sole=True)
+            assert connection.is_in_transaction()
+            await connection.execute(insert(2))
+            assert await stored(engine) == []
+            raise RuntimeError("undone")
+
+    with pytest.raises(RuntimeError, match="undone"):
+        await second_then_fail()
+    assert await stored(engine) == [], "both statements rolled back together"
+
+
+async def test_the_seam_refuses_a_statement_through_sqlalchemy_after_the_sole_one(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async def sole_then_another() -> None:
+        async with transaction(sessions) as session:
+            connection = await driver_connection(session, sole=True)
+            await connection.execute(insert(1))
+            await session.execute(text(insert(2)))
+
+    with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
+        await sole_then_another()
+    assert await stored(engine) == [1], "the later statement is not committed on its own"
+
+
+async def test_a_driver_statement_after_the_sole_one_is_refused(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async def sole_then_driver() -> None:
+        async with transaction(sessions) as session:
+            connection = await driver_connection(session, sole=True)
+            await connection.execute(insert(1))
+            await driver_connection(session)
+
+    with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
+        await sole_then_driver()
+    assert await stored(engine) == [1]
