@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from itsm_shared.auth import Principal, Role
+from itsm_shared.db import read_connection
 from itsm_shared.errors import Forbidden, NotFound
 from itsm_shared.pagination import Sort, keyset, page_of
 from itsm_shared.schemas import HistoryRead, Transition
@@ -151,7 +152,7 @@ async def list_incidents(
     if filters.get("q"):
         stmt = stmt.where(col(Incident.search).op("@@")(func.websearch_to_tsquery("english", filters["q"])))
     # Rows, not ORM objects, on the session's Core connection: a page is read, never changed.
-    connection = await session.connection()
+    connection = await read_connection(session)
     rows = (await connection.execute(keyset(stmt, sort, Incident.id, limit, cursor))).all()
     items, next_cursor = page_of(rows, sort, limit, value_of=lambda r: r._mapping[sort.name], id_of=lambda r: r.id)
     clocks: dict[uuid.UUID, dict[str, Any]] = {r.id: {} for r in items}

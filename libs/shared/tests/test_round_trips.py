@@ -1,10 +1,10 @@
-"""`driver_connection(sole=True)`: a transaction of one statement skips BEGIN and COMMIT, and the seam refuses to
-commit anything run after that statement (issue #10: the incident create's round trips)."""
+"""Statements without BEGIN and COMMIT round trips (issue #10): `driver_connection(sole=True)`, a transaction of one
+statement, after which the seam refuses to commit anything; `read_connection`, a request that only reads."""
 
 from __future__ import annotations
 
 import pytest
-from itsm_shared.db import driver_connection, transaction
+from itsm_shared.db import driver_connection, read_connection, transaction
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -78,3 +78,27 @@ async def test_a_driver_statement_after_the_sole_one_is_refused(
     with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
         await sole_then_driver()
     assert await stored(engine) == [1]
+
+
+async def test_a_reading_session_sends_no_begin(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(sessions) as session:
+        connection = await read_connection(session)
+        assert (await connection.execute(text("SELECT count(*) FROM outbox"))).scalar() == 0
+        raw = await connection.get_raw_connection()
+        assert raw.driver_connection.is_in_transaction() is False
+
+
+async def test_read_connection_keeps_a_transaction_already_begun(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async def write_read_then_fail() -> None:
+        async with transaction(sessions) as session:
+            await session.execute(text(insert(1)))
+            connection = await read_connection(session)
+            assert (await connection.execute(text("SELECT count(*) FROM outbox"))).scalar() == 1
+            assert (await connection.get_raw_connection()).driver_connection.is_in_transaction()
+            raise RuntimeError("undone")
+
+    with pytest.raises(RuntimeError, match="undone"):
+        await write_read_then_fail()
+    assert await stored(engine) == []
