@@ -4,9 +4,9 @@ The ceiling of issue 10's create figure as far as the database goes. pgbench (Po
 costs little) runs, on a scratch database migrated with the incident service's real migrations:
 
 - the service's create: the statement `Records.create` sends (the incident row, its two SLA clocks, its outbox event
-  with the number written into it), captured from `incident.service.open_incident` itself, in the
-  BEGIN/COMMIT the service's transaction seam wraps around it; each run gives it new ids (`gen_random_uuid()`), so
-  every transaction inserts a new incident;
+  with the number written into it), captured from `incident.service.open_incident` itself, alone, as the service
+  sends it (a create with nothing before it is its transaction's one statement: `driver_connection(sole=True)`);
+  each run gives it new ids (`gen_random_uuid()`), so every transaction inserts a new incident;
 - the bare app's INSERT ... RETURNING (bench/benchlib/bare_app.py), as it sends it: one statement, autocommit.
 
 32 clients, 2 threads, prepared statements (as asyncpg prepares them), 8 s per run, alternating bare and service,
@@ -227,7 +227,7 @@ def main() -> int:
             "service": run_dir / "service.sql",
         }
         scripts["bare"].write_text(bare_statement() + ";\n")
-        scripts["service"].write_text("BEGIN;\n" + with_fresh_ids(sql, params, principal) + ";\nCOMMIT;\n")
+        scripts["service"].write_text(with_fresh_ids(sql, params, principal) + ";\n")
         print(f"the service's statement ({len(sql)} characters, {len(params)} parameters), as run:")
         print("  " + scripts["service"].read_text().replace("\n", "\n  ")[:600] + " ...")
         results: dict[str, list[tuple[float, float]]] = {"bare": [], "service": []}
@@ -241,7 +241,7 @@ def main() -> int:
         bare_cpu = sum(c for _, c in results["bare"]) / args.rounds
         ours_cpu = sum(c for _, c in results["service"]) / args.rounds
         summary.add(
-            f"PostgreSQL alone, pgbench -c{args.clients}: creates/s (the service's statement in BEGIN/COMMIT)",
+            f"PostgreSQL alone, pgbench -c{args.clients}: creates/s (the service's statement)",
             f"{ours_tps:,.0f}",
             f"{bare_tps:,.0f}",
             f"{ours_tps / bare_tps:.2f}",
