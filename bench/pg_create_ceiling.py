@@ -70,7 +70,7 @@ async def service_create(app_dsn: str, principal: uuid.UUID) -> tuple[str, list[
             captured.append((sql, params))
             return {"id": params[0], "number": "INC0000001"}
 
-    async def driver_connection(_: Any) -> Capture:
+    async def driver_connection(_: Any, *, sole: bool = False) -> Capture:
         return Capture()
 
     records.driver_connection = driver_connection  # type: ignore[assignment]
