@@ -84,8 +84,10 @@ def elapsed(clock: Clock, now: datetime) -> float:
     cal = calendar_of(clock)
     end = clock.stopped_at or now
     total = business_seconds_between(clock.started_at, end, cal)
-    for start, stop in _pauses(clock):
-        total -= business_seconds_between(start, min(stop or end, end), cal)
+    pauses: Any = clock.pauses  # a list, or its stored text as a list query reads it
+    if pauses and pauses != "[]":  # most clocks never paused: no generator to build
+        for start, stop in _pauses(clock):
+            total -= business_seconds_between(start, min(stop or end, end), cal)
     return max(total, 0.0)
 
 
