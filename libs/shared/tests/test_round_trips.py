@@ -3,8 +3,11 @@ statement, after which the seam refuses to commit anything; `read_connection`, a
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from itsm_shared.db import driver_connection, read_connection, transaction
+from itsm_shared.models import OutboxMessage
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -78,6 +81,20 @@ async def test_a_driver_statement_after_the_sole_one_is_refused(
     with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
         await sole_then_driver()
     assert await stored(engine) == [1]
+
+
+async def test_the_seam_refuses_orm_changes_after_the_sole_statement(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async def sole_then_added() -> None:
+        async with transaction(sessions) as session:
+            connection = await driver_connection(session, sole=True)
+            await connection.execute(insert(1))
+            session.add(OutboxMessage(id=uuid.uuid4(), routing_key="sole.2", payload={}))
+
+    with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
+        await sole_then_added()
+    assert await stored(engine) == [1], "the added row is not flushed and committed on its own"
 
 
 async def test_a_reading_session_sends_no_begin(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -78,7 +78,10 @@ async def read_connection(session: AsyncSession) -> AsyncConnection:
 
 async def _ran_after_sole(session: AsyncSession) -> bool:
     """The session's sole statement (`driver_connection(sole=True)`) was followed by one that began a
-    transaction (through SQLAlchemy, which sends BEGIN with its first statement)."""
+    transaction (through SQLAlchemy, which sends BEGIN with its first statement), or by ORM changes that the
+    commit would flush in a transaction of their own."""
+    if session.new or session.dirty or session.deleted:
+        return True
     raw = await (await session.connection()).get_raw_connection()
     return raw.dbapi_connection is not None and raw.dbapi_connection._transaction is not None
 
