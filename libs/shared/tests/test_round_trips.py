@@ -4,6 +4,7 @@ statement, after which the seam refuses to commit anything; `read_connection`, a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 from itsm_shared.db import driver_connection, read_connection, transaction
@@ -55,46 +56,31 @@ async def test_sole_after_another_statement_stays_in_the_transaction(
     assert await stored(engine) == [], "both statements rolled back together"
 
 
-async def test_the_seam_refuses_a_statement_through_sqlalchemy_after_the_sole_one(
-    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+async def sqlalchemy_statement(session: AsyncSession) -> None:
+    await session.execute(text(insert(2)))
+
+
+async def driver_statement(session: AsyncSession) -> None:
+    await (await driver_connection(session)).execute(insert(2))
+
+
+async def orm_change(session: AsyncSession) -> None:
+    session.add(OutboxMessage(id=uuid.uuid4(), routing_key="sole.2", payload={}))
+
+
+@pytest.mark.parametrize("after", [sqlalchemy_statement, driver_statement, orm_change])
+async def test_the_seam_refuses_anything_after_the_sole_statement(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, after: Callable[[AsyncSession], Awaitable[None]]
 ) -> None:
-    async def sole_then_another() -> None:
+    async def sole_then_after() -> None:
         async with transaction(sessions) as session:
             connection = await driver_connection(session, sole=True)
             await connection.execute(insert(1))
-            await session.execute(text(insert(2)))
+            await after(session)
 
     with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
-        await sole_then_another()
-    assert await stored(engine) == [1], "the later statement is not committed on its own"
-
-
-async def test_a_driver_statement_after_the_sole_one_is_refused(
-    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
-) -> None:
-    async def sole_then_driver() -> None:
-        async with transaction(sessions) as session:
-            connection = await driver_connection(session, sole=True)
-            await connection.execute(insert(1))
-            await driver_connection(session)
-
-    with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
-        await sole_then_driver()
-    assert await stored(engine) == [1]
-
-
-async def test_the_seam_refuses_orm_changes_after_the_sole_statement(
-    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
-) -> None:
-    async def sole_then_added() -> None:
-        async with transaction(sessions) as session:
-            connection = await driver_connection(session, sole=True)
-            await connection.execute(insert(1))
-            session.add(OutboxMessage(id=uuid.uuid4(), routing_key="sole.2", payload={}))
-
-    with pytest.raises(RuntimeError, match="after its transaction's sole statement"):
-        await sole_then_added()
-    assert await stored(engine) == [1], "the added row is not flushed and committed on its own"
+        await sole_then_after()
+    assert await stored(engine) == [1], "what came after is not committed on its own"
 
 
 async def test_a_reading_session_sends_no_begin(sessions: async_sessionmaker[AsyncSession]) -> None:

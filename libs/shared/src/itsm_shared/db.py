@@ -42,6 +42,11 @@ def make_engine(url: str, *, pool_size: int = 20, statement_timeout_ms: int = 50
     )
 
 
+# Keys of `session.info`: a sole statement has committed; actions to run once the seam has committed.
+_SOLE = "itsm_sole_statement"
+_AFTER_COMMIT = "itsm_after_commit"
+
+
 async def driver_connection(session: AsyncSession, *, sole: bool = False) -> Any:
     """The asyncpg connection under the session's transaction, for the statements of a hot path written in SQL
     (the write path's inserts): they run in the same transaction, which the seam commits. JSON parameters are
@@ -84,10 +89,6 @@ async def _ran_after_sole(session: AsyncSession) -> bool:
         return True
     raw = await (await session.connection()).get_raw_connection()
     return raw.dbapi_connection is not None and raw.dbapi_connection._transaction is not None
-
-
-_SOLE = "itsm_sole_statement"
-_AFTER_COMMIT = "itsm_after_commit"
 
 
 def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
