@@ -38,9 +38,10 @@ import httpx
 import jwt
 from fastapi import Depends, Request
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlowPassword, OAuthFlows
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2
+from fastapi.security import HTTPBearer, OAuth2
 
 from itsm_shared.errors import Forbidden, Unauthorized, Unavailable
+from itsm_shared.openapi import secured_by
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +392,8 @@ def bearer_token(request: Request) -> str:
 TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 (a URL, not a secret)
 
 # How a client gets and sends a token, for the OpenAPI documents: every operation that depends on
-# `current_principal` lists these two (either will do), so Swagger UI has an Authorize button and generated clients
-# send the token. Neither checks anything (auto_error=False): `current_principal` reads and verifies the header.
+# `current_principal` lists these two (either will do, `secured_by`), so Swagger UI has an Authorize button and
+# generated clients send the token. Neither is called: `current_principal` reads and verifies the header.
 OAUTH2 = OAuth2(
     flows=OAuthFlows(
         password=OAuthFlowPassword(tokenUrl=TOKEN_URL, refreshUrl=TOKEN_URL),
@@ -411,12 +412,8 @@ BEARER = HTTPBearer(
 )
 
 
-async def current_principal(
-    request: Request,
-    # Declared for the OpenAPI documents only (see OAUTH2): the header is read and verified below.
-    _oauth2: Annotated[str | None, Depends(OAUTH2)],
-    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
-) -> Principal:
+@secured_by(OAUTH2, BEARER)
+async def current_principal(request: Request) -> Principal:
     verifier: TokenVerifier = request.app.state.verifier
     return await verifier.verify(bearer_token(request))
 

@@ -12,11 +12,17 @@ body, its 413 (1 MiB). What cannot be seen from the operation is declared on the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.encoders import jsonable_encoder
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.security.base import SecurityBase
 
 from itsm_shared.errors import PROBLEM_JSON
+
+Call = TypeVar("Call", bound=Callable[..., Any])
 
 # RFC 9457 §3: the members every problem of ours has, and the `errors` extension of validation problems.
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -119,18 +125,60 @@ def documented(
     return responses
 
 
+# The dependencies that verify a token, with the security schemes the document shows for them (`secured_by`).
+_SECURED: dict[Callable[..., Any], tuple[SecurityBase, ...]] = {}
+
+
+def secured_by(*schemes: SecurityBase) -> Callable[[Call], Call]:
+    """Marks a dependency that reads and verifies the credentials itself: every operation depending on it
+    (directly or through other dependencies) lists `schemes` as its security, any one of them will do, and the
+    document declares them. FastAPI would do the same for schemes declared as the dependency's own
+    sub-dependencies, but would also solve them on every request, for nothing (27 µs per request for two)."""
+
+    def mark(call: Call) -> Call:
+        _SECURED[call] = schemes
+        return call
+
+    return mark
+
+
 def describe_responses(app: FastAPI) -> None:
-    """Every operation of `app`'s document gets the answers it can give (the module's docstring)."""
+    """Every operation of `app`'s document gets its security (`secured_by`) and the answers it can give (the
+    module's docstring)."""
     generate: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = generate()
+            secure(app, document)
             complete(document)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def secure(app: FastAPI, document: dict[str, Any]) -> None:
+    """The security of each operation whose route depends on a `secured_by` dependency, and its schemes."""
+    for route in iter_route_contexts(app.routes):  # as FastAPI walks them for the document, included routers too
+        if not isinstance(route.original_route, APIRoute) or not (schemes := _schemes_of(route.dependant)):
+            continue
+        for scheme in schemes:
+            declared = document.setdefault("components", {}).setdefault("securitySchemes", {})
+            declared[scheme.scheme_name] = jsonable_encoder(scheme.model, by_alias=True, exclude_none=True)
+        operations = document.get("paths", {}).get(route.path_format, {})
+        for method in route.methods or ():
+            if (operation := operations.get(method.lower())) is not None:
+                operation["security"] = [{scheme.scheme_name: []} for scheme in schemes]
+
+
+def _schemes_of(dependant: Dependant) -> tuple[SecurityBase, ...]:
+    for dependency in dependant.dependencies:
+        if dependency.call in _SECURED:
+            return _SECURED[dependency.call]
+        if schemes := _schemes_of(dependency):
+            return schemes
+    return ()
 
 
 def complete(document: dict[str, Any]) -> dict[str, Any]:
