@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from asyncpg.exceptions import PostgresError
 from asyncpg.exceptions._base import DataError as ParameterError
+from asyncpg.exceptions._base import InterfaceError as DriverInterfaceError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -159,6 +161,10 @@ def install_error_handlers(app: FastAPI) -> None:
     for dbapi_type in (OperationalError, InterfaceError):
         app.add_exception_handler(dbapi_type, _dbapi(database_down, data_error, database_down))
     app.add_exception_handler(DBAPIError, _dbapi(database_down, data_error, unhandled))
+    # The same failures raised by asyncpg itself, on the hot paths that run their statements on the driver's
+    # connection (db.driver_connection): sorted as SQLAlchemy's are.
+    for driver_type in (PostgresError, DriverInterfaceError):
+        app.add_exception_handler(driver_type, _dbapi(database_down, data_error, unhandled))
     app.add_exception_handler(Exception, unhandled)
 
 
@@ -173,10 +179,11 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-def caused_by_input(exc: DBAPIError) -> bool:
+def caused_by_input(exc: Exception) -> bool:
     """A data exception (SQLSTATE class 22: a value out of its type's range, malformed, too long for its
-    column) or a parameter the driver could not encode (an integer beyond int4 or int8): the request's fault."""
-    error: BaseException | None = exc.orig
+    column) or a parameter the driver could not encode (an integer beyond int4 or int8): the request's fault.
+    `exc`: SQLAlchemy's error, or the driver's own."""
+    error: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
     for _ in range(5):  # the driver's error, then what it wraps
         if error is None:
             break
@@ -188,7 +195,7 @@ def caused_by_input(exc: DBAPIError) -> bool:
 
 
 def _sqlstate(exc: Exception) -> str | None:
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    sqlstate = getattr(exc.orig if isinstance(exc, DBAPIError) else exc, "sqlstate", None)
     return sqlstate if isinstance(sqlstate, str) else None
 
 
@@ -197,15 +204,21 @@ def _sqlstate(exc: Exception) -> str | None:
 TRANSIENT_SQLSTATES = ("08", "40", "53", "57P01", "57P02", "57P03")
 
 
-def database_unavailable(exc: DBAPIError) -> bool:
+def database_unavailable(exc: Exception) -> bool:
     """The database is away or busy for now (a 503 and a retry later, never a 500): the connection was lost
-    (asyncpg's failures surface with `connection_invalidated`), or the server answered with a transient SQLSTATE."""
-    return exc.connection_invalidated or (_sqlstate(exc) or "").startswith(TRANSIENT_SQLSTATES)
+    (asyncpg's failures surface in SQLAlchemy with `connection_invalidated`; on the driver's own connection as
+    its "connection is closed", the test SQLAlchemy's asyncpg dialect makes too), or the server answered with a
+    transient SQLSTATE."""
+    lost = (
+        exc.connection_invalidated
+        if isinstance(exc, DBAPIError)
+        else isinstance(exc, DriverInterfaceError) and "connection is closed" in str(exc)
+    )
+    return lost or (_sqlstate(exc) or "").startswith(TRANSIENT_SQLSTATES)
 
 
 def _dbapi(down: Any, data: Any, other: Any) -> Any:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, DBAPIError)
         if caused_by_input(exc):
             result: JSONResponse = await data(request, exc)
         elif database_unavailable(exc):
