@@ -20,9 +20,9 @@ for up to two years; full-text queries, a selective and a broad one. The baselin
 bare app (bench/benchlib/bare_app.py, `GET /incidents`) reading the same table, one SELECT of 50 rows by the
 (created_at, id) index (its own keyset cursor for the deep page), no token, no SLA clocks. p50/p95 per case
 against the targets of issue 10 (any page p95 <= 15 ms; full text p95 <= 50 ms), then EXPLAIN (ANALYZE,
-BUFFERS) of the SQL behind each case: the statement is built by the service's own code (its list_incidents with
-a session that records instead of executing), compiled for asyncpg and explained as the service's role with the
-same parameters; when the service's code no longer fits that call, EXPLAIN is skipped and says why. Ends with
+BUFFERS) of the SQL behind each case: the statement and its arguments as the service's own code gives them to
+the driver (incident.queries.page_statement), explained as the service's role with the same parameters; when the
+service's code no longer fits that call, EXPLAIN is skipped and says why. Ends with
 the summary table (also kept in build/bench/ for `make bench`). Everything started is stopped and the scratch
 database dropped, also on failure or Ctrl-C. The data: benchlib/incident_data.py; EXPLAIN: benchlib/list_explain.py.
 

@@ -1,49 +1,14 @@
-"""EXPLAIN (ANALYZE, BUFFERS) of the SQL behind the cases of bench/incident_list.py: the statement is built by the
-incident service's own code (its list_incidents with a session that records instead of executing), compiled for
-asyncpg and explained as the service's role with the same parameters; with the generic plan too when it differs
-(what a prepared statement may switch to). When the service's code no longer fits that call, the caller says so
-and skips it."""
+"""EXPLAIN (ANALYZE, BUFFERS) of the SQL behind the cases of bench/incident_list.py: the page's statement and its
+arguments as the incident service's own code gives them to the driver (incident.queries.page_statement), and its
+page's clocks (PAGE_CLOCKS_SQL), explained as the service's role with the same parameters; with the generic plan
+too when it differs (what a prepared statement may switch to). When the service's code no longer fits these
+calls, the caller says so and skips it."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
 from typing import Any
-
-
-class _NoRows:
-    def all(self) -> list[Any]:
-        return []
-
-
-class RecordingSession:
-    """Stands in for the AsyncSession: records the statements the service code would run."""
-
-    def __init__(self) -> None:
-        self.statements: list[Any] = []
-
-    async def exec(self, statement: Any, parameters: dict[str, Any] | None = None) -> _NoRows:
-        self.statements.append(statement.params(parameters) if parameters else statement)
-        return _NoRows()
-
-    execute = exec  # the list reads rows (session.execute), other queries ORM objects (session.exec)
-
-    async def connection(self) -> RecordingSession:
-        return self  # the list reads on the session's Core connection
-
-
-def _service_function(name: str) -> Any:
-    """incident.queries.<name>, or incident.service.<name> in older layouts; the service's code is being
-    reworked, so EXPLAIN is skipped (with the reason) when neither fits."""
-    import importlib
-
-    for module in ("incident.queries", "incident.service"):
-        with contextlib.suppress(ImportError):
-            found = getattr(importlib.import_module(module), name, None)
-            if found is not None:
-                return found
-    raise LookupError(f"no {name} in incident.queries or incident.service")
 
 
 def router_filters(params: dict[str, Any]) -> dict[str, Any]:
@@ -55,40 +20,27 @@ def router_filters(params: dict[str, Any]) -> dict[str, Any]:
     return filters | {"created_after": None, "created_before": None, "sla_breached": None, "q": params.get("q")}
 
 
-def _compiled(statement: Any) -> tuple[str, list[Any]]:
-    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
-
-    compiled = statement.compile(dialect=asyncpg_dialect.dialect(), compile_kwargs={"render_postcompile": True})
-    return str(compiled), [compiled.params[name] for name in compiled.positiontup]
-
-
 async def service_sql(params: dict[str, Any]) -> tuple[str, list[Any]]:
     """The list query and its parameters, as the service builds them for these query parameters."""
     from incident import queries
     from itsm_shared.auth import Principal, Role
     from itsm_shared.pagination import parse_sort
 
-    session = RecordingSession()
     principal = Principal(id=uuid.uuid4(), roles=frozenset({Role.AGENT}))
-    await _service_function("list_incidents")(
-        session,
+    sql, arguments = queries.page_statement(
         principal,
         sort=parse_sort(params.get("sort", "-created_at"), queries.SORTS),
         limit=int(params.get("limit", 50)),
         cursor=params.get("cursor"),
         filters=router_filters(params),
     )
-    return _compiled(session.statements[0])
+    return sql, arguments
 
 
 async def clocks_sql(ids: list[uuid.UUID]) -> tuple[str, list[Any]]:
     from incident import queries
 
-    if (page_clocks := getattr(queries, "PAGE_CLOCKS", None)) is not None:  # the list's own statement
-        return _compiled(page_clocks.params(ids=ids))
-    session = RecordingSession()
-    await _service_function("clocks_of")(session, ids)
-    return _compiled(session.statements[0])
+    return queries.PAGE_CLOCKS_SQL, [ids]
 
 
 UUID_LIST_RE = re.compile(r"\{[0-9a-f-]{36}(?:,[0-9a-f-]{36})+\}")

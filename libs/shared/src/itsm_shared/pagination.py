@@ -15,7 +15,7 @@ from uuid import UUID
 
 from fastapi import Query, Response
 from pydantic import BaseModel, BeforeValidator
-from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, literal, tuple_
+from sqlalchemy import BigInteger, ColumnElement, Integer, SmallInteger, bindparam, tuple_
 
 from itsm_shared.errors import Invalid
 from itsm_shared.json_body import json_response
@@ -112,6 +112,8 @@ def check_limit(limit: int) -> int:
 
 
 S = TypeVar("S", bound=Any)
+# The parameters of a page's statement (`keyset_statement`): the cursor's sort value and id, and the rows to fetch.
+AFTER_VALUE, AFTER_ID, PAGE_LIMIT = "page_after_value", "page_after_id", "page_limit"
 
 
 def keyset(stmt: S, sort: Sort, id_column: Any, limit: int, cursor: str | None) -> S:
@@ -120,14 +122,32 @@ def keyset(stmt: S, sort: Sort, id_column: Any, limit: int, cursor: str | None) 
     The cursor condition is a row comparison, `(col, id) > (value, last_id)`, which PostgreSQL turns into an
     index range on (col, id): a page deep in the list costs what the first one does. Sort columns are NOT NULL.
     """
-    if cursor:
-        value, last_id = decode_cursor(cursor, sort)
-        row, bound = tuple_(sort.column, id_column), tuple_(literal(value, sort.column.type), literal(last_id))
-        after: ColumnElement[bool] = row < bound if sort.descending else row > bound
-        stmt = stmt.where(after)
+    return keyset_statement(stmt, sort, id_column, after=cursor is not None, values=keyset_values(sort, limit, cursor))
+
+
+def keyset_statement(stmt: S, sort: Sort, id_column: Any, *, after: bool, values: Mapping[str, Any] | None = None) -> S:
+    """`keyset`'s statement with its parameters named (AFTER_VALUE and AFTER_ID when `after` a cursor, PAGE_LIMIT):
+    bound to `values`, or left for the caller to pass at each run (`keyset_values`) of a statement compiled once."""
+
+    def parameter(name: str, type_: Any) -> Any:
+        return bindparam(name, type_=type_) if values is None else bindparam(name, values[name], type_=type_)
+
+    if after:
+        row = tuple_(sort.column, id_column)
+        bound = tuple_(parameter(AFTER_VALUE, sort.column.type), parameter(AFTER_ID, id_column.type))
+        condition: ColumnElement[bool] = row < bound if sort.descending else row > bound
+        stmt = stmt.where(condition)
     order = (sort.column.desc(), id_column.desc()) if sort.descending else (sort.column.asc(), id_column.asc())
-    ordered: S = stmt.order_by(*order).limit(check_limit(limit) + 1)
+    ordered: S = stmt.order_by(*order).limit(parameter(PAGE_LIMIT, Integer()))
     return ordered
+
+
+def keyset_values(sort: Sort, limit: int, cursor: str | None) -> dict[str, Any]:
+    """The parameters of `keyset_statement` for a page: 422 for a cursor or a limit out of bounds."""
+    values: dict[str, Any] = {PAGE_LIMIT: check_limit(limit) + 1}
+    if cursor:
+        values[AFTER_VALUE], values[AFTER_ID] = decode_cursor(cursor, sort)
+    return values
 
 
 def page_of(rows: Sequence[T], sort: Sort, limit: int, *, value_of: Any, id_of: Any) -> tuple[list[T], str | None]:

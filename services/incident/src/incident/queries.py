@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from itsm_shared.auth import Principal, Role
 from itsm_shared.db import read_connection
 from itsm_shared.errors import Forbidden, NotFound
-from itsm_shared.pagination import Sort, keyset, page_of
+from itsm_shared.pagination import Sort, keyset_statement, keyset_values, page_of
 from itsm_shared.schemas import HistoryRead, Transition
 from sqlalchemy import ColumnElement, func
 from sqlalchemy.dialects.postgresql import ARRAY, asyncpg
@@ -153,34 +154,69 @@ async def list_incidents(
     cursor: str | None,
     filters: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], str | None]:
-    if is_requester_only(principal) and not principal.has(Role.REQUESTER):
-        raise Forbidden("no role that reads incidents")
-    stmt = select(*LISTED).where(*_visible_to(principal))
-    for name in EQUALITY_FILTERS:
-        if filters.get(name) is not None:
-            stmt = stmt.where(getattr(Incident, name) == filters[name])
-    if filters.get("status"):
-        stmt = stmt.where(col(Incident.status).in_(filters["status"]))
-    if filters.get("created_after"):
-        stmt = stmt.where(col(Incident.created_at) >= filters["created_after"])
-    if filters.get("created_before"):
-        stmt = stmt.where(col(Incident.created_at) < filters["created_before"])
-    if filters.get("q"):
-        stmt = stmt.where(col(Incident.search).op("@@")(func.websearch_to_tsquery("english", filters["q"])))
-    # Rows, not ORM objects, on the session's Core connection: a page is read, never changed.
-    connection = await read_connection(session)
-    rows = (await connection.execute(keyset(stmt, sort, Incident.id, limit, cursor))).all()
-    items, next_cursor = page_of(rows, sort, limit, value_of=lambda r: r._mapping[sort.name], id_of=lambda r: r.id)
-    # Plain values from here on: a Row's attribute costs several times a dict's or a named tuple's lookup.
+    sql, arguments = page_statement(principal, sort=sort, limit=limit, cursor=cursor, filters=filters)
+    # Rows, not ORM objects, on the driver's connection: a page is read, never changed.
+    driver: Any = (await (await read_connection(session)).get_raw_connection()).driver_connection
+    records = await driver.fetch(sql, *arguments)
+    items, next_cursor = page_of(records, sort, limit, value_of=lambda r: r[sort.name], id_of=lambda r: r["id"])
+    # Plain values from here on: a record's lookup by name costs several times a dict's or a named tuple's.
     page = [dict(zip(READ_FIELDS, r, strict=True)) for r in items]
     clocks: dict[uuid.UUID, dict[str, Any]] = {values["id"]: {} for values in page}
     if items:
-        driver: Any = (await connection.get_raw_connection()).driver_connection
         for row in await driver.fetch(PAGE_CLOCKS_SQL, list(clocks)):
             clock: Any = ListedClock._make(row)
             clocks[clock.incident_id][clock.kind] = clock
     now = utcnow()
     return [shown(values, clocks[values["id"]], now) for values in page], next_cursor
+
+
+def page_statement(
+    principal: Principal, *, sort: Sort, limit: int, cursor: str | None, filters: Mapping[str, Any]
+) -> tuple[str, list[Any]]:
+    """The SQL of a page of the list and its arguments, for the driver: the statement is built and compiled once
+    per shape (which filters, how many statuses, the sort, a cursor or not; `_page_sql`), where SQLAlchemy would
+    build it, derive its cache key and make a Row of each incident on every request (8-10 % of a list's CPU)."""
+    if is_requester_only(principal) and not principal.has(Role.REQUESTER):
+        raise Forbidden("no role that reads incidents")
+    values: dict[str, Any] = {name: filters[name] for name in EQUALITY_FILTERS if filters.get(name) is not None}
+    values |= {name: filters[name] for name in RANGE_AND_TEXT_FILTERS if filters.get(name)}
+    statuses = tuple(dict.fromkeys(filters.get("status") or ()))  # each once: one shape per number of them
+    values |= {f"status_{i}": status for i, status in enumerate(statuses)}
+    values |= keyset_values(sort, limit, cursor)
+    requester = is_requester_only(principal)
+    if requester:
+        values["me"] = principal.id
+    filtered = tuple(name for name in (*EQUALITY_FILTERS, *RANGE_AND_TEXT_FILTERS) if name in values)
+    sql, names = _page_sql(requester, filtered, len(statuses), sort.name, sort.descending, cursor is not None)
+    return sql, [values[name] for name in names]
+
+
+RANGE_AND_TEXT_FILTERS = ("created_after", "created_before", "q")
+
+
+@functools.lru_cache(maxsize=512)
+def _page_sql(
+    requester: bool, filtered: tuple[str, ...], statuses: int, sort: str, descending: bool, after: bool
+) -> tuple[str, tuple[str, ...]]:
+    """A page's statement, compiled for asyncpg, and the names of its parameters in order."""
+    stmt = select(*LISTED).where(col(Incident.deleted_at).is_(None))
+    if requester:
+        stmt = stmt.where(col(Incident.caller_id) == sa.bindparam("me"))
+    for name in filtered:
+        stmt = stmt.where(_FILTERS[name] if name in _FILTERS else getattr(Incident, name) == sa.bindparam(name))
+    if statuses:
+        stmt = stmt.where(col(Incident.status).in_([sa.bindparam(f"status_{i}") for i in range(statuses)]))
+    ordered = keyset_statement(stmt, Sort(SORTS[sort], descending, sort), Incident.id, after=after)
+    compiled = ordered.compile(dialect=asyncpg.dialect())  # type: ignore[no-untyped-call]
+    assert all(not bind.value for bind in compiled.binds.values()), "every value a named parameter"
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
+_FILTERS: dict[str, ColumnElement[bool]] = {
+    "created_after": col(Incident.created_at) >= sa.bindparam("created_after"),
+    "created_before": col(Incident.created_at) < sa.bindparam("created_before"),
+    "q": col(Incident.search).op("@@")(func.websearch_to_tsquery(sa.literal_column("'english'"), sa.bindparam("q"))),
+}
 
 
 async def notes(session: AsyncSession, incident: Incident, principal: Principal) -> Sequence[IncidentNote]:
