@@ -13,6 +13,7 @@ import aio_pika
 import httpx
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
 from itsm_shared.testing import Listen
+import stack as stack_module  # deploy/, on the path from conftest
 
 from .conftest import User, new_user
 from .incidents_support import INCIDENTS, assert_sla_block, create, get, listed, patch, transitions
@@ -275,6 +276,25 @@ async def test_list_filters_search_and_cursor(http: httpx.AsyncClient, agent: Us
         response = await http.get(INCIDENTS, headers=agent.headers(), params=bad)
         assert response.status_code == 422, (bad, response.text)
         assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_list_filter_the_database_refuses_is_422_and_no_service_logs_each_request(
+    http: httpx.AsyncClient, agent: User, stack: stack_module.Stack
+) -> None:
+    """A filter value PostgreSQL cannot take (U+0000 in text), sent to the list's statement on the driver: 422, as
+    SQLAlchemy's statements answer. And the services write no access line per request (the gateway keeps the
+    access log; they are started with --no-access-log, which their logging set-up once turned back on: a JSON line
+    per request, 1.5 % of a list's CPU): the 422 is logged, the request line is not."""
+    log = stack.settings.run_dir / "incident.log"
+    start = log.stat().st_size
+    marker = f"nul{uuid.uuid4().hex[:10]}"
+    response = await http.get(INCIDENTS, headers=agent.headers(), params={"category": f"{marker}\x00"})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert (await http.get(INCIDENTS, headers=agent.headers(), params={"category": marker})).status_code == 200
+    written = log.read_bytes()[start:].decode()
+    assert "database refused a value of the request" in written, "the log is written as it goes"
+    assert marker not in written, "no access line with the request's path"
 
 
 # ---------------------------------------------------------------- ETag and Idempotency-Key

@@ -63,8 +63,13 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+        logger = logging.getLogger(name)
+        if not logger.handlers and not logger.propagate:
+            # Turned off (uvicorn's --no-access-log): it stays off. uvicorn writes an access line whenever the
+            # logger has a handler, its parents' included, so propagating would turn it back on.
+            continue
+        logger.handlers[:] = []
+        logger.propagate = True
 
 
 class RequestContext:
