@@ -11,9 +11,9 @@ from typing import Any
 
 import aio_pika
 import httpx
+import stack as stack_module  # deploy/, on the path from conftest
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
 from itsm_shared.testing import Listen
-import stack as stack_module  # deploy/, on the path from conftest
 
 from .conftest import User, new_user
 from .incidents_support import INCIDENTS, assert_sla_block, create, get, listed, patch, transitions
