@@ -79,7 +79,7 @@ async def driver_connection(session: AsyncSession, *, sole: bool = False) -> Any
         if session.info.get(_SOLE):
             raise RuntimeError("a statement after its transaction's sole statement, which has committed")
         if sole and fresh:
-            session.info[_SOLE] = True
+            session.info[_SOLE] = adapter
         else:
             await adapter._start_transaction()
     return raw.driver_connection
@@ -94,14 +94,13 @@ async def read_connection(session: AsyncSession) -> AsyncConnection:
     return await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
-async def _ran_after_sole(session: AsyncSession) -> bool:
+def _ran_after_sole(session: AsyncSession) -> bool:
     """The session's sole statement (`driver_connection(sole=True)`) was followed by one that began a
     transaction (through SQLAlchemy, which sends BEGIN with its first statement), or by ORM changes that the
     commit would flush in a transaction of their own."""
     if session.new or session.dirty or session.deleted:
         return True
-    raw = await (await session.connection()).get_raw_connection()
-    return raw.dbapi_connection is not None and raw.dbapi_connection._transaction is not None
+    return session.info[_SOLE]._transaction is not None
 
 
 def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
@@ -111,10 +110,14 @@ def after_commit(session: AsyncSession, action: Callable[[], None]) -> None:
 
 
 async def _commit(session: AsyncSession) -> None:
-    if session.info.get(_SOLE) and await _ran_after_sole(session):
-        await session.rollback()
-        raise RuntimeError("a statement after its transaction's sole statement, which has committed")
-    await session.commit()
+    if session.info.get(_SOLE):
+        if _ran_after_sole(session):
+            await session.rollback()
+            raise RuntimeError("a statement after its transaction's sole statement, which has committed")
+        # Nothing to commit: the sole statement committed by itself, and SQLAlchemy's commit of an empty
+        # transaction would cost more than the rest of the seam (the session's close ends it).
+    else:
+        await session.commit()
     for action in session.info.pop(_AFTER_COMMIT, {}):
         action()
 
