@@ -26,5 +26,11 @@ def _default(value: Any) -> Any:
     return to_jsonable_python(value)
 
 
+def json_text(value: Any, *, sort_keys: bool = False) -> str:
+    """JSON text of plain values (a jsonb parameter, a cache key) with orjson, a fifth of json.dumps' cost.
+    Unlike `json.dumps(allow_nan=False)` it writes NaN and Infinity as null: not for events."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode()
+
+
 def json_response(value: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(dumps(value), status_code=status_code, headers=headers, media_type="application/json")

@@ -26,6 +26,7 @@ from itsm_shared import outbox
 from itsm_shared.db import driver_connection
 from itsm_shared.errors import NotFound
 from itsm_shared.events import new_event
+from itsm_shared.json_body import json_text
 from itsm_shared.schemas import HistoryRead
 
 
@@ -98,7 +99,7 @@ def _json_columns(table: sa.Table) -> frozenset[str]:
 
 def _params(table: sa.Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[Any]:
     json_columns = _json_columns(table)
-    return [json.dumps(row[c]) if c in json_columns else row[c] for row in rows for c in columns]
+    return [json_text(row[c]) if c in json_columns else row[c] for row in rows for c in columns]
 
 
 def stored_columns(table: sa.Table) -> tuple[str, ...]:

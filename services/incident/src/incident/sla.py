@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from itsm_shared.json_body import json_text
+
 from incident.calendar import Calendar, add_business_time, business_seconds_between
 from incident.models import ClockKind, ClockState, SlaClock, SlaPolicy
 
@@ -61,7 +63,7 @@ class NewClock:
 def calendar_of(clock: Clock) -> Calendar:
     """The clock's calendar: stored JSON (a dict, or its text as a list query reads it), parsed once."""
     calendar: Any = clock.calendar
-    return _parsed(calendar if isinstance(calendar, str) else json.dumps(calendar, sort_keys=True))
+    return _parsed(calendar if isinstance(calendar, str) else json_text(calendar, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=256)
