@@ -64,11 +64,16 @@ def require_worker(principal: Principal) -> None:
 
 def _visible_to(principal: Principal) -> list[ColumnElement[bool]]:
     """What limits the incidents a principal sees: not deleted, and a requester's own."""
+    if is_requester_only(principal) and not principal.has(Role.REQUESTER):
+        raise NotFound("no such incident")
+    return _visibility(is_requester_only(principal), principal.id)
+
+
+def _visibility(requester_only: bool, caller: Any) -> list[ColumnElement[bool]]:
+    """Not deleted, and for a requester only their own (`caller`: their id, or a parameter for it)."""
     where: list[ColumnElement[bool]] = [col(Incident.deleted_at).is_(None)]
-    if is_requester_only(principal):
-        if not principal.has(Role.REQUESTER):
-            raise NotFound("no such incident")
-        where.append(col(Incident.caller_id) == principal.id)
+    if requester_only:
+        where.append(col(Incident.caller_id) == caller)
     return where
 
 
@@ -199,16 +204,14 @@ def _page_sql(
     requester: bool, filtered: tuple[str, ...], statuses: int, sort: str, descending: bool, after: bool
 ) -> tuple[str, tuple[str, ...]]:
     """A page's statement, compiled for asyncpg, and the names of its parameters in order."""
-    stmt = select(*LISTED).where(col(Incident.deleted_at).is_(None))
-    if requester:
-        stmt = stmt.where(col(Incident.caller_id) == sa.bindparam("me"))
+    stmt = select(*LISTED).where(*_visibility(requester, sa.bindparam("me")))
     for name in filtered:
         stmt = stmt.where(_FILTERS[name] if name in _FILTERS else getattr(Incident, name) == sa.bindparam(name))
     if statuses:
         stmt = stmt.where(col(Incident.status).in_([sa.bindparam(f"status_{i}") for i in range(statuses)]))
     ordered = keyset_statement(stmt, Sort(SORTS[sort], descending, sort), Incident.id, after=after)
     compiled = ordered.compile(dialect=asyncpg.dialect())  # type: ignore[no-untyped-call]
-    assert all(not bind.value for bind in compiled.binds.values()), "every value a named parameter"
+    assert all(bind.value is None for bind in compiled.binds.values()), "every value a named parameter"
     return str(compiled), tuple(compiled.positiontup or ())
 
 
