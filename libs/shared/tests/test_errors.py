@@ -185,9 +185,13 @@ async def test_a_pooled_connection_the_server_ended_is_not_handed_out(settings: 
             killer = await asyncpg.connect(asyncpg_dsn(settings.database_url))
             try:
                 assert await killer.fetchval("SELECT pg_terminate_backend($1)", first)
+                for _ in range(100):  # until the backend has exited
+                    if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", first):
+                        break
+                    await asyncio.sleep(0.05)
             finally:
                 await killer.close()
-            await asyncio.sleep(0.5)  # the pooled connection reads the server's goodbye
+            await asyncio.sleep(0.2)  # the pooled connection reads the end of its socket
             response = await client.get("/api/v1/data/backend")
             assert response.status_code == 200, response.text
             assert response.json()["pid"] != first
