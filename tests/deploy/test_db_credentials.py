@@ -234,6 +234,7 @@ def test_one_services_credential_does_not_open_another_services_role(tmp_path: P
             asyncio.run(_attack(settings.database_url, password))
         finally:
             runner.stop()
+            runner.drop_broker_users()
             queues = tuple(settings.queue_prefix + q for name in wanted for q in services.get(name).queues)
             asyncio.run(remove_topology(settings.amqp_url, settings.exchange, settings.dead_letter_exchange, queues))
 
