@@ -39,20 +39,31 @@ async def test_a_first_and_sole_statement_commits_by_itself(
     assert await stored(engine) == [1]
 
 
-async def test_sole_after_another_statement_stays_in_the_transaction(
-    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+async def write_then_fail(
+    sessions: async_sessionmaker[AsyncSession], then: Callable[[AsyncSession], Awaitable[None]]
 ) -> None:
-    async def second_then_fail() -> None:
+    """In one transaction of the seam: a write through SQLAlchemy (which sends BEGIN), `then`, and an error."""
+
+    async def run() -> None:
         async with transaction(sessions) as session:
             await session.execute(text(insert(1)))
-            connection = await driver_connection(session, sole=True)
-            assert connection.is_in_transaction()
-            await connection.execute(insert(2))
-            assert await stored(engine) == []
+            await then(session)
             raise RuntimeError("undone")
 
     with pytest.raises(RuntimeError, match="undone"):
-        await second_then_fail()
+        await run()
+
+
+async def test_sole_after_another_statement_stays_in_the_transaction(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async def sole(session: AsyncSession) -> None:
+        connection = await driver_connection(session, sole=True)
+        assert connection.is_in_transaction()
+        await connection.execute(insert(2))
+        assert await stored(engine) == []
+
+    await write_then_fail(sessions, sole)
     assert await stored(engine) == [], "both statements rolled back together"
 
 
@@ -94,14 +105,10 @@ async def test_a_reading_session_sends_no_begin(sessions: async_sessionmaker[Asy
 async def test_read_connection_keeps_a_transaction_already_begun(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
-    async def write_read_then_fail() -> None:
-        async with transaction(sessions) as session:
-            await session.execute(text(insert(1)))
-            connection = await read_connection(session)
-            assert (await connection.execute(text("SELECT count(*) FROM outbox"))).scalar() == 1
-            assert (await connection.get_raw_connection()).driver_connection.is_in_transaction()
-            raise RuntimeError("undone")
+    async def read(session: AsyncSession) -> None:
+        connection = await read_connection(session)
+        assert (await connection.execute(text("SELECT count(*) FROM outbox"))).scalar() == 1
+        assert (await connection.get_raw_connection()).driver_connection.is_in_transaction()
 
-    with pytest.raises(RuntimeError, match="undone"):
-        await write_read_then_fail()
+    await write_then_fail(sessions, read)
     assert await stored(engine) == []

@@ -148,6 +148,7 @@ EQUALITY_FILTERS = (
     "problem_id",
     "sla_breached",
 )
+RANGE_AND_TEXT_FILTERS = ("created_after", "created_before", "q")
 
 
 async def list_incidents(
@@ -194,9 +195,6 @@ def page_statement(
     filtered = tuple(name for name in (*EQUALITY_FILTERS, *RANGE_AND_TEXT_FILTERS) if name in values)
     sql, names = _page_sql(requester, filtered, len(statuses), sort.name, sort.descending, cursor is not None)
     return sql, [values[name] for name in names]
-
-
-RANGE_AND_TEXT_FILTERS = ("created_after", "created_before", "q")
 
 
 @functools.lru_cache(maxsize=512)
