@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from itsm_shared.relay_process import RELAY_COMM
+
 from benchlib.machine import CPUS
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -61,6 +63,7 @@ RABBITMQ = "rabbitmq (beam.smp)"
 MACHINE = "machine busy"
 INTERRUPTS = "kernel interrupts (irq + softirq)"
 NOT_OURS = "not ours (rest of the machine)"
+RELAY_SUFFIX = " relay"
 OTHER = "~"  # prefix of the groups of processes that are not ours: "~<command>"
 
 
@@ -74,6 +77,7 @@ class CpuMeter:
 
     - `groups`: name -> process group id. The stack starts every service, Traefik and the bare app in a
       session of its own, so its pid is its group: every process and thread of it is counted.
+      A service's outbox relay process counts apart, as "<service> relay".
     - `pids`: name -> single pids (the outside subscriber, this process).
     - PostgreSQL: the backends connected to `databases` plus the server's own processes (postmaster,
       walwriter, checkpointer, background writer, autovacuum launcher...), which work for every commit;
@@ -110,6 +114,8 @@ class CpuMeter:
                 group = by_pid[pid]
             elif stat.pgrp in by_group:
                 group = by_group[stat.pgrp]
+                if stat.comm == RELAY_COMM:  # a service's outbox relay process (itsm_shared.relay_process)
+                    group += RELAY_SUFFIX
             elif stat.comm == "postgres" and pid not in self.exclude:
                 database = databases.get(pid)
                 if database is None or database in self.databases:

@@ -28,7 +28,7 @@ from itsm_shared.errors import install_error_handlers
 from itsm_shared.events import CloudEvent, routing_key
 from itsm_shared.observability import configure_logging, health_router, install_request_context
 from itsm_shared.openapi import describe_responses
-from itsm_shared.relay import OutboxRelay
+from itsm_shared.relay_process import RelayProcess
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.trust import broker_user, connection_user
 
@@ -44,7 +44,7 @@ class Runtime:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     broker: RabbitBroker
-    relay: OutboxRelay
+    relay: RelayProcess
     # Set once the broker is connected, the topology declared and the subscribers started.
     broker_started: asyncio.Event = field(default_factory=asyncio.Event)
     extras: dict[str, Any] = field(default_factory=dict)
@@ -116,13 +116,8 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         sessions = session_factory(engine)
         broker = make_broker(settings)
         broker_started = asyncio.Event()
-        # The relay runs in a thread of its own (itsm_shared.relay); it waits for the topology to be declared.
-        relay = OutboxRelay(
-            service=spec.name,
-            settings=settings,
-            ready=broker_started.is_set,
-            user_id=connection_user(settings.amqp_url),
-        )
+        # The relay runs in a process of its own (itsm_shared.relay_process), once the topology is declared.
+        relay = RelayProcess(service=spec.name, settings=settings, user_id=connection_user(settings.amqp_url))
         rt = Runtime(spec.name, settings, engine, sessions, broker, relay, broker_started)
         app.state.runtime = rt
         app.state.sessions = sessions
@@ -139,7 +134,7 @@ def create_app(spec: ServiceSpec) -> FastAPI:
         tasks = [asyncio.create_task(_connect_broker(rt, queues), name="broker-connect")]
         tasks += [asyncio.create_task(loop(rt), name=getattr(loop, "__name__", "loop")) for loop in spec.background]
         if spec.outbox:
-            relay.start()
+            relay.start(broker_started)
         # What start-up built (modules, models, routes, the engine) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it, which took a request's p99 from about 10 to 50-90 ms.
         gc.collect()

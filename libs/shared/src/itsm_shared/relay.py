@@ -1,11 +1,11 @@
-"""The outbox relay: publishes committed outbox rows, in a thread of its own.
+"""The outbox relay: publishes committed outbox rows, on an event loop of its own in a thread of its own.
 
 Requests saturating a service's event loop would otherwise delay its events by seconds: each step of a relay
 pass (claim, publish, confirm, mark) waits for a turn of a loop that dozens of requests share. The relay runs its
-own event loop in its own thread, with its own PostgreSQL connection and its own broker connection, so it is
-scheduled by the interpreter every millisecond (`SWITCH_INTERVAL`) whatever the request load. A transaction of
-this process that wrote outbox rows wakes it once committed (`itsm_shared.outbox.written`); it also sweeps every
-`outbox_sweep_seconds`, for rows another process committed and did not publish.
+own event loop in its own thread, with its own PostgreSQL connection and its own broker connection; a service
+runs it in a process of its own (`itsm_shared.relay_process`), so no request thread holds the interpreter's lock
+it needs. A transaction that wrote outbox rows wakes it once committed (`itsm_shared.outbox.written`); it also
+sweeps every `outbox_sweep_seconds`, for rows another process committed and did not publish.
 
 A pass claims a batch of due rows (`FOR UPDATE SKIP LOCKED`: replicas share the work), publishes all of it at
 once, persistent and mandatory, with the service's broker user as AMQP `user_id` (RabbitMQ checks it), and marks
@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,11 +42,6 @@ log = logging.getLogger(__name__)
 KEEP_PUBLISHED = timedelta(days=7)
 HOUSEKEEPING_SECONDS = 30.0
 PUBLISH_TIMEOUT = 10.0
-# How long the interpreter lets a thread hold the GIL while another waits for it (Python's default: 5 ms). Each
-# step of a pass (claim, publish, confirm, mark) needs the GIL back from a request thread that is busy: at 5 ms a
-# turn, the saturated create bench saw its events' lag at p99 135-162 ms; at 1 ms, 71-72 ms, for about 5 % more of
-# the process's CPU per create.
-SWITCH_INTERVAL = 0.001
 
 CLAIM = """
 SELECT id, routing_key, attempts, payload::text AS body, payload ->> 'type' AS type,
@@ -79,13 +73,10 @@ class OutboxRelay:
         *,
         service: str,
         settings: ServiceSettings,
-        ready: Callable[[], bool] | None = None,
         user_id: str | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
-        # Publishing before the topology exists would only fail and back off: wait until it is declared.
-        self._ready = ready or (lambda: True)
         self.user_id = user_id
         self.amqp_urls: Sequence[str] = settings.broker_urls()
         self._thread: threading.Thread | None = None
@@ -96,12 +87,12 @@ class OutboxRelay:
         self._amqp: AbstractConnection | None = None
         self._channel: aiormq.Channel | None = None
         self._last_housekeeping = 0.0
+        self._loop_thread: int | None = None
         self._started = threading.Event()
 
     # ------------------------------------------------------------ lifecycle (called from the service's loop)
 
     def start(self) -> None:
-        sys.setswitchinterval(SWITCH_INTERVAL)  # process-wide: every thread of the process hands the GIL over sooner
         self._thread = threading.Thread(target=self._main, name=f"outbox-relay-{self.service}", daemon=True)
         self._thread.start()
         self._started.wait(timeout=10)
@@ -109,32 +100,42 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         outbox.RELAYS.discard(self.wake)
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has already ended
-                self._loop.call_soon_threadsafe(self._stop.set)
+        self.stop_soon()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 15)
+
+    def stop_soon(self) -> None:
+        """End `run` (from any thread): the pass under way is cut short, its rows published again later."""
+        self._call(self._stop)
 
     def wake(self) -> None:
         """A pass soon (from any thread). Already woken: the pass to come starts after this call, so it sees
         what committed before it, and the wake costs no call into the relay's loop."""
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None and not wake.is_set():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
+        self._call(self._wake)
+
+    def _call(self, event: asyncio.Event | None) -> None:
+        loop = self._loop
+        if loop is None or event is None or event.is_set():
+            return
+        if threading.get_ident() == self._loop_thread:
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(event.set)
 
     async def publish_now(self) -> int:
         """One pass now, in the relay's thread (tests, and an operator's shell): how many rows it published."""
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.publish_batch(), self._loop))
 
-    # ------------------------------------------------------------ the relay's own thread
+    # ------------------------------------------------------------ the relay's own loop
 
     def _main(self) -> None:
-        uvloop.run(self._run())  # the loop uvicorn runs requests on: its socket writes cost less than asyncio's
+        uvloop.run(self.run())  # the loop uvicorn runs requests on: its socket writes cost less than asyncio's
 
-    async def _run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    async def run(self) -> None:
+        """The relay on the running loop (its own thread's, or a relay process's), until `stop_soon`."""
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         self._stop, self._wake = asyncio.Event(), asyncio.Event()
         self._started.set()
         worker = asyncio.create_task(self._work(), name="outbox-relay")
@@ -146,8 +147,6 @@ class OutboxRelay:
         await self._close_db()
 
     async def _work(self) -> None:
-        while not self._ready():  # noqa: ASYNC110 (a flag of the service's loop, in another thread)
-            await asyncio.sleep(0.1)
         delay = 0.25
         assert self._wake is not None
         self._wake.set()  # a first pass at once: it connects and publishes what waits
