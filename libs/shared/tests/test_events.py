@@ -12,7 +12,7 @@ import aio_pika
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.v1.http import from_json
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE, CloudEvent, new_event, routing_key
-from itsm_shared.observability import correlation_id
+from itsm_shared.logs import correlation_id
 from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.testing import Listen

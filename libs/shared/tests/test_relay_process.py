@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from itsm_shared import outbox, trust
+from itsm_shared import relay as relay_module
+from itsm_shared import trust
 from itsm_shared.events import new_event
 from itsm_shared.relay import application_name
 from itsm_shared.relay_process import RELAY_COMM, RelayProcess
@@ -78,7 +79,9 @@ def command_name(pid: int) -> str:
 
 
 def published() -> float:
-    return float(next(s.value for m in outbox.PUBLISHED.collect() for s in m.samples if s.name.endswith("_total")))
+    return float(
+        next(s.value for m in relay_module.PUBLISHED.collect() for s in m.samples if s.name.endswith("_total"))
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from itsm_shared.db import make_engine, session_factory
 from itsm_shared.docs import docs_router
 from itsm_shared.errors import install_error_handlers
 from itsm_shared.events import CloudEvent, routing_key
-from itsm_shared.observability import configure_logging, health_router, install_request_context
+from itsm_shared.logs import configure_logging
+from itsm_shared.observability import health_router, install_request_context
 from itsm_shared.openapi import describe_responses
 from itsm_shared.relay_process import RelayProcess
 from itsm_shared.settings import ServiceSettings

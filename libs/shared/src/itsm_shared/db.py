@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared.errors import DomainError
+from itsm_shared.settings import asyncpg_dsn as asyncpg_dsn  # where it always was, for its many users
 
 
 def async_url(url: str) -> str:
@@ -22,11 +23,6 @@ def async_url(url: str) -> str:
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+asyncpg")
     return u.render_as_string(hide_password=False)
-
-
-def asyncpg_dsn(url: str) -> str:
-    """The same URL in the form asyncpg.connect() takes."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def make_engine(url: str, *, pool_size: int = 20, statement_timeout_ms: int = 5000) -> AsyncEngine:

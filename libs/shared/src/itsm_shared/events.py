@@ -9,7 +9,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from itsm_shared.observability import current_correlation_id
+from itsm_shared.logs import current_correlation_id
 
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
 SYSTEM_ACTOR = "system"

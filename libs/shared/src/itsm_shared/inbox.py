@@ -29,7 +29,7 @@ from itsm_shared.broker import event_queue, events_exchange
 from itsm_shared.db import transaction
 from itsm_shared.errors import Unavailable, database_unavailable
 from itsm_shared.events import CloudEvent
-from itsm_shared.observability import correlation_id
+from itsm_shared.logs import correlation_id
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.trust import Delivery, connection_user, refusal
 

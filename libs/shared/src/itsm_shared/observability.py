@@ -1,75 +1,23 @@
-"""JSON logs with a correlation id, Prometheus metrics, and the health endpoints."""
+"""The correlation id of each request (logs: itsm_shared.logs), Prometheus metrics, and the health endpoints."""
 
 from __future__ import annotations
 
-import contextvars
-import json
-import logging
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from itsm_shared.logs import correlation_id
+
 CORRELATION_HEADER = "X-Correlation-ID"
 CORRELATION_HEADER_BYTES = CORRELATION_HEADER.lower().encode()
-correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 
 HTTP_REQUESTS = Counter("itsm_http_requests_total", "HTTP requests", ["method", "route", "status"])
 HTTP_LATENCY = Histogram("itsm_http_request_seconds", "HTTP request latency", ["method", "route"])
-
-_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-
-
-def current_correlation_id() -> str:
-    """The request's correlation id, or a new one for work that starts on its own (schedulers, sweeps)."""
-    return correlation_id.get() or str(uuid.uuid4())
-
-
-class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "service": self.service,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        cid = correlation_id.get()
-        if cid:
-            out["correlation_id"] = cid
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def configure_logging(service: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
-        logger = logging.getLogger(name)
-        if not logger.handlers and not logger.propagate:
-            # Turned off (uvicorn's --no-access-log): it stays off. uvicorn writes an access line whenever the
-            # logger has a handler, its parents' included, so propagating would turn it back on.
-            continue
-        logger.handlers[:] = []
-        logger.propagate = True
 
 
 class RequestContext:

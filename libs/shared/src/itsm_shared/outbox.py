@@ -13,32 +13,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
-from prometheus_client import Counter, Gauge
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from itsm_shared.db import after_commit, driver_connection
 from itsm_shared.events import new_event, routing_key
+from itsm_shared.relay import wake_relays
 
 __all__ = ["routing_key"]
-
-PUBLISHED = Counter("itsm_outbox_published_total", "Events published and confirmed by the broker")
-FAILED = Counter("itsm_outbox_publish_failures_total", "Publish attempts that failed", ["reason"])
-PENDING = Gauge("itsm_outbox_pending", "Outbox rows not yet published at the last sweep")
-
-MAX_BACKOFF = timedelta(seconds=60)
-
-
-# The relays running in this process (OutboxRelay.start adds its wake, stop takes it away).
-RELAYS: set[Callable[[], None]] = set()
-
-
-def wake_relays() -> None:
-    for wake in tuple(RELAYS):
-        wake()
 
 
 def written(session: AsyncSession) -> None:
@@ -67,7 +50,3 @@ async def append(session: AsyncSession, *events: dict[str, Any]) -> None:
 async def emit(session: AsyncSession, **event: Any) -> None:
     """`append` of a `new_event(...)` built from these fields."""
     await append(session, new_event(**event))
-
-
-def backoff(attempts: int) -> timedelta:
-    return min(timedelta(milliseconds=250 * 2 ** min(attempts, 10)), MAX_BACKOFF)

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,15 +30,23 @@ import asyncpg
 import uvloop
 from aiormq.abc import AbstractConnection
 from pamqp import commands as spec
+from prometheus_client import Counter, Gauge
 
-from itsm_shared import faults, outbox
-from itsm_shared.db import asyncpg_dsn
+from itsm_shared import faults
 from itsm_shared.events import CLOUDEVENTS_CONTENT_TYPE
-from itsm_shared.outbox import FAILED, PENDING, PUBLISHED, backoff
-from itsm_shared.settings import ServiceSettings
+from itsm_shared.settings import ServiceSettings, asyncpg_dsn
 
 log = logging.getLogger(__name__)
 
+PUBLISHED = Counter("itsm_outbox_published_total", "Events published and confirmed by the broker")
+FAILED = Counter("itsm_outbox_publish_failures_total", "Publish attempts that failed", ["reason"])
+PENDING = Gauge("itsm_outbox_pending", "Outbox rows not yet published at the last sweep")
+
+# The relays this process wakes after a commit that wrote outbox rows (`outbox.written`): OutboxRelay.start and
+# RelayProcess.start add their wake, stop takes it away.
+RELAYS: set[Callable[[], None]] = set()
+
+MAX_BACKOFF = timedelta(seconds=60)
 KEEP_PUBLISHED = timedelta(days=7)
 HOUSEKEEPING_SECONDS = 30.0
 PUBLISH_TIMEOUT = 10.0
@@ -60,6 +68,15 @@ WHERE outbox.id = f.id
 """
 DELETE_OLD = "DELETE FROM outbox WHERE published_at < $1"
 COUNT_PENDING = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+
+
+def wake_relays() -> None:
+    for wake in tuple(RELAYS):
+        wake()
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(timedelta(milliseconds=250 * 2 ** min(attempts, 10)), MAX_BACKOFF)
 
 
 def application_name(service: str) -> str:
@@ -96,10 +113,10 @@ class OutboxRelay:
         self._thread = threading.Thread(target=self._main, name=f"outbox-relay-{self.service}", daemon=True)
         self._thread.start()
         self._started.wait(timeout=10)
-        outbox.RELAYS.add(self.wake)
+        RELAYS.add(self.wake)
 
     async def stop(self) -> None:
-        outbox.RELAYS.discard(self.wake)
+        RELAYS.discard(self.wake)
         self.stop_soon()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 15)

@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from itsm_shared import faults, outbox
+from itsm_shared import faults
+from itsm_shared.logs import configure_logging
+from itsm_shared.relay import FAILED, PENDING, PUBLISHED, RELAYS, OutboxRelay
 from itsm_shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class RelayProcess:
     def start(self, ready: asyncio.Event) -> None:
         """Start the relay process once `ready` is set (the topology is declared), and keep one running."""
         self._task = asyncio.create_task(self._supervise(ready), name=f"outbox-relay-{self.service}")
-        outbox.RELAYS.add(self.wake)
+        RELAYS.add(self.wake)
 
     def wake(self) -> None:
         fd = self._wake_fd
@@ -70,7 +72,7 @@ class RelayProcess:
                 os.write(fd, b"w")
 
     async def stop(self) -> None:
-        outbox.RELAYS.discard(self.wake)
+        RELAYS.discard(self.wake)
         self._stopping = True
         self._close_wake()  # end of file: the relay stops
         process = self._process
@@ -168,7 +170,7 @@ async def _take_reports(fd: int) -> None:
 
 
 class Counters:
-    """The relay's counters (`outbox.PUBLISHED`, `FAILED` by reason, `PENDING`), as one JSON line."""
+    """The relay's counters (`PUBLISHED`, `FAILED` by reason, `PENDING`), as one JSON line."""
 
     def __init__(self, published: float = 0, failed: dict[str, float] | None = None, pending: float = 0) -> None:
         self.published = published
@@ -179,11 +181,11 @@ class Counters:
     def read(cls) -> Counters:
         failed = {
             sample.labels["reason"]: sample.value
-            for metric in outbox.FAILED.collect()
+            for metric in FAILED.collect()
             for sample in metric.samples
             if sample.name.endswith("_total")
         }
-        return cls(_value(outbox.PUBLISHED), failed, _value(outbox.PENDING))
+        return cls(_value(PUBLISHED), failed, _value(PENDING))
 
     @classmethod
     def parse(cls, line: bytes) -> Counters:
@@ -199,11 +201,11 @@ class Counters:
 
     def add_to_metrics(self, *, since: Counters) -> None:
         if self.published > since.published:
-            outbox.PUBLISHED.inc(self.published - since.published)
+            PUBLISHED.inc(self.published - since.published)
         for reason, count in self.failed.items():
             if count > since.failed.get(reason, 0):
-                outbox.FAILED.labels(reason).inc(count - since.failed.get(reason, 0))
-        outbox.PENDING.set(self.pending)
+                FAILED.labels(reason).inc(count - since.failed.get(reason, 0))
+        PENDING.set(self.pending)
 
 
 def _value(metric: Any) -> float:
@@ -225,9 +227,6 @@ def main() -> None:
 
 
 async def _serve(service: str, config: dict[str, Any], report_fd: int) -> None:
-    from itsm_shared.observability import configure_logging
-    from itsm_shared.relay import OutboxRelay
-
     settings = ServiceSettings.model_validate(config["settings"])
     configure_logging(service, settings.log_level)
     faults.arm(settings.fault_point, also=os.getppid())

@@ -83,6 +83,11 @@ class ServiceSettings(BaseSettings):
         return self
 
 
+def asyncpg_dsn(url: str) -> str:
+    """The same URL in the form asyncpg.connect() takes."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def _with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     if parts.password is not None:

@@ -14,7 +14,7 @@ from itsm_shared.batches import APPLIED, Rejected, RetryBatch
 from itsm_shared.errors import Conflict, Invalid, NotFound
 from itsm_shared.events import SYSTEM_ACTOR, CloudEvent
 from itsm_shared.inbox import PermanentError
-from itsm_shared.observability import correlation_id
+from itsm_shared.logs import correlation_id
 from itsm_shared.records import Event
 from itsm_shared.trust import sequence_refusal
 from sqlalchemy import Uuid, any_, bindparam, text
