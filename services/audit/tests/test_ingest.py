@@ -145,8 +145,8 @@ async def test_an_event_postgresql_cannot_store_is_refused_and_the_rest_stored(
 async def test_a_refused_event_with_fractions_is_found_too(
     sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection
 ) -> None:
-    refused = json.dumps(event()).replace('"n": 1', '"n": [1.5, "a\\u0000b"]')
-    good = json.dumps(event()).replace('"n": 1', '"n": 2.5')
+    refused = json.dumps(event()).replace('"n": 1', '"n": [1.5e0, "a\\u0000b"]')  # an exponent: through jsonb first
+    good = json.dumps(event()).replace('"n": 1', '"n": 2.5e0')
     outcomes = await store(sessions, refused, good)
     assert isinstance(outcomes[0], Unstorable) and isinstance(outcomes[1], Stored)
     await assert_chain_is_gap_free(superuser)
@@ -160,3 +160,28 @@ async def test_numbers_jsonb_rewrites_still_verify(sessions: async_sessionmaker[
     assert isinstance(outcomes[0], Stored)
     result = await verify_chain(sessions, full=True, chunk=1000)
     assert result.ok, result
+
+
+@pytest.mark.parametrize(
+    ("number", "exact"),
+    [
+        ("14400.0", True),  # the SLA targets of every incident event
+        ("0.10", True),
+        ("-12.30", True),
+        ("123456789012345678901234567890.5", True),
+        ("1e2", False),
+        ("1.5E-7", False),
+        ("-0.0", False),
+    ],
+)
+async def test_a_number_is_hashed_as_jsonb_gives_it_back(
+    sessions: async_sessionmaker[AsyncSession], number: str, exact: bool
+) -> None:
+    """Only a number jsonb rewrites (an exponent, a negative zero) sends the event through jsonb before it is hashed;
+    any other is hashed from the event as received. Either way the chain verifies against what is stored."""
+    raw = json.dumps(event()).replace('"n": 1', f'"n": [{number}]')
+    outcomes = await store(sessions, raw)
+    assert isinstance(outcomes[0], Stored)
+    result = await verify_chain(sessions, full=True, chunk=1000)
+    assert result.ok, result
+    assert incoming(raw).exact is exact

@@ -39,8 +39,9 @@ CHAIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext('itsm.audit.chain'))"
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """A message that parsed as a CloudEvent: `document` is its JSON text as received, `value` the parsed
-    event. `exact` when the event holds no number with a fraction or an exponent: then what jsonb stores
-    reads back as the same values, and the canonical form can be taken from `value` directly."""
+    event. `exact` when the event holds no number that jsonb rewrites (one with an exponent, a negative zero):
+    then what jsonb stores reads back as the same values, and the canonical form can be taken from `value`
+    directly."""
 
     event_id: uuid.UUID
     type: str
@@ -59,7 +60,9 @@ def _no_constants(name: str) -> Any:
 
 
 class _Floats:
-    """json.loads' parse_float hook that remembers it was called."""
+    """json.loads' parse_float hook that remembers a number jsonb would not give back as it came. jsonb keeps a
+    decimal as written (`14400.0`, `0.10`: read back, the same float), but writes an exponent out in digits (`1e2`
+    as `100`, which reads back as an integer) and drops the sign of a zero (`-0.0` as `0.0`)."""
 
     __slots__ = ("seen",)
 
@@ -67,8 +70,10 @@ class _Floats:
         self.seen = False
 
     def __call__(self, text: str) -> float:
-        self.seen = True
-        return float(text)
+        value = float(text)
+        if "e" in text or "E" in text or (value == 0 and text.startswith("-")):
+            self.seen = True
+        return value
 
 
 def parse_incoming(body: bytes) -> Incoming:
@@ -182,7 +187,7 @@ async def _one_by_one(session: AsyncSession, documents: list[str]) -> list[Form 
 
 async def _forms(session: AsyncSession, batch: Sequence[Incoming]) -> list[Form | Unstorable]:
     """What to store and hash for each event. The chain hashes what verification will read back, so an event
-    with fractions or exponents goes through jsonb first (jsonb writes 1e2 as 100, 1.0e16 as an integer)."""
+    with a number jsonb rewrites goes through jsonb first (jsonb writes 1e2 as 100, 1.0e16 as an integer)."""
     forms: list[Form | Unstorable | None] = [
         (item.document, canonical_json(item.value)) if item.exact else None for item in batch
     ]
