@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from itsm_shared.db import transaction
-from itsm_shared.events import CloudEvent
+from itsm_shared.events import CloudEvent, new_event
 from itsm_shared.outbox import append
+from itsm_shared.relay import application_name
 from itsm_shared.trust import EVERYTHING, Role
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -24,3 +27,18 @@ async def append_committed(sessions: async_sessionmaker[AsyncSession], *events: 
     async with transaction(sessions) as session:
         for event in events:
             await append(session, event)
+
+
+def event(type_: str, **data: Any) -> dict[str, Any]:
+    """An event of the test service, about a new subject."""
+    return new_event(service=SERVICE, type=type_, subject=uuid.uuid4(), data=data)
+
+
+async def relay_connections(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
+    """The backends of this service's outbox relays (their connection's application_name)."""
+    async with sessions() as session:
+        pids = await session.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name"),
+            {"name": application_name(SERVICE)},
+        )
+        return [int(pid) for (pid,) in pids]

@@ -13,10 +13,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from faststream.rabbit import RabbitBroker
 from itsm_shared.broker import declare_topology, unrouted_name
 from itsm_shared.db import transaction
-from itsm_shared.events import new_event
 from itsm_shared.models import OutboxMessage
 from itsm_shared.outbox import append
-from itsm_shared.relay import OutboxRelay, application_name
+from itsm_shared.relay import OutboxRelay
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.testing import EventProbe, Listen, eventually
 from sqlalchemy import text
@@ -24,13 +23,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import SERVICE, append_committed
+from .support import append_committed, event, relay_connections
 
 pytestmark = pytest.mark.usefixtures("clean_outbox")
-
-
-def event(type_: str, **data: Any) -> dict[str, Any]:
-    return new_event(service=SERVICE, type=type_, subject=uuid.uuid4(), data=data)
 
 
 async def rows(sessions: async_sessionmaker[AsyncSession], *ids: str) -> list[OutboxMessage]:
@@ -175,15 +170,6 @@ def count_passes(relay: OutboxRelay) -> list[int]:
 
     relay.publish_batch = counted  # type: ignore[method-assign]
     return made
-
-
-async def relay_connections(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
-    async with sessions() as session:
-        pids = await session.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name"),
-            {"name": application_name(SERVICE)},
-        )
-        return [int(pid) for (pid,) in pids]
 
 
 async def test_relay_reconnects_after_losing_its_connection(

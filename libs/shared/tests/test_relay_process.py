@@ -5,20 +5,18 @@ kills the service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 from itsm_shared import relay as relay_module
 from itsm_shared import trust
-from itsm_shared.events import new_event
-from itsm_shared.relay import application_name
 from itsm_shared.relay_process import RELAY_COMM, RelayProcess
 from itsm_shared.settings import ServiceSettings
 from itsm_shared.testing import Listen, eventually
@@ -26,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from .support import SERVICE, append_committed
+from .support import SERVICE, append_committed, event, relay_connections
 
 pytestmark = pytest.mark.usefixtures("clean_outbox")
 
@@ -51,10 +49,6 @@ asyncio.run(main())
 """
 
 
-def event(type_: str, **data: Any) -> dict[str, Any]:
-    return new_event(service=SERVICE, type=type_, subject=uuid.uuid4(), data=data)
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -62,15 +56,6 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead: only its parent has not reaped it yet
         return stat.read().rpartition(")")[2].split()[0] != "Z"
-
-
-async def relay_connections(sessions: async_sessionmaker[AsyncSession]) -> list[int]:
-    async with sessions() as session:
-        pids = await session.execute(
-            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = :name"),
-            {"name": application_name(SERVICE)},
-        )
-        return [int(pid) for (pid,) in pids]
 
 
 def command_name(pid: int) -> str:
@@ -147,8 +132,10 @@ async def test_a_relay_process_that_dies_is_replaced(
     assert not alive(first)
 
 
-def start_service(settings: ServiceSettings, **updates: Any) -> tuple[subprocess.Popen[str], int]:
-    """A process standing for a service, with its relay process; (the service, the relay's pid)."""
+@contextlib.contextmanager
+def service_with_relay(settings: ServiceSettings, **updates: Any) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A process standing for a service, with its relay process: (the service, the relay's pid); both killed
+    after, whatever the test did."""
     own = settings.model_copy(update={"outbox_sweep_seconds": 30.0, **updates})
     service = subprocess.Popen(
         [sys.executable, "-c", SERVICE_SCRIPT, own.model_dump_json(), SERVICE, trust.connection_user(own.amqp_url)],
@@ -156,23 +143,24 @@ def start_service(settings: ServiceSettings, **updates: Any) -> tuple[subprocess
         text=True,
     )
     assert service.stdout is not None
-    return service, int(service.stdout.readline())
+    relay = int(service.stdout.readline())
+    try:
+        yield service, relay
+    finally:
+        service.kill()
+        if alive(relay):
+            os.kill(relay, signal.SIGKILL)
 
 
 async def test_the_relay_process_ends_with_its_service(
     sessions: async_sessionmaker[AsyncSession], settings: ServiceSettings
 ) -> None:
-    service, relay = start_service(settings)
-    try:
+    with service_with_relay(settings) as (service, relay):
         await eventually(lambda: relay_connections(sessions), what="the relay's connection")
         service.kill()  # kill -9: no shutdown runs, the kernel closes the relay's pipe
         assert service.wait(timeout=5) == -signal.SIGKILL
         await eventually(lambda: asyncio.sleep(0, alive(relay)), lambda up: not up, what="the relay gone")
         await eventually(lambda: relay_connections(sessions), lambda pids: pids == [], what="its connection closed")
-    finally:
-        service.kill()
-        if alive(relay):
-            os.kill(relay, signal.SIGKILL)
 
 
 async def test_a_fault_point_in_the_relay_process_kills_its_service(
@@ -180,8 +168,10 @@ async def test_a_fault_point_in_the_relay_process_kills_its_service(
 ) -> None:
     listener = await listen("doomed.*")
     # No wake reaches it from this process: its sweep, every half second, finds the row.
-    service, relay = start_service(settings, fault_point="outbox.before_publish", outbox_sweep_seconds=0.5)
-    try:
+    with service_with_relay(settings, fault_point="outbox.before_publish", outbox_sweep_seconds=0.5) as (
+        service,
+        relay,
+    ):
         await eventually(lambda: relay_connections(sessions), what="the relay's connection")
         doomed = event("doomed.created")
         await append_committed(sessions, doomed)
@@ -191,10 +181,6 @@ async def test_a_fault_point_in_the_relay_process_kills_its_service(
             row = await session.execute(text("SELECT published_at FROM outbox WHERE id = :id"), {"id": doomed["id"]})
             assert row.scalar_one() is None
         assert listener.messages == []
-    finally:
-        service.kill()
-        if alive(relay):
-            os.kill(relay, signal.SIGKILL)
 
 
 def test_a_report_line_that_does_not_parse_is_refused() -> None:
