@@ -132,6 +132,24 @@ async def test_a_relay_process_that_dies_is_replaced(
     assert not alive(first)
 
 
+async def test_a_relay_process_that_cannot_start_is_tried_again(
+    sessions: async_sessionmaker[AsyncSession],
+    listen: Listen,
+    relay_process: Callable[..., RelayProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listener = await listen("late.*")
+    interpreter = sys.executable
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    relay = relay_process()
+    await asyncio.sleep(0.5)  # its first try has failed by now
+    assert relay.pid is None
+    monkeypatch.setattr(sys, "executable", interpreter)
+    await eventually(lambda: relay_connections(sessions), timeout=15, what="the relay started on a later try")
+    await append_committed(sessions, event("late.created"))
+    await listener.wait(count=1, timeout=5.0)
+
+
 @contextlib.contextmanager
 def service_with_relay(settings: ServiceSettings, **updates: Any) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A process standing for a service, with its relay process: (the service, the relay's pid); both killed

@@ -97,12 +97,15 @@ class RelayProcess:
         delay = FIRST_RESTART_DELAY
         while not self._stopping:
             started = time.monotonic()
-            code = await self._run_one()
+            try:
+                outcome = f"exited ({await self._run_one()})"
+            except Exception as exc:  # could not start one (out of processes, of file descriptors...)
+                outcome = f"failed: {type(exc).__name__}: {exc}"
             if self._stopping:
                 return
             if time.monotonic() - started > LIVED_LONG_ENOUGH:
                 delay = FIRST_RESTART_DELAY
-            log.error("outbox relay process exited (%s); starting another in %.0f s", code, delay)
+            log.error("outbox relay process %s; starting another in %.0f s", outcome, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_RESTART_DELAY)
 
@@ -133,6 +136,8 @@ class RelayProcess:
             os.write(wake_write, json.dumps(config).encode() + b"\n")  # a few hundred bytes: the pipe takes them
         os.set_blocking(wake_write, False)
         self._wake_fd = wake_write
+        if self._stopping:  # stop() came while the process started: it stops at once
+            self._close_wake()
         try:
             await _take_reports(report_read)
         finally:
