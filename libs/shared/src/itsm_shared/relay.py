@@ -1,4 +1,4 @@
-"""The outbox relay: publishes committed outbox rows, on an event loop of its own in a thread of its own.
+"""The outbox relay: publishes committed outbox rows, on an event loop of its own (a relay process's, or a thread's).
 
 Requests saturating a service's event loop would otherwise delay its events by seconds: each step of a relay
 pass (claim, publish, confirm, mark) waits for a turn of a loop that dozens of requests share. The relay runs its
@@ -80,7 +80,7 @@ def backoff(attempts: int) -> timedelta:
 
 
 def application_name(service: str) -> str:
-    """How the relay's database connection (which LISTENs) shows in pg_stat_activity."""
+    """How the relay's database connection shows in pg_stat_activity."""
     return f"itsm-outbox-relay-{service}"
 
 
