@@ -51,7 +51,7 @@ def count_publishes(relay: OutboxRelay) -> list[str]:
     done: list[str] = []
     publish = relay._publish
 
-    async def counted(channel: Any, row: Any) -> None:  # in the relay's thread
+    async def counted(channel: Any, row: Any) -> None:
         await publish(channel, row)
         done.append(str(row["id"]))
 
@@ -108,7 +108,7 @@ async def test_committed_append_is_published_once_and_marked(
     await listener.wait(count=2)
     # More relay passes must not publish a marked row again.
     for _ in range(3):
-        assert await relay.publish_now() == 0
+        assert await relay.publish_batch() == 0
     assert sorted(message_ids(listener)) == sorted([first["id"], second["id"]])
     for row in await rows(sessions, first["id"], second["id"]):
         assert row.attempts == 0
@@ -163,7 +163,7 @@ def count_passes(relay: OutboxRelay) -> list[int]:
     made: list[int] = []
     publish_batch = relay.publish_batch
 
-    async def counted() -> int:  # in the relay's thread
+    async def counted() -> int:
         published = await publish_batch()
         made.append(published)
         return published

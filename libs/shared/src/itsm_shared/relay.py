@@ -1,11 +1,11 @@
-"""The outbox relay: publishes committed outbox rows, on an event loop of its own (a relay process's, or a thread's).
+"""The outbox relay: publishes committed outbox rows, on an event loop that no request shares.
 
 Requests saturating a service's event loop would otherwise delay its events by seconds: each step of a relay
-pass (claim, publish, confirm, mark) waits for a turn of a loop that dozens of requests share. The relay runs its
-own event loop in its own thread, with its own PostgreSQL connection and its own broker connection; a service
-runs it in a process of its own (`itsm_shared.relay_process`), so no request thread holds the interpreter's lock
-it needs. A transaction that wrote outbox rows wakes it once committed (`itsm_shared.outbox.written`); it also
-sweeps every `outbox_sweep_seconds`, for rows another process committed and did not publish.
+pass (claim, publish, confirm, mark) waits for a turn of a loop that dozens of requests share. A service runs its
+relay in a process of its own (`itsm_shared.relay_process`), with its own PostgreSQL connection and its own broker
+connection, so no request holds the loop or the interpreter's lock it needs. A transaction that wrote outbox rows
+wakes it once committed (`itsm_shared.outbox.written`); it also sweeps every `outbox_sweep_seconds`, for rows
+another process committed and did not publish.
 
 A pass claims a batch of due rows (`FOR UPDATE SKIP LOCKED`: replicas share the work), publishes all of it at
 once, persistent and mandatory, with the service's broker user as AMQP `user_id` (RabbitMQ checks it), and marks
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,6 @@ from typing import Any
 
 import aiormq
 import asyncpg
-import uvloop
 from aiormq.abc import AbstractConnection
 from pamqp import commands as spec
 from prometheus_client import Counter, Gauge
@@ -96,65 +94,18 @@ class OutboxRelay:
         self.settings = settings
         self.user_id = user_id
         self.amqp_urls: Sequence[str] = settings.broker_urls()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._wake: asyncio.Event | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._db: Any = None  # asyncpg.Connection
         self._amqp: AbstractConnection | None = None
         self._channel: aiormq.Channel | None = None
         self._last_housekeeping = 0.0
-        self._loop_thread: int | None = None
-        self._started = threading.Event()
 
-    # ------------------------------------------------------------ lifecycle (called from the service's loop)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name=f"outbox-relay-{self.service}", daemon=True)
-        self._thread.start()
-        self._started.wait(timeout=10)
-        RELAYS.add(self.wake)
-
-    async def stop(self) -> None:
-        RELAYS.discard(self.wake)
-        self.stop_soon()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 15)
-
-    def stop_soon(self) -> None:
-        """End `run` (from any thread): the pass under way is cut short, its rows published again later."""
-        self._call(self._stop)
-
-    def wake(self) -> None:
-        """A pass soon (from any thread). Already woken: the pass to come starts after this call, so it sees
-        what committed before it, and the wake costs no call into the relay's loop."""
-        self._call(self._wake)
-
-    def _call(self, event: asyncio.Event | None) -> None:
-        loop = self._loop
-        if loop is None or event is None or event.is_set():
-            return
-        if threading.get_ident() == self._loop_thread:
-            event.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop has already ended
-                loop.call_soon_threadsafe(event.set)
-
-    async def publish_now(self) -> int:
-        """One pass now, in the relay's thread (tests, and an operator's shell): how many rows it published."""
-        assert self._loop is not None
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.publish_batch(), self._loop))
-
-    # ------------------------------------------------------------ the relay's own loop
-
-    def _main(self) -> None:
-        uvloop.run(self.run())  # the loop uvicorn runs requests on: its socket writes cost less than asyncio's
+    # ------------------------------------------------------------ lifecycle, on the loop it runs on
 
     async def run(self) -> None:
-        """The relay on the running loop (its own thread's, or a relay process's), until `stop_soon`."""
-        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
-        self._stop, self._wake = asyncio.Event(), asyncio.Event()
-        self._started.set()
+        """The relay on the running loop (the relay process's), until `stop_soon`."""
         worker = asyncio.create_task(self._work(), name="outbox-relay")
         await self._stop.wait()
         worker.cancel()
@@ -163,9 +114,28 @@ class OutboxRelay:
         await self._close_broker()
         await self._close_db()
 
+    def start(self) -> None:
+        """`run` as a task of the running loop, woken by this process's commits (tests)."""
+        self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.service}")
+        RELAYS.add(self.wake)
+
+    async def stop(self) -> None:
+        RELAYS.discard(self.wake)
+        self.stop_soon()
+        if self._task is not None:
+            await self._task
+
+    def stop_soon(self) -> None:
+        """End `run`: the pass under way is cut short, its rows published again later."""
+        self._stop.set()
+
+    def wake(self) -> None:
+        """A pass soon. Already woken: the pass to come starts after this call, so it sees what committed before
+        it."""
+        self._wake.set()
+
     async def _work(self) -> None:
         delay = 0.25
-        assert self._wake is not None
         self._wake.set()  # a first pass at once: it connects and publishes what waits
         while True:
             with contextlib.suppress(TimeoutError):
