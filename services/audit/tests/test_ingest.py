@@ -142,6 +142,29 @@ async def test_an_event_postgresql_cannot_store_is_refused_and_the_rest_stored(
     await assert_chain_is_gap_free(superuser)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"a\\u0000b"',  # jsonb has no NUL in text
+        '"\\ud800 alone"',  # half a surrogate pair, the high half
+        '"\\uDC00 alone"',  # the low half
+        "0." + "1" * 20_000,  # more digits after the point than numeric holds
+    ],
+    ids=["nul", "high surrogate", "low surrogate", "long decimal"],
+)
+async def test_each_document_jsonb_refuses_is_refused_alone(
+    sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection, value: str
+) -> None:
+    """Batches append without a savepoint unless a document holds what jsonb may refuse: each such form must be
+    seen as one, or its refusal would fail the whole batch."""
+    refused = json.dumps(event()).replace('"n": 1', f'"n": {value}')
+    good, pair = event(), json.dumps(event()).replace('"n": 1', '"n": "\\ud83d\\ude00"')  # a pair is stored
+    outcomes = await store(sessions, good, refused, pair)
+    assert isinstance(outcomes[0], Stored) and isinstance(outcomes[2], Stored)
+    assert isinstance(outcomes[1], Unstorable) and "not storable" in outcomes[1].reason
+    await assert_chain_is_gap_free(superuser)
+
+
 async def test_a_refused_event_with_fractions_is_found_too(
     sessions: async_sessionmaker[AsyncSession], superuser: asyncpg.Connection
 ) -> None:

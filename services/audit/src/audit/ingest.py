@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ class Incoming:
     """A message that parsed as a CloudEvent: `document` is its JSON text as received, `value` the parsed
     event. `exact` when the event holds no number that jsonb rewrites (one with an exponent, a negative zero):
     then what jsonb stores reads back as the same values, and the canonical form can be taken from `value`
-    directly."""
+    directly. `refusable` when it holds something jsonb may refuse though Python's json took it (`_REFUSABLE`, a
+    decimal longer than `_LONGEST_DECIMAL`): only a batch with one of these is appended in a savepoint."""
 
     event_id: uuid.UUID
     type: str
@@ -53,6 +55,7 @@ class Incoming:
     document: str
     value: dict[str, Any]
     exact: bool
+    refusable: bool = True
 
 
 def _no_constants(name: str) -> Any:
@@ -64,16 +67,27 @@ class _Floats:
     decimal as written (`14400.0`, `0.10`: read back, the same float), but writes an exponent out in digits (`1e2`
     as `100`, which reads back as an integer) and drops the sign of a zero (`-0.0` as `0.0`)."""
 
-    __slots__ = ("seen",)
+    __slots__ = ("long", "seen")
 
     def __init__(self) -> None:
         self.seen = False
+        self.long = False
 
     def __call__(self, text: str) -> float:
         value = float(text)
         if "e" in text or "E" in text or (value == 0 and text.startswith("-")):
             self.seen = True
+        if len(text) > _LONGEST_DECIMAL:
+            self.long = True
         return value
+
+
+# What jsonb refuses in a document that Python's json parses: a \u0000 escape, or a UTF-16 surrogate escape that is
+# not half of a pair (a pair matches too: a false alarm costs a savepoint, nothing else); and a decimal longer than
+# numeric holds (16383 digits after the point, 131072 before). Python's json refuses the rest first (an integer of
+# more than 4300 digits, nesting deeper than jsonb's stack allows, a raw control character).
+_REFUSABLE = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_LONGEST_DECIMAL = 1000
 
 
 def parse_incoming(body: bytes) -> Incoming:
@@ -103,6 +117,7 @@ def parse_incoming(body: bytes) -> Incoming:
         document=document,
         value=raw,
         exact=not floats.seen,
+        refusable=floats.long or _REFUSABLE.search(document) is not None,
     )
 
 
@@ -185,12 +200,20 @@ async def _one_by_one(session: AsyncSession, documents: list[str]) -> list[Form 
     return out
 
 
+def _exact_form(item: Incoming) -> Form | Unstorable:
+    canonical = canonical_json(item.value)
+    if item.refusable:
+        try:
+            canonical.encode()  # what the hash is taken of (chain.record_hash)
+        except UnicodeEncodeError:
+            return Unstorable("not storable as JSON: half of a UTF-16 surrogate pair")
+    return item.document, canonical
+
+
 async def _forms(session: AsyncSession, batch: Sequence[Incoming]) -> list[Form | Unstorable]:
     """What to store and hash for each event. The chain hashes what verification will read back, so an event
     with a number jsonb rewrites goes through jsonb first (jsonb writes 1e2 as 100, 1.0e16 as an integer)."""
-    forms: list[Form | Unstorable | None] = [
-        (item.document, canonical_json(item.value)) if item.exact else None for item in batch
-    ]
+    forms: list[Form | Unstorable | None] = [_exact_form(item) if item.exact else None for item in batch]
     inexact = [i for i, form in enumerate(forms) if form is None]
     if inexact:
         documents = [batch[i].document for i in inexact]
@@ -216,8 +239,11 @@ async def store_batch(
     process's anchor keys unless given."""
     keys = anchor_keys() if keys is None else keys
     forms = await _forms(session, batch)
+    if not any(item.refusable for item in batch):
+        return await _append(session, batch, forms, keys)
     try:
-        # The savepoint is two round trips a batch; without it a refused document would abort the transaction.
+        # The savepoint is two round trips a batch, only for a batch with a document jsonb may refuse: without
+        # it that refusal would abort the transaction.
         async with session.begin_nested():
             return await _append(session, batch, forms, keys)
     except DBAPIError as exc:
