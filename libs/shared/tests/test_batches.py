@@ -28,7 +28,7 @@ from itsm_shared.batches import (
     cloud_events,
 )
 from itsm_shared.broker import declare_dead_letter_queue, declare_topology, event_queue, make_broker
-from itsm_shared.db import async_url, asyncpg_dsn, session_factory
+from itsm_shared.db import async_url, asyncpg_dsn, driver_connection, session_factory
 from itsm_shared.events import CloudEvent, new_event
 from itsm_shared.group_commit import Acker
 from itsm_shared.inbox import PermanentError, claim_all
@@ -375,6 +375,40 @@ async def test_a_database_outage_is_retried_in_place_without_losing_or_duplicati
         assert await parked_count(channel, queue) == 0
     finally:
         await engine.dispose()
+
+
+async def test_a_connection_lost_under_the_drivers_own_statement_is_retried_in_place(
+    batch_consumers: Start,
+    channel: AbstractChannel,
+    publisher: AbstractChannel,
+    settings: ServiceSettings,
+    sessions: async_sessionmaker[AsyncSession],
+    names: dict[str, Any],
+) -> None:
+    """A handler's statement on the driver's own connection (webhook's fan-out) that loses its connection fails with
+    asyncpg's own error, which `inbox.is_transient` does not know; the seam's rollback on the closed connection then
+    fails with SQLAlchemy's, which it does: retried in place, and a batch of one message spends no delivery on it
+    (with batches not retried on transient errors, it is returned to the queue: run)."""
+    queue = queue_name(names, "driver")
+    cut: list[str] = []
+
+    async def cut_once_then_record(session: AsyncSession, events: Sequence[Event]) -> None:
+        if not cut:
+            cut.append("cut")
+            connection = await driver_connection(session)
+            await connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # the server ends it
+        await record_events(session, events)
+
+    _, consumed = await batch_consumers(queue, "driver.*", cut_once_then_record, retry_max_seconds=0.3)
+    event = named(names, "driver", 0)
+    await publish_all(publisher, settings, [event])
+    await all_applied(sessions, [event["data"]["name"]])
+    await asyncio.sleep(0.3)
+    assert cut == ["cut"]
+    assert consumed.settled and all(how == "acked" for _, how in consumed.settled), consumed.settled
+    assert consumed.count(Applied) == 1
+    assert (REGISTRY.get_sample_value("itsm_consumer_batch_retries_total", {"queue": queue}) or 0) >= 1
+    assert await parked_count(channel, queue) == 0
 
 
 async def test_killed_between_commit_and_ack_the_redeliveries_change_nothing(
