@@ -55,7 +55,7 @@ class Incoming:
     document: str
     value: dict[str, Any]
     exact: bool
-    refusable: bool = True
+    refusable: bool
 
 
 def _no_constants(name: str) -> Any:
