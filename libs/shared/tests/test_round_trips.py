@@ -3,12 +3,14 @@ statement, after which the seam refuses to commit anything; `read_connection`, a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from itsm_shared.db import driver_connection, read_connection, transaction
+from itsm_shared.db import driver_connection, make_engine, read_connection, session_factory, transaction
 from itsm_shared.models import OutboxMessage
+from itsm_shared.settings import ServiceSettings
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -112,3 +114,40 @@ async def test_read_connection_keeps_a_transaction_already_begun(
 
     await write_then_fail(sessions, read)
     assert await stored(engine) == []
+
+
+@pytest.mark.parametrize("sole", [True, False])
+async def test_a_task_cancelled_during_begin_leaves_no_transaction_open_for_the_next(
+    settings: ServiceSettings, engine: AsyncEngine, sole: bool
+) -> None:
+    """A task cancelled while `driver_connection`'s BEGIN is on the wire (a consumer stopping, a request dropped).
+    The server runs the BEGIN; the adapter, which records a transaction once BEGIN has returned, does not know of
+    it. Returned to the pool so, the connection gave the next session a transaction nobody committed: its sole
+    statement, or its whole transaction (a savepoint inside the stale one), vanished while it reported success."""
+    one = make_engine(settings.database_url, pool_size=1)  # the next session gets the same connection, if pooled
+    sessions = session_factory(one)
+    try:
+        async with one.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+
+        async def interrupted() -> None:
+            async with transaction(sessions) as session:
+                await driver_connection(session)
+                raise AssertionError("cancelled before BEGIN returned")
+
+        task = asyncio.create_task(interrupted())
+        for _ in range(100_000):  # asyncpg marks its transaction just before it sends BEGIN
+            if driver._top_xact is not None:
+                break
+            await asyncio.sleep(0)
+        else:
+            pytest.fail("BEGIN was never sent")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async with transaction(sessions) as session:
+            await (await driver_connection(session, sole=sole)).execute(insert(1))
+        assert await stored(engine) == [1], "the next session's write committed"
+    finally:
+        await one.dispose()

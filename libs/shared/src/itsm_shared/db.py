@@ -77,7 +77,15 @@ async def driver_connection(session: AsyncSession, *, sole: bool = False) -> Any
         if sole and fresh:
             session.info[_SOLE] = adapter
         else:
-            await adapter._start_transaction()
+            try:
+                await adapter._start_transaction()
+            except BaseException:
+                # Interrupted once BEGIN was sent (a cancelled task): the adapter records a transaction only when
+                # BEGIN has returned, so its rollback on the way back to the pool would do nothing, and the next
+                # session would get a connection in a transaction nobody commits. Its writes would be lost while
+                # their requests succeed. SQLAlchemy closes a connection so interrupted under its own statements.
+                await connection.invalidate()
+                raise
     return raw.driver_connection
 
 
