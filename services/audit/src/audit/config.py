@@ -12,9 +12,10 @@ class AuditSettings(ServiceSettings):
     # Unacknowledged messages the broker may hand the consumer at once: a batch waits for its commit before it
     # is acknowledged, so at least one batch must fit, and a few more keep the next batches filling meanwhile.
     consumer_prefetch: int = 1000
-    # One transaction stores up to this many events, collected for at most `audit_batch_wait_ms`.
+    # One transaction stores up to this many events, collected for at most `audit_batch_wait_ms` (as the other
+    # batch consumers: itsm_shared.batches.BATCH_WAIT says why 50).
     audit_batch_size: int = 250
-    audit_batch_wait_ms: float = 20.0
+    audit_batch_wait_ms: float = 50.0
     # Longest pause between retries of a batch while the database is away.
     audit_retry_max_seconds: float = 5.0
     # Rows per query when walking the chain, exporting and replaying.
