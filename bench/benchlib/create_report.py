@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchlib.consumers import CONSUMERS, ConsumerFigures
-from benchlib.cpu import INTERRUPTS, NOT_OURS, OTHER, POSTGRES, RABBITMQ, is_ours
+from benchlib.cpu import INTERRUPTS, MACHINE, NOT_OURS, OTHER, POSTGRES, RABBITMQ, is_ours
 from benchlib.figures import fmt_ratio, ms, percentile, ratio
+from benchlib.machine import CPUS
 from benchlib.table import Summary
 from benchlib.wrk import WrkResult, wrk_version
 
@@ -352,6 +353,7 @@ def table(
         f"{bare_total:.2f}",
         times(stack_total, bare_total),
     )
+    ceiling(summary, create_gw, create_bare)
     summary.add(
         "CPU ms per create: load generator (wrk) / kernel interrupts / not ours",
         f"{create_gw.cpu_ms(WRK):.2f} / {create_gw.cpu_ms(INTERRUPTS):.2f} / {create_gw.cpu_ms(NOT_OURS):.2f}",
@@ -389,3 +391,26 @@ def table(
         " catching up, divided by the incidents created; the whole node's, so other users of this broker count"
         " too.",
     ]
+
+
+def ceiling(summary: Summary, create_gw: Pooled, create_bare: Pooled) -> None:
+    """What the cores allow: the machine's busy CPU per create (every process, the load side and the kernel's
+    interrupts) spent on all its cores at once, and the same with the incident process at the bare app's CPU per
+    create. Their ratio to the bare rate is the best the create's ratio could be at that CPU: the limit that a
+    target above it meets, measured in the same runs."""
+    busy, bare_busy = create_gw.cpu_ms(MACHINE), create_bare.cpu_ms(MACHINE)
+    if not busy > 0 or not bare_busy > 0:
+        return
+    cap, bare_cap = 1000 * CPUS / busy, 1000 * CPUS / bare_busy
+    summary.add(
+        f"create ceiling: {CPUS} cores / the machine's busy CPU ms per create, req/s",
+        f"{cap:.0f} ({busy:.2f} ms; done {create_gw.rate / cap:.0%} of it)",
+        f"{bare_cap:.0f} ({bare_busy:.2f} ms; done {create_bare.rate / bare_cap:.0%} of it)",
+        fmt_ratio(ratio(cap, create_bare.rate)),
+    )
+    lean = busy - create_gw.cpu_ms("incident") + create_bare.cpu_ms("bare app")
+    summary.add(
+        "create ceiling with the incident process at the bare app's CPU per create, req/s",
+        f"{1000 * CPUS / lean:.0f} ({lean:.2f} ms)",
+        ratio=fmt_ratio(ratio(1000 * CPUS / lean, create_bare.rate)),
+    )

@@ -17,7 +17,7 @@ from itsm_shared.db import transaction
 from sqlalchemy import text
 
 from .conftest import Actor, create
-from .router_support import API, assert_problem, listed, patch, reach, unique
+from .router_support import API, STATUSES, assert_problem, get, listed, patch, reach, unique
 
 # ---------------------------------------------------------------- lists
 
@@ -140,6 +140,41 @@ async def test_sorting_and_keyset_pagination(client: httpx.AsyncClient, agent: A
     default = await client.get(API, headers=agent.headers, params={"category": category})
     created = [datetime.fromisoformat(i["created_at"]) for i in default.json()["items"]]
     assert created == sorted(created, reverse=True)  # newest first by default
+
+
+async def test_a_listed_incident_reads_as_its_own_get(client: httpx.AsyncClient, agent: Actor) -> None:
+    """The list renders its page from rows and its clocks' own statement (queries.list_incidents), GET from the
+    model: every status's clocks (running, the response stopped, the resolution paused, both stopped) show in the
+    list as GET shows them."""
+    category = unique()
+    made = {status: await reach(client, agent, status, category=category) for status in STATUSES}
+    items = (await client.get(API, headers=agent.headers, params={"category": category})).json()["items"]
+    assert {i["status"]: i["id"] for i in items} == {status: made[status]["id"] for status in STATUSES}
+    for item in items:
+        alone = await get(client, agent, item["id"])
+        assert _frozen(item) == _frozen(alone), item["status"]
+        sla = item["sla"]
+        assert {c["state"] for c in (sla["response"], sla["resolution"])} == CLOCK_STATES[item["status"]]
+
+
+# The states of an incident's two clocks (response, resolution) in each status.
+CLOCK_STATES = {
+    "new": {"running"},
+    "in_progress": {"stopped", "running"},
+    "on_hold": {"stopped", "paused"},
+    "resolved": {"stopped"},
+    "closed": {"stopped"},
+    "cancelled": {"stopped"},
+}
+
+
+def _frozen(incident: dict[str, Any]) -> dict[str, Any]:
+    """The incident without what a running clock changes between two reads (its elapsed time and percentage)."""
+    sla = dict(incident["sla"])
+    for kind in ("response", "resolution"):
+        if sla[kind]["state"] == "running":
+            sla[kind] = {k: v for k, v in sla[kind].items() if k not in ("elapsed_seconds", "percentage")}
+    return {**incident, "sla": sla}
 
 
 def _cursor(payload: dict[str, Any]) -> str:
