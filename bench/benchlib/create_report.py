@@ -396,8 +396,8 @@ def table(
 def ceiling(summary: Summary, create_gw: Pooled, create_bare: Pooled) -> None:
     """What the cores allow: the machine's busy CPU per create (every process, the load side and the kernel's
     interrupts) spent on all its cores at once, and the same with the incident process at the bare app's CPU per
-    create. Their ratio to the bare rate is the best the create's ratio could be at that CPU: the limit that a
-    target above it meets, measured in the same runs."""
+    create. Their ratio to the bare rate is the best the create's ratio could be at that CPU, measured in the same
+    runs: a target above the second is out of reach whatever the incident service does."""
     busy, bare_busy = create_gw.cpu_ms(MACHINE), create_bare.cpu_ms(MACHINE)
     if not busy > 0 or not bare_busy > 0:
         return
